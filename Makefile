@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/constraints.txt
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
+	@# BEIR's own evaluate() is the reference of the metric parity tests; its other
+	@# dependencies (sentence-transformers, ...) are not needed for that, so --no-deps.
+	$(PY) -m pip install -q --no-deps "beir==2.2.0"
 	@touch $@
 
 venv: $(VENV)/.installed

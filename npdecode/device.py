@@ -1,0 +1,24 @@
+"""Resolve ``--device auto|cpu|cuda[:n]`` once, at the edge; library code follows its tensors."""
+
+from __future__ import annotations
+
+from npdecode.errors import NpdecodeError
+
+
+def resolve_device(spec: str | None = "auto") -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is usable, else ``cpu``; others are checked."""
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NpdecodeError(f"--device {spec}: CUDA is not available on this machine; use --device cpu")
+        index = spec.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise NpdecodeError(f"--device {spec}: no such GPU ({torch.cuda.device_count()} visible)")
+        return spec
+    raise NpdecodeError(f"--device {spec!r}: use auto, cpu or cuda[:n]")

@@ -1,0 +1,106 @@
+"""``npdecode eval`` and ``npdecode demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from npdecode.errors import NpdecodeError
+
+BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "scifact-sample"
+
+
+def _run_paths(run: Path | None, names: list[str]) -> dict[str, Path]:
+    """One retriever writes ``run`` itself; several write ``run`` with the name before the suffix."""
+    if run is None:
+        return {}
+    if len(names) == 1:
+        return {names[0]: run}
+    return {n: run.with_name(f"{run.stem}.{n}{run.suffix or '.trec'}") for n in names}
+
+
+def evaluate_and_report(
+    dataset: str,
+    split: str,
+    data_dir: Path | None,
+    retrievers: list[str],
+    options: dict,
+    k: int,
+    json_path: Path | None,
+    run_path: Path | None,
+    plot_path: Path | None,
+    ignore_identical_ids: bool | None = None,
+    per_query: bool = True,
+) -> dict:
+    """Load, retrieve, evaluate, print the table and write the requested files."""
+    from rich.console import Console
+
+    from npdecode.eval.cache import cache_root
+    from npdecode.eval.datasets import load_dataset
+    from npdecode.eval.experiment import run_experiment
+    from npdecode.eval.report import plot_curves, print_table, to_json
+    from npdecode.eval.retrievers import get_factory
+    from npdecode.eval.runs import write_metrics, write_run
+
+    if len(set(retrievers)) != len(retrievers):
+        raise NpdecodeError(f"--retriever given twice: {', '.join(retrievers)}")
+    for name in retrievers:
+        get_factory(name)  # unknown names fail before any work
+    console = Console(stderr=True)
+    ds = load_dataset(dataset, split=split, data_dir=data_dir, cache=cache_root(options))
+    console.print(f"[bold]{ds.name}[/bold] {ds.split}: {len(ds.queries)} queries, corpus {ds.corpus_path}")
+    experiment = run_experiment(ds, retrievers, options, k=k, ignore_identical_ids=ignore_identical_ids, progress=console.print)
+    out = Console() if Console().is_terminal else Console(width=150)
+    print_table(experiment, out)
+    report = to_json(experiment, per_query=per_query)
+    for name, path in _run_paths(run_path, retrievers).items():
+        result = next(r for r in experiment.results if r.name == name)
+        write_run(result.run, path, tag=name)
+        console.print(f"run written to {path}")
+    if json_path is not None:
+        write_metrics(report, json_path)
+        console.print(f"metrics written to {json_path}")
+    if plot_path is not None:
+        plot_curves(experiment, plot_path)
+        console.print(f"curves written to {plot_path}")
+    return report
+
+
+@click.command("eval")
+@click.option("--dataset", "-d", required=True, help="beir/<name>, nq, nq320k, or a BEIR-layout folder.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "dev", "train"]))
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Local copies: DIR/<name>/ in BEIR layout.")
+@click.option("--retriever", "-r", "retrievers", multiple=True, default=("bm25",), show_default=True,
+              help="Repeat to compare; the first is the reference of the significance tests.")  # fmt: skip
+@click.option("--k", default=1000, show_default=True, help="Documents retrieved per query.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write metrics JSON here.")
+@click.option("--run", "run_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the TREC run here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Recall@k / nDCG@k curves (png, pdf, svg).")
+@click.option("--model", help="Encoder of the dense retriever (hub id or path); default all-MiniLM-L6-v2.")
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index directory of the np / genre retrievers.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:n].")
+@click.option("--batch-size", type=int, help="Encoding / decoding batch size.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Downloads and baseline indexes (default ~/.cache/npdecode).")
+@click.option("--ignore-identical-ids/--keep-identical-ids", default=None,
+              help="Drop a retrieved document whose id equals the query id (default: on for BEIR, as BEIR).")  # fmt: skip
+@click.option("--per-query/--no-per-query", default=True, show_default=True, help="Keep per-query values in the JSON.")
+def eval_command(dataset, split, data_dir, retrievers, k, json_path, run_path, plot_path, model, index_dir,
+                 device, batch_size, cache_dir, ignore_identical_ids, per_query):  # fmt: skip
+    """Evaluate retrievers on a dataset and print a comparison table."""
+    if k < 1:
+        raise NpdecodeError(f"--k {k}: must be at least 1")
+    options = {"model": model, "index": index_dir, "device": device, "batch_size": batch_size, "cache_dir": cache_dir}
+    evaluate_and_report(dataset, split, data_dir, list(retrievers), options, k, json_path, run_path, plot_path,
+                        ignore_identical_ids, per_query)  # fmt: skip
+
+
+@click.command("demo")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"), show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: OUT/cache.")
+def demo_command(out, device, cache_dir):
+    """BM25 vs dense (all-MiniLM-L6-v2) on the bundled 1,000-document SciFact sample."""
+    options = {"device": device, "cache_dir": cache_dir or out / "cache"}
+    evaluate_and_report(str(BUNDLED_SAMPLE), "test", None, ["bm25", "dense"], options, 100,
+                        out / "metrics.json", out / "run.trec", out / "curves.png")  # fmt: skip

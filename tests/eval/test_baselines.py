@@ -1,0 +1,129 @@
+import math
+
+import numpy as np
+import pytest
+
+from npdecode.eval import bm25 as bm25_module
+from npdecode.eval.bm25 import BM25Settings, build_bm25
+from npdecode.eval.dense import DenseEncoder, build_dense, exact_search, torch_exact_search
+from npdecode.eval.retrievers import Retriever, build_retriever, get_factory, register_retriever
+from npdecode.errors import NpdecodeError
+from tests.eval.conftest import DOCS
+
+
+def _lucene_bm25(query_terms, docs_terms, k1=1.2, b=0.75):
+    """Brute-force Lucene BM25 (Elasticsearch): idf = ln(1 + (N - df + .5)/(df + .5))."""
+    n = len(docs_terms)
+    avgdl = sum(len(d) for d in docs_terms) / n
+    scores = []
+    for terms in docs_terms:
+        s = 0.0
+        for t in set(query_terms):
+            df = sum(t in d for d in docs_terms)
+            tf = terms.count(t)
+            if tf:
+                s += math.log(1 + (n - df + 0.5) / (df + 0.5)) * tf / (tf + k1 * (1 - b + b * len(terms) / avgdl))
+        scores.append(s)
+    return scores
+
+
+def test_bm25_matches_brute_force_lucene_formula(beir_dir, tmp_path):
+    import bm25s
+    import Stemmer
+
+    retriever = build_bm25(beir_dir / "corpus.jsonl", {"cache_dir": tmp_path})
+    assert isinstance(retriever, Retriever)
+    stem = Stemmer.Stemmer("english").stemWords
+    ids = list(DOCS)
+    docs_terms = bm25s.tokenize([f"{t} {x}".strip() for t, x in DOCS.values()], stopwords="en", stemmer=stem,
+                                return_ids=False, show_progress=False)  # fmt: skip
+    query = "cats and dogs barking"
+    q_terms = bm25s.tokenize([query], stopwords="en", stemmer=stem, return_ids=False, show_progress=False)[0]
+    expected = {i: s for i, s in zip(ids, _lucene_bm25(q_terms, docs_terms)) if s > 0}
+    run = retriever.search({"q": query}, k=10)["q"]
+    assert run.keys() == expected.keys()
+    for doc_id, score in expected.items():
+        assert run[doc_id] == pytest.approx(score, rel=1e-5)
+
+
+def test_bm25_index_is_saved_and_reloaded(beir_dir, tmp_path, monkeypatch):
+    first = build_bm25(beir_dir, {"cache_dir": tmp_path}).search({"q": "warm windows"}, 3)
+    monkeypatch.setattr(bm25_module.BM25Retriever, "build", staticmethod(lambda *a: pytest.fail("rebuilt")))
+    assert build_bm25(beir_dir, {"cache_dir": tmp_path}).search({"q": "warm windows"}, 3) == first
+    assert BM25Settings().key() != BM25Settings(k1=0.9).key()
+
+
+def _reference_embeddings(model_dir, texts):
+    """float64 mean pooling + normalisation, written directly from the definition."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).double().eval()
+    out = []
+    for text in texts:
+        enc = tok(text, return_tensors="pt", truncation=True, max_length=64)
+        with torch.no_grad():
+            h = model(**enc).last_hidden_state[0]  # (T, d)
+        v = h.mean(0)
+        out.append((v / v.norm()).numpy())
+    return np.stack(out)
+
+
+def test_dense_scores_equal_float64_reference(beir_dir, tmp_path, tiny_bert_dir):
+    retriever = build_dense(beir_dir, {"model": str(tiny_bert_dir), "device": "cpu", "cache_dir": tmp_path, "batch_size": 2, "max_length": 64})
+    texts = [f"{t} {x}".strip() for t, x in DOCS.values()]
+    docs = _reference_embeddings(tiny_bert_dir, texts)
+    query = _reference_embeddings(tiny_bert_dir, ["cats purr"])[0]
+    expected = dict(zip(DOCS, docs @ query))
+    run = retriever.search({"q": "cats purr"}, k=5)["q"]
+    assert run.keys() == expected.keys()
+    for doc_id, score in run.items():
+        assert score == pytest.approx(expected[doc_id], abs=1e-5)
+
+
+def test_dense_cache_reused_and_resumed(beir_dir, tmp_path, tiny_bert_dir, monkeypatch):
+    options = {"model": str(tiny_bert_dir), "device": "cpu", "cache_dir": tmp_path, "max_length": 64}
+    first = build_dense(beir_dir, options).search({"q": "dogs"}, 5)
+    calls = []
+    original = DenseEncoder.encode
+    monkeypatch.setattr(DenseEncoder, "encode", lambda self, texts, progress=False: calls.append(len(texts)) or original(self, texts))
+    assert build_dense(beir_dir, options).search({"q": "dogs"}, 5) == first
+    assert calls == [1]  # only the query was encoded: the corpus came from the cache
+    chunk = next((tmp_path / "dense").rglob("chunk-00000.npy"))
+    chunk.unlink()  # an interrupted run: the missing chunk is encoded again
+    build_dense(beir_dir, options)
+    assert calls[1:] == [len(DOCS)]
+
+
+def test_faiss_and_torch_exact_search_agree():
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = rng.standard_normal((7, 16)).astype(np.float32)
+    s1, i1 = exact_search(docs, queries, 10)
+    s2, i2 = torch_exact_search(docs, queries, 10, block=3)
+    brute = np.argsort(-(queries.astype(np.float64) @ docs.T.astype(np.float64)), axis=1)[:, :10]
+    np.testing.assert_array_equal(i1, brute)
+    np.testing.assert_array_equal(i2, brute)
+    np.testing.assert_allclose(s1, s2, rtol=1e-5)
+
+
+def test_missing_model_is_a_clear_error(beir_dir, tmp_path):
+    with pytest.raises(NpdecodeError, match="cannot load encoder"):
+        build_dense(beir_dir, {"model": str(tmp_path / "no-model"), "device": "cpu", "cache_dir": tmp_path})
+
+
+def test_registry():
+    with pytest.raises(NpdecodeError, match="unknown retriever 'nope'; choose from: bm25, dense"):
+        get_factory("nope")
+    with pytest.raises(ValueError, match="already registered"):
+        register_retriever("bm25", lambda corpus, options: None)
+
+    class Fixed:
+        name = "fixed"
+
+        def search(self, queries, k):
+            return {q: {"d1": 1.0} for q in queries}
+
+    register_retriever("fixed-test", lambda corpus, options: Fixed())
+    assert build_retriever("fixed-test", None, {}).search({"q": "x"}, 1) == {"q": {"d1": 1.0}}
