@@ -59,7 +59,7 @@ def evaluate(
     (BEIR's default, for ArguAna/Quora-style corpora that contain the queries).
     """
     asked = set(run) if queries is None else set(queries)
-    judged = sorted(q for q in asked if q in qrels and qrels[q])
+    judged = sorted(q for q in asked if qrels.get(q))
     if not judged:
         raise NpdecodeError("no judged query to evaluate: the qrels name none of the queries in the run")
     qrels_copy = {q: {d: int(r) for d, r in qrels[q].items()} for q in judged}

@@ -22,15 +22,12 @@ QRELS = [("q1", "d1", 2), ("q1", "d5", 1), ("q2", "d2", 1), ("q2", "d4", -1), ("
 def write_beir(folder: Path) -> Path:
     (folder / "qrels").mkdir(parents=True)
     with open(folder / "corpus.jsonl", "w") as fh:
-        for i, (title, text) in DOCS.items():
-            fh.write(json.dumps({"_id": i, "title": title, "text": text, "metadata": {}}) + "\n")
+        fh.writelines(json.dumps({"_id": i, "title": title, "text": text, "metadata": {}}) + "\n" for i, (title, text) in DOCS.items())
     with open(folder / "queries.jsonl", "w") as fh:
-        for i, text in QUERIES.items():
-            fh.write(json.dumps({"_id": i, "text": text, "metadata": {}}) + "\n")
+        fh.writelines(json.dumps({"_id": i, "text": text, "metadata": {}}) + "\n" for i, text in QUERIES.items())
     with open(folder / "qrels" / "test.tsv", "w") as fh:
         fh.write("query-id\tcorpus-id\tscore\n")
-        for q, d, r in QRELS:
-            fh.write(f"{q}\t{d}\t{r}\n")
+        fh.writelines(f"{q}\t{d}\t{r}\n" for q, d, r in QRELS)
     return folder
 
 

@@ -3,11 +3,11 @@ import math
 import numpy as np
 import pytest
 
+from npdecode.errors import NpdecodeError
 from npdecode.eval import bm25 as bm25_module
 from npdecode.eval.bm25 import BM25Settings, build_bm25
 from npdecode.eval.dense import DenseEncoder, build_dense, exact_search, torch_exact_search
 from npdecode.eval.retrievers import Retriever, build_retriever, get_factory, register_retriever
-from npdecode.errors import NpdecodeError
 from tests.eval.conftest import DOCS
 
 

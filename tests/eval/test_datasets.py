@@ -4,9 +4,9 @@ import zipfile
 
 import pytest
 
+from npdecode.corpus import load_corpus
 from npdecode.errors import NpdecodeError
 from npdecode.eval.datasets import beir, load_dataset
-from npdecode.corpus import load_corpus
 from tests.eval.conftest import write_beir
 
 

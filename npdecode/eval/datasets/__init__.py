@@ -40,4 +40,4 @@ def load_dataset(name: str, split: str = "test", data_dir: str | Path | None = N
     )
 
 
-__all__ = ["Dataset", "load_dataset", "SPLITS"]
+__all__ = ["SPLITS", "Dataset", "load_dataset"]

@@ -65,7 +65,7 @@ def _download(name: str, root: Path) -> Path:
         errors.append(str(err))
     try:
         return _from_hub(name, target)
-    except Exception as err:  # datasets raises many types when offline
+    except Exception as err:  # noqa: BLE001 - datasets raises many types when offline
         errors.append(f"Hugging Face BeIR/{name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
     raise NpdecodeError(
         f"beir/{name}: could not download ({'; '.join(errors)}). Offline? "
@@ -82,17 +82,14 @@ def _from_hub(name: str, target: Path) -> Path:
     qrels = datasets.load_dataset(f"BeIR/{name}-qrels")
     with atomic_dir(target, overwrite=True) as tmp:
         with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as fh:
-            for row in corpus:
-                fh.write(json.dumps({"_id": str(row["_id"]), "title": row.get("title") or "", "text": row["text"]}) + "\n")
+            fh.writelines(json.dumps({"_id": str(row["_id"]), "title": row.get("title") or "", "text": row["text"]}) + "\n" for row in corpus)
         with open(tmp / "queries.jsonl", "w", encoding="utf-8") as fh:
-            for row in queries:
-                fh.write(json.dumps({"_id": str(row["_id"]), "text": row["text"]}) + "\n")
+            fh.writelines(json.dumps({"_id": str(row["_id"]), "text": row["text"]}) + "\n" for row in queries)
         (tmp / "qrels").mkdir()
         for split, rows in qrels.items():
             with open(tmp / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as fh:
                 fh.write("query-id\tcorpus-id\tscore\n")
-                for row in rows:
-                    fh.write(f"{row['query-id']}\t{row['corpus-id']}\t{row['score']}\n")
+                fh.writelines(f"{row['query-id']}\t{row['corpus-id']}\t{row['score']}\n" for row in rows)
     return target
 
 

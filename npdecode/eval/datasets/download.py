@@ -26,11 +26,11 @@ def fetch(url: str, dest: Path, timeout: float = 30.0) -> Path:
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise DownloadError(f"{url}: {getattr(err, 'reason', err)}") from None
     total = int(response.headers.get("Content-Length") or 0) or None
-    with response, atomic_file(dest, "wb") as fh:
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                fh.write(block)
-                bar.update(len(block))
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}")
+    with response, atomic_file(dest, "wb") as fh, bar:
+        for block in iter(lambda: response.read(1 << 20), b""):
+            fh.write(block)
+            bar.update(len(block))
     return dest
 
 
