@@ -13,12 +13,19 @@ Contract of ``MergeMethod.func`` (called once per output tensor by the executor)
 
 - ``tensors``: list of tensors, one per model listed in the recipe's ``models`` (recipe order;
   the base model is included if the recipe lists it there), same shape, computation dtype.
-- ``base``: the base model's tensor, or None when the recipe has no ``base_model``.
+- ``base``: the base model's tensor, or None when the recipe has no ``base_model``. When the
+  base model is also listed in ``models``, its slot in ``tensors`` must hold *the same object*
+  (``tensors[i] is base``): task-vector methods (ties, dare, slerp, model_stock, …) find and
+  drop the base's slot by identity, never by value, since a fine-tuned tensor may equal the
+  base's. The values in ``model_params`` for that slot are ignored by those methods (MergeKit
+  recipes usually give the base no ``weight``), so they may be None there.
 - ``model_params``: ``{name: [value per model in tensors]}`` for every name in
   ``tensor_params``, gradients already evaluated for this tensor, defaults filled.
 - ``params``: ``{name: value}`` for every name in ``global_params``, defaults filled.
 - ``generator``: a seeded ``torch.Generator`` on the tensors' device (for DARE/DELLA…), or None.
-Returns the merged tensor (same shape as the inputs).
+Returns the merged tensor (same shape and dtype as the inputs). Bad inputs (shape mismatch,
+missing base where ``requires_base``, wrong number of models) raise ``NpdecodeError`` with a
+one-line message; the executor may prefix the tensor name.
 """
 
 from __future__ import annotations
@@ -84,8 +91,12 @@ def load_builtin_methods() -> None:
             importlib.import_module(f"{methods.__name__}.{info.name}")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
-        if isinstance(obj, MergeMethod) and obj.name not in _REGISTRY:
-            register(obj)
+        if not isinstance(obj, MergeMethod):
+            raise NpdecodeError(
+                f"entry point {ep.name!r} of group {ENTRY_POINT_GROUP!r} ({ep.value}) is a "
+                f"{type(obj).__name__}, not a MergeMethod; fix or uninstall that plugin"
+            )
+        register(obj)  # a name clash with a built-in or another plugin is refused
 
 
 def get_method(name: str) -> MergeMethod:

@@ -1,0 +1,68 @@
+"""Arcee Fusion: add to the base only the most salient part of the other model's changes.
+
+Importance of each entry: ``|other - base| * KL(p || q)``, where ``p = softmax(other) + 1e-8``
+and ``q = softmax(base) + 1e-8`` along the last dim (the KL of that row). The entries whose
+importance reaches ``median + 1.5 * IQR`` (lower median, as ``torch.median``; quartiles
+linearly interpolated) take the other model's value; every other entry keeps the base's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from npdecode.merge.methods._inputs import (
+    accumulation_dtype,
+    check_shapes,
+    require_base,
+    require_count,
+    split_base,
+)
+from npdecode.merge.registry import MergeMethod, register
+
+
+def _quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
+    """Linearly interpolated ``q``-quantile of a 1-D tensor (no size limit, unlike torch.quantile)."""
+    pos = q * (flat.numel() - 1)
+    lo = int(pos)
+    hi = min(lo + 1, flat.numel() - 1)
+    low = torch.kthvalue(flat, lo + 1).values
+    high = torch.kthvalue(flat, hi + 1).values
+    return low + (high - low) * (pos - lo)
+
+
+def importance(other: torch.Tensor, base: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``|other - base|`` times the row KL divergence of their softmaxes (shape of the inputs)."""
+    if other.dim() == 0:
+        other, base = other.reshape(1), base.reshape(1)
+    p = torch.softmax(other, dim=-1) + eps
+    q = torch.softmax(base, dim=-1) + eps
+    kl = (p * torch.log(p / q)).sum(dim=-1, keepdim=True)
+    return (other - base).abs() * kl
+
+
+def merge_arcee_fusion(tensors, base, model_params, params, generator) -> torch.Tensor:
+    """The base with the other model's entries where their importance is an upper outlier."""
+    base = require_base("arcee_fusion", base)
+    others, _ = split_base(tensors, base, model_params)
+    check_shapes("arcee_fusion", others, base)
+    if not others:
+        return base.clone()
+    require_count("arcee_fusion", others, 1, "exactly two models: the base_model and one other")
+    acc = accumulation_dtype(base)
+    other = others[0]
+    scores = importance(other.to(acc), base.to(acc)).reshape(-1)
+    median = torch.median(scores)
+    iqr = _quantile(scores, 0.75) - _quantile(scores, 0.25)
+    mask = (scores >= median + 1.5 * iqr).reshape(base.shape)
+    return torch.where(mask, other, base)
+
+
+METHOD = register(
+    MergeMethod(
+        name="arcee_fusion",
+        func=merge_arcee_fusion,
+        requires_base=True,
+        module=__name__,
+        description="take the other model's changes where their KL-weighted importance is an outlier",
+    )
+)
