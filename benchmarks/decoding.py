@@ -1,0 +1,204 @@
+"""Constrained decoding speed: our CSR beam search vs HF ``generate`` + ``prefix_allowed_tokens_fn``.
+
+Same random t5-small-size Np model (decoder embeddings and lm_head = a synthetic CE table), same
+queries, same beam, CE-id trie (ours) vs a nested-dict trie walked in a Python callback (HF).
+Reports queries/s, top-10 agreement with HF's lists, and a FLOP floor for the steps we run
+(CE logits + decoder layers) from a plain matmul rate measured in the same run.
+
+Usage: .venv/bin/python benchmarks/decoding.py --docs 100000 --ce-rows 160000 --queries 16 \
+          [--dtypes fp32 bf16] [--device cpu] [--out benchmarks/results/decoding.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def synthetic_index(n_docs: int, n_rows: int, vocab: int, seed: int = 0):
+    """CE rows -> tokens (row 0 start, row 1 EOS) and one CE-id path (+ EOS) per document."""
+    rng = np.random.default_rng(seed)
+    token_ids = np.concatenate([[0, 1], rng.integers(2, vocab, n_rows - 2)])
+    paths = set()
+    while len(paths) < n_docs:
+        length = int(rng.integers(3, 9))
+        paths.add(tuple(rng.integers(2, n_rows, length).tolist()) + (1,))
+    return torch.as_tensor(token_ids), [list(p) for p in sorted(paths)]
+
+
+def build_model(tmp: Path, n_rows: int, token_ids: torch.Tensor, seed: int = 0):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from npdecode.backbone import load_backbone
+    from npdecode.model import NpModel
+    from tests.tiny_models import save_t5_tokenizer
+
+    save_t5_tokenizer(tmp)
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=32128, d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64,
+                   feed_forward_proj="relu", decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5ForConditionalGeneration(cfg).save_pretrained(tmp)
+    bb = load_backbone(tmp)
+    ce = torch.randn(n_rows, 512) * 8.0  # encoder-state-like norms; keeps scores non-uniform
+    return NpModel(bb, ce, token_ids)
+
+
+def hf_np_model(np_model):
+    """A plain HF T5 whose decoder embeddings and lm_head are the CE table (the authors' setup)."""
+    import copy
+
+    hf = copy.deepcopy(np_model.backbone.model)
+    ce = np_model.ce.detach()
+    hf.decoder.embed_tokens = torch.nn.Embedding.from_pretrained(ce.clone(), freeze=True)
+    hf.lm_head = torch.nn.Linear(ce.shape[1], ce.shape[0], bias=False, dtype=ce.dtype, device=ce.device)
+    hf.lm_head.weight.data.copy_(ce)
+    hf.config.vocab_size = ce.shape[0]
+    return hf
+
+
+def dict_trie(paths):
+    root: dict = {}
+    for i, p in enumerate(paths):
+        node = root
+        for t in p:
+            node = node.setdefault(t, {})
+        node[-1] = i
+    return root
+
+
+def run_hf(hf, tok, trie, paths, queries, beam, k, batch):
+    path_id = {tuple(p): i for i, p in enumerate(paths)}
+
+    def allowed(_, sent):  # the per-step Python callback of HF constrained decoding
+        node = trie
+        for t in sent.tolist()[1:]:
+            node = node.get(t)
+            if node is None:  # a finished beam padded after EOS: HF ignores it, allow pad
+                return [0]
+        return [t for t in node if t >= 0] or [0]
+
+    out = []
+    for lo in range(0, len(queries), batch):
+        enc = tok(queries[lo : lo + batch], return_tensors="pt", padding=True).to(hf.device)
+        gen = hf.generate(**enc, num_beams=beam, num_return_sequences=k, max_new_tokens=12,
+                          prefix_allowed_tokens_fn=allowed, length_penalty=0.0, early_stopping=True,
+                          do_sample=False)
+        for q in range(len(queries[lo : lo + batch])):
+            seqs = gen[q * k : (q + 1) * k, 1:].tolist()
+            # HF pads finished beams (with EOS here): cut each at its first EOS (CE row 1)
+            out.append([path_id.get(tuple(s[: s.index(1) + 1]) if 1 in s else tuple(s)) for s in seqs])
+    return out
+
+
+def decoder_flops(np_model, rows_per_step: list[int], enc_len: int) -> float:
+    """FLOPs of the steps run: 2·params per decoder token (+ attention) + 2·d·V_ce CE logits."""
+    dec = np_model.backbone.decoder
+    d, v = np_model.ce.shape[1], np_model.ce.shape[0]
+    params = sum(p.numel() for n, p in dec.named_parameters() if "embed" not in n)
+    per_row = 2 * params + 2 * d * v + 2 * 2 * d * enc_len * len(dec.block)
+    return float(sum(rows_per_step)) * per_row
+
+
+def matmul_rate(dtype, device) -> float:
+    a = torch.randn(256, 512, dtype=dtype, device=device)
+    b = torch.randn(512, 32768, dtype=dtype, device=device)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 10 * 2 * 256 * 512 * 32768 / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--ce-rows", type=int, default=160_000)
+    ap.add_argument("--queries", type=int, default=16)
+    ap.add_argument("--beam", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/decoding.json")
+    args = ap.parse_args()
+    from npdecode import decoding
+    from npdecode.trie import build_trie
+    from tests.tiny_models import toy_sentences
+
+    device = torch.device(args.device)
+    token_ids, paths = synthetic_index(args.docs, args.ce_rows, 32128)
+    trie = build_trie(paths, id_space="ce")
+    queries = toy_sentences(args.queries, seed=7)
+    k = 10
+    res = {"machine": {"processor": platform.processor(), "nproc": os.cpu_count(), "device": str(device),
+                       "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+                       "torch_threads": torch.get_num_threads()},
+           "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "setup": {"docs": args.docs, "ce_rows": args.ce_rows, "queries": args.queries, "beam": args.beam,
+                     "batch": args.batch, "k": k, "model": "random t5-small size (6+6 layers, d=512)"},
+           "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        base = build_model(Path(tmp), args.ce_rows, token_ids).to(device)
+    hf_lists = None
+    for name in args.dtypes:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+        model = base.to(dtype)
+        run = {}
+        rows: list[int] = []
+        orig_step = model.step
+
+        def counting_step(prev, state, _orig=orig_step, rows=rows):
+            rows.append(len(prev))
+            return _orig(prev, state)
+
+        model.step = counting_step
+        decoding.search(model, trie, queries[:2], k=k, beam=args.beam, batch_size=args.batch)  # warm-up
+        rows.clear()
+        t0 = time.perf_counter()
+        ours = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch, widen=False)
+        ours_s = time.perf_counter() - t0
+        del model.step
+        flops = decoder_flops(model, rows, enc_len=16)
+        rate = matmul_rate(dtype, device)
+        run["ours"] = {"seconds": round(ours_s, 3), "qps": round(len(queries) / ours_s, 3),
+                       "decoder_rows": sum(rows), "gflop": round(flops / 1e9, 2),
+                       "matmul_gflops": round(rate / 1e9, 1), "flop_floor_s": round(flops / rate, 3),
+                       "vs_floor": round(ours_s / (flops / rate), 2)}
+        ours_ids = [[v for v, _ in r] for r in ours]
+        if not args.skip_hf:
+            hf = hf_np_model(model)
+            dt = dict_trie(paths)
+            t0 = time.perf_counter()
+            hf_ids = run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.batch)
+            hf_s = time.perf_counter() - t0
+            run["hf_generate"] = {"seconds": round(hf_s, 3), "qps": round(len(queries) / hf_s, 3)}
+            run["speedup_vs_hf"] = round(hf_s / ours_s, 2)
+            run["top10_overlap_vs_hf_same_dtype"] = _overlap(ours_ids, hf_ids)
+            run["top10_identical_vs_hf_same_dtype"] = float(np.mean([a == b for a, b in zip(ours_ids, hf_ids)]))
+            if name == "fp32":
+                hf_lists = hf_ids
+        if hf_lists is not None and name != "fp32":
+            run["top10_overlap_vs_hf_fp32"] = _overlap(ours_ids, hf_lists)
+        res["runs"][name] = run
+        print(name, json.dumps(run), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+def _overlap(a, b) -> float:
+    return float(np.mean([len(set(x) & set(y)) / max(len(y), 1) for x, y in zip(a, b)]))
+
+
+if __name__ == "__main__":
+    main()

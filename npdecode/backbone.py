@@ -1,0 +1,231 @@
+"""One adapter over Hugging Face encoder-decoders: T5 (original and v1.1/flan/mT5), BART, bert2bert.
+
+Everything downstream (CE extraction, the Np model, decoding) talks to a :class:`Backbone`, so
+family quirks live here only: which module is the decoder, which token starts decoding, where
+an identifier's tokens sit in the encoder input ([CLS] in front for BERT, <s> for BART,
+nothing for T5), and whether decoder outputs are scaled by ``d_model**-0.5`` (tied T5).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from npdecode.errors import NpdecodeError
+
+
+@dataclass(frozen=True)
+class _Family:
+    """What differs between backbone families (one entry per HF ``model_type``)."""
+
+    name: str
+    decoder_path: tuple[str, ...]  # attribute path from the model to the decoder stack
+
+
+_FAMILIES = {
+    "t5": _Family("t5", ("decoder",)),
+    "mt5": _Family("t5", ("decoder",)),
+    "bart": _Family("bart", ("model", "decoder")),
+    "encoder-decoder": _Family("bert2bert", ("decoder", "base_model")),
+}
+
+
+class Backbone:
+    """A loaded encoder-decoder with its tokenizer and the facts the Np code needs.
+
+    Attributes: ``model`` (HF module, eval mode), ``tokenizer``, ``family`` ("t5" | "bart" |
+    "bert2bert"), ``d_model``, ``eos_token_id``, ``decoder_start_token_id``, ``pad_token_id``,
+    ``output_scale`` (``d_model**-0.5`` for T5 checkpoints that scale tied outputs, else 1.0).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, family: str, decoder_path: tuple[str, ...]):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.family = family
+        self._decoder_path = decoder_path
+        cfg = model.config
+        dec_cfg = cfg.decoder if family == "bert2bert" else cfg
+        self.d_model = int(getattr(dec_cfg, "d_model", None) or dec_cfg.hidden_size)
+        self.pad_token_id = _first_int(getattr(cfg, "pad_token_id", None), tokenizer.pad_token_id)
+        if family == "bert2bert":  # BERT decoders start at [CLS] and stop at [SEP]
+            start = _first_int(getattr(cfg, "decoder_start_token_id", None), tokenizer.cls_token_id)
+            eos = _first_int(getattr(cfg, "eos_token_id", None), tokenizer.sep_token_id)
+        else:
+            start = _first_int(getattr(cfg, "decoder_start_token_id", None), self.pad_token_id)
+            eos = _first_int(getattr(cfg, "eos_token_id", None), tokenizer.eos_token_id)
+        self.decoder_start_token_id, self.eos_token_id = start, eos
+        scaled = family == "t5" and bool(getattr(cfg, "scale_decoder_outputs", cfg.tie_word_embeddings))
+        self.output_scale = self.d_model**-0.5 if scaled else 1.0
+        self._front, self._back = _special_frame(tokenizer)
+
+    @property
+    def decoder(self) -> Any:
+        """The decoder stack: takes ``inputs_embeds``, ``encoder_hidden_states``, ``cache``."""
+        module = self.model
+        for name in self._decoder_path:
+            module = getattr(module, name)
+        return module
+
+    @property
+    def encoder(self) -> Any:
+        return self.model.get_encoder()
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+    def encode(self, input_ids: Any, attention_mask: Any) -> Any:
+        """Encoder last hidden state ``(B, T, d)`` for ``input_ids``/``attention_mask`` ``(B, T)``."""
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def input_embeddings(self) -> Any:
+        """The decoder's token embedding module (vanilla decoding inputs)."""
+        return self.decoder.get_input_embeddings()
+
+    def output_weight(self) -> Any:
+        """The vocabulary projection ``(V, d)`` applied to decoder states (vanilla logits)."""
+        if self.family == "bert2bert":
+            return self.model.decoder.get_output_embeddings().weight
+        return self.model.get_output_embeddings().weight
+
+    def vanilla_logits(self, hidden: Any) -> Any:
+        """Normal-vocabulary logits ``(..., V)`` from decoder states ``(..., d)``, as HF computes them."""
+        if self.family == "bert2bert":  # BERT's LM head has a transform (dense+gelu+LN) and a bias
+            return self.model.decoder.cls(hidden)
+        logits = self.model.get_output_embeddings()(hidden * self.output_scale)
+        bias = getattr(self.model, "final_logits_bias", None)
+        return logits + bias if bias is not None else logits
+
+    def tokenize_identifier(self, identifier: str) -> list[int]:
+        """The identifier's tokens as the decoder generates them (no special tokens)."""
+        return list(self.tokenizer(identifier, add_special_tokens=False)["input_ids"])
+
+    def tokenize_with_identifier(
+        self, identifier: str, text: str, max_length: int = 512
+    ) -> tuple[list[int], list[int]]:
+        """Encoder input for ``identifier + " " + text`` and the identifier's token positions.
+
+        The input is built as ``front specials + identifier tokens + text tokens + back specials``
+        so that the tokens at ``positions`` are exactly :meth:`tokenize_identifier` (the decoder's
+        targets), whatever the tokenizer would merge across the boundary.
+        """
+        ident = self.tokenize_identifier(identifier)
+        room = max_length - len(self._front) - len(self._back)
+        if not ident:
+            raise NpdecodeError(f"identifier {identifier!r} has no tokens; give the document a title or text")
+        if len(ident) > room:
+            raise NpdecodeError(
+                f"identifier {identifier!r} has {len(ident)} tokens, more than max_length={max_length} "
+                "allows; raise max_length or shorten the identifier cap"
+            )
+        tail = list(self.tokenizer(" " + text, add_special_tokens=False)["input_ids"]) if text else []
+        body = (ident + tail)[:room]
+        start = len(self._front)
+        return self._front + body + self._back, list(range(start, start + len(ident)))
+
+    def special_ce_inputs(self) -> dict[str, list[int]]:
+        """Encoder inputs for the two special CE rows: each token encoded alone (row = position 0).
+
+        ``"eos"``: the end-of-sequence token; ``"bos"``: the decoder start token.
+        """
+        return {"eos": [self.eos_token_id], "bos": [self.decoder_start_token_id]}
+
+    def to(self, device: Any) -> Backbone:
+        self.model.to(device)
+        return self
+
+
+def _first_int(*values: Any) -> int:
+    for v in values:
+        if v is not None:
+            return int(v)
+    raise NpdecodeError("the model config and tokenizer define no pad/eos/start token; fix config.json")
+
+
+def _special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Special tokens the tokenizer puts before and after a text (T5: [] / [</s>]; BERT: [CLS] / [SEP])."""
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    full = list(tokenizer("a")["input_ids"])
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    return [], []
+
+
+def family_of(config: Any) -> _Family:
+    """The adapter family of an HF config; unknown model types are a clear error."""
+    fam = _FAMILIES.get(getattr(config, "model_type", ""))
+    if fam is None:
+        raise NpdecodeError(
+            f"model type {config.model_type!r} is not supported; use a T5, mT5, BART or bert2bert "
+            "(EncoderDecoderModel) checkpoint"
+        )
+    return fam
+
+
+def load_backbone(name_or_path: str | Path, *, trust_remote_code: bool = False, device: Any = None) -> Backbone:
+    """Load a seq2seq checkpoint by local path or hub id (from the local HF cache when offline).
+
+    Pickled ``.bin`` weights load with ``weights_only=True``; remote code runs only when
+    ``trust_remote_code`` is set. Raises :class:`NpdecodeError` when the model cannot be found.
+    """
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    name = str(name_or_path)
+    local = Path(name).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise NpdecodeError(f"{local} has no config.json; point --model at a Hugging Face checkpoint directory")
+    src = str(local) if local.exists() else name
+    # read at call time (huggingface_hub reads it only at import): offline means cache only, no retries
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+    try:
+        config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        raise NpdecodeError(
+            f"model {name!r} is neither a local checkpoint directory nor in the Hugging Face cache "
+            f"(offline or unknown id: {str(err).splitlines()[0][:120]}); download it or pass a local path"
+        ) from None
+    fam = family_of(config)
+    model = AutoModelForSeq2SeqLM.from_pretrained(
+        src, config=config, trust_remote_code=trust_remote_code, weights_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    model.eval()
+    if fam.name == "bert2bert":
+        _fill_bert2bert_ids(model, tokenizer)
+    if device is not None:
+        model.to(device)
+    return Backbone(model, tokenizer, fam.name, fam.decoder_path)
+
+
+def _fill_bert2bert_ids(model: Any, tokenizer: Any) -> None:
+    """EncoderDecoderModel configs often lack start/pad ids; BERT's are [CLS] / [PAD] / [SEP]."""
+    cfg = model.config
+    for key, value in (("decoder_start_token_id", tokenizer.cls_token_id),
+                       ("pad_token_id", tokenizer.pad_token_id), ("eos_token_id", tokenizer.sep_token_id)):
+        if getattr(cfg, key, None) is None:
+            setattr(cfg, key, value)
+
+
+def make_bert2bert(encoder_path: str | Path, out_dir: str | Path, *, seed: int = 0) -> Path:
+    """Warm-start a bert2bert ``EncoderDecoderModel`` from one BERT encoder and save it to ``out_dir``.
+
+    The decoder copies the encoder's weights (cross-attention layers are new, seeded); token ids
+    for start/pad/eos come from the tokenizer ([CLS]/[PAD]/[SEP]).
+    """
+    import torch
+    from transformers import AutoTokenizer, EncoderDecoderModel
+
+    encoder_path = Path(encoder_path)
+    if not (encoder_path / "config.json").is_file():
+        raise NpdecodeError(f"{encoder_path} has no config.json; pass a BERT checkpoint directory")
+    torch.manual_seed(seed)
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(encoder_path), str(encoder_path))
+    tokenizer = AutoTokenizer.from_pretrained(encoder_path)
+    _fill_bert2bert_ids(model, tokenizer)
+    out_dir = Path(out_dir)
+    model.eval().save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

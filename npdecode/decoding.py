@@ -1,0 +1,218 @@
+"""Batched constrained beam search over a CSR prefix trie (no per-step Python callback).
+
+Each step: one KV-cached decoder step for all live rows of all queries, the full normalizer
+``logsumexp(logits)`` per row (exact scores), then a *sparse* expansion: only the trie edges out
+of each row's node are scored, so a hypothesis can never leave the trie and the cost of masking
+is the number of allowed children, not the vocabulary. Children that end a stored sequence
+become finished hypotheses (all of them, so ``k`` may exceed ``beam``); the best ``beam``
+children that can still be extended stay live per query.
+
+Modes (see :func:`make_scorer`): Np model + CE-id trie; Np model + token-id trie (a token's
+score is the log-sum-exp over its CE rows; the next decoder input is the token's best CE row);
+vanilla model + token-id trie (GENRE-style).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from npdecode.errors import NpdecodeError
+from npdecode.trie import TorchTrie, Trie, group_rows_by_token
+
+
+class _IdScorer:
+    """Edges are output ids (CE rows for Np, tokens for vanilla): score = log_softmax at that id."""
+
+    def edge_scores(self, logits: torch.Tensor, lse: torch.Tensor, row: torch.Tensor, ids: torch.Tensor):
+        return logits[row, ids] - lse[row]
+
+    def next_inputs(self, logits: torch.Tensor, row: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return ids
+
+
+class _TokenOverCeScorer:
+    """Token-id trie over an Np model: ``log p(token) = logsumexp(logits[rows of token]) - lse``."""
+
+    def __init__(self, ce_token_ids: torch.Tensor):
+        tokens, ptr, rows = group_rows_by_token(ce_token_ids.cpu().numpy())
+        counts = np.diff(ptr)
+        kmax = int(counts.max()) if len(counts) else 1
+        padded = np.full((len(tokens), kmax), -1, dtype=np.int64)  # (G, kmax) CE rows per token
+        padded[np.repeat(np.arange(len(tokens)), counts), np.arange(len(rows)) - np.repeat(ptr[:-1], counts)] = rows
+        lookup = np.full(int(tokens.max()) + 1 if len(tokens) else 1, -1, dtype=np.int64)
+        lookup[tokens] = np.arange(len(tokens))
+        device = ce_token_ids.device
+        self.group_rows = torch.as_tensor(padded, device=device)
+        self.token_to_group = torch.as_tensor(lookup, device=device)
+
+    def _gather(self, logits: torch.Tensor, row: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.token_to_group[ids]
+        if bool((g < 0).any()):
+            raise NpdecodeError("the token trie holds a token with no CE row; rebuild the index (trie and CE disagree)")
+        rows = self.group_rows[g]  # (E, kmax)
+        vals = logits[row[:, None], rows.clamp_min(0)].masked_fill(rows < 0, float("-inf"))
+        return vals, rows
+
+    def edge_scores(self, logits, lse, row, ids):
+        vals, _ = self._gather(logits, row, ids)
+        return torch.logsumexp(vals, dim=1) - lse[row]
+
+    def next_inputs(self, logits, row, ids):
+        vals, rows = self._gather(logits, row, ids)
+        return rows.gather(1, vals.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
+def make_scorer(model: Any, trie: Trie) -> _IdScorer | _TokenOverCeScorer:
+    """Pick the scoring rule from the model kind and the trie's id space."""
+    is_np = hasattr(model, "ce_token_ids")
+    if trie.id_space == "token" and is_np:
+        return _TokenOverCeScorer(model.ce_token_ids)
+    if trie.id_space == "ce" and not is_np:
+        raise NpdecodeError("a CE-id trie needs an Np model; the vanilla model decodes over a token-id trie")
+    return _IdScorer()
+
+
+@dataclass
+class _Finished:
+    query: list[torch.Tensor]
+    node: list[torch.Tensor]
+    score: list[torch.Tensor]
+
+
+def _rank_within(groups: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Order sorting by (group asc, key desc, index asc) and each element's rank inside its group."""
+    order = torch.argsort(key, descending=True, stable=True)
+    order = order[torch.argsort(groups[order], stable=True)]
+    g = groups[order]
+    start = torch.ones_like(g, dtype=torch.bool)
+    start[1:] = g[1:] != g[:-1]
+    pos = torch.arange(len(g), device=g.device)
+    first = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), 0).values
+    return order, pos - first
+
+
+def _rank_key(scores: torch.Tensor) -> torch.Tensor:
+    """Scores for ranking: NaN -> -inf, and -inf -> the lowest finite float so that allowed
+    hypotheses whose every score is -inf still rank (nothing else competes with them)."""
+    s = torch.nan_to_num(scores, nan=float("-inf"))
+    return torch.where(torch.isneginf(s), torch.finfo(s.dtype).min, s)
+
+
+def _kth_best(query: torch.Tensor, score: torch.Tensor, n_queries: int, k: int) -> torch.Tensor:
+    """Per query, the k-th best finished score (NaN where fewer than k are finished)."""
+    out = torch.full((n_queries,), float("nan"), device=score.device)
+    if len(score):
+        order, rank = _rank_within(query, _rank_key(score))
+        hit = rank == k - 1
+        out[query[order][hit]] = score[order][hit]
+    return out
+
+
+@torch.inference_mode()
+def beam_search(
+    model: Any, trie: TorchTrie, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, k: int, beam: int,
+    length_penalty: float = 0.0, scorer: Any = None,
+) -> list[list[tuple[int, float]]]:
+    """Constrained beam search for one batch of B encoded queries; top-``k`` (node, score) per query.
+
+    Scores are sums of log-probabilities; with ``length_penalty`` α > 0 a finished hypothesis of
+    L steps scores ``sum / L**α``. Returns, per query, ``(terminal node, score)`` best first.
+    """
+    scorer = scorer or make_scorer(model, trie.trie)
+    n_q = input_ids.shape[0]
+    device = input_ids.device
+    enc, enc_mask = model.encode(input_ids, attention_mask)
+    state = model.init_state(enc, enc_mask)
+    query = torch.arange(n_q, device=device)
+    node = torch.zeros(n_q, dtype=torch.long, device=device)
+    score = torch.zeros(n_q, dtype=torch.float32, device=device)
+    prev = torch.full((n_q,), model.start_id, dtype=torch.long, device=device)
+    fin = _Finished([], [], [])
+    step = 0
+    while len(node):
+        step += 1
+        logits, state = model.step(prev, state)
+        logits = logits.float()  # (N, V_out); scores in fp32 even for bf16 models
+        lse = torch.logsumexp(logits, dim=-1)
+        row, ids, child = trie.expand(node)  # (E,) each: every allowed edge of every live row
+        cand = score[row] + torch.nan_to_num(scorer.edge_scores(logits, lse, row, ids), nan=float("-inf"))
+        term = trie.is_terminal[child]
+        fin.query.append(query[row[term]])
+        fin.node.append(child[term])
+        fin.score.append(cand[term] / (step**length_penalty) if length_penalty else cand[term])
+        extendable = torch.nonzero(trie.indptr[child + 1] > trie.indptr[child]).squeeze(1)
+        if len(extendable) == 0:
+            break
+        order, rank = _rank_within(query[row[extendable]], _rank_key(cand[extendable]))
+        keep = extendable[order[rank < beam]]
+        if not length_penalty:  # scores only fall from here: stop queries whose top-k is settled
+            fq, fs = torch.cat(fin.query), torch.cat(fin.score)
+            kth = _kth_best(fq, fs, n_q, k)
+            best_live = torch.full((n_q,), float("-inf"), device=device).scatter_reduce(
+                0, query[row[keep]], cand[keep], reduce="amax")
+            done = kth >= best_live  # NaN (fewer than k finished) compares False
+            keep = keep[~done[query[row[keep]]]]
+        src = row[keep]
+        prev = scorer.next_inputs(logits, src, ids[keep])
+        query, node, score = query[src], child[keep], cand[keep]
+        state = model.reorder_state(state, src)
+    return _collect(fin, n_q, k)
+
+
+def _collect(fin: _Finished, n_q: int, k: int) -> list[list[tuple[int, float]]]:
+    """Per query: finished (node, score), best first (ties: smaller node), at most ``k`` of them."""
+    if not fin.query:
+        return [[] for _ in range(n_q)]
+    q = torch.cat(fin.query).cpu().numpy()
+    n = torch.cat(fin.node).cpu().numpy()
+    s = torch.cat(fin.score).float().cpu().numpy()
+    out: list[list[tuple[int, float]]] = [[] for _ in range(n_q)]
+    for i in np.lexsort((n, -np.nan_to_num(s, nan=-np.inf), q)):
+        if len(out[q[i]]) < k:
+            out[q[i]].append((int(n[i]), float(s[i])))
+    return out
+
+
+def search(
+    model: Any, trie: Trie, queries: list[str], *, k: int = 10, beam: int = 10, batch_size: int = 8,
+    length_penalty: float = 0.0, max_query_length: int = 64, widen: bool = True,
+) -> list[list[tuple[int, float]]]:
+    """Top-``k`` ``(value, score)`` per query (values = the trie's document group ids), best first.
+
+    A terminal shared by several values (documents with one identifier) yields all of them with
+    the same score. When ``widen`` and a query found fewer than ``k`` documents, it is searched
+    again with a doubled beam (up to exhaustive) so that ``k`` may exceed ``beam``.
+    """
+    if k < 1 or beam < 1 or batch_size < 1:
+        raise NpdecodeError(f"k={k}, beam={beam}, batch_size={batch_size}: all must be at least 1")
+    ttrie = trie.to_torch(model.device)
+    scorer = make_scorer(model, trie)
+    want = min(k, trie.n_sequences)
+    results: list[list[tuple[int, float]]] = [[] for _ in queries]
+    todo, width = list(range(len(queries))), beam
+    while todo:
+        for lo in range(0, len(todo), batch_size):
+            idx = todo[lo : lo + batch_size]
+            ids, mask = model.tokenize([queries[i] for i in idx], max_query_length)
+            hyps = beam_search(model, ttrie, ids, mask, k=k, beam=width, length_penalty=length_penalty, scorer=scorer)
+            for i, h in zip(idx, hyps):
+                results[i] = _to_values(trie, h, k)
+        if not widen or width >= trie.n_sequences:
+            break
+        width = min(max(2 * width, k), trie.n_sequences)
+        todo = [i for i in todo if len(results[i]) < want]
+    return results
+
+
+def _to_values(trie: Trie, hyps: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
+    out: list[tuple[int, float]] = []
+    for node, score in hyps:
+        for v in trie.values(node):
+            out.append((int(v), score))
+            if len(out) == k:
+                return out
+    return out

@@ -1,0 +1,216 @@
+"""The Np model (decoder vocabulary = CE table) and the vanilla model, behind one decoder interface.
+
+Both wrap a :class:`~npdecode.backbone.Backbone` and expose what the constrained decoder needs:
+
+- ``encode(input_ids, attention_mask) -> (enc (B, T, d), mask (B, T))``
+- ``init_state(enc, mask) -> DecoderState``; ``start_id``; ``eos_id``
+- ``step(prev_ids (N,), state) -> (logits (N, V_out) float, state)`` with a KV cache
+- ``reorder_state(state, rows (M,)) -> state`` (rows index the N current rows; M may differ)
+- ``forward(input_ids, attention_mask, decoder_input_ids) -> logits (B, L, V_out)`` (teacher forcing)
+
+Output ids are CE row ids for :class:`NpModel` and token ids for :class:`VanillaModel`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from npdecode.backbone import Backbone, load_backbone
+from npdecode.errors import NpdecodeError
+
+NPDECODE_JSON = "npdecode.json"
+CE_FILE = "npdecode_ce.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class DecoderState:
+    """Per-row decoding state: encoder states (N, T, d), their mask (N, T) and the KV cache."""
+
+    enc: torch.Tensor
+    enc_mask: torch.Tensor
+    cache: Any = None
+
+
+class _Seq2Seq(nn.Module):
+    """Decoder plumbing shared by the Np and vanilla models; subclasses define embed/logits."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.net = backbone.model  # registered so .to()/.parameters()/state_dict() see it
+
+    start_id: int
+    eos_id: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:  # (N, L) -> (N, L, d)
+        raise NotImplementedError
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., V_out)
+        raise NotImplementedError
+
+    def tokenize(self, texts: list[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded encoder inputs ``(B, T)`` for query strings, on the model's device."""
+        enc = self.backbone.tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backbone.encode(input_ids, attention_mask), attention_mask
+
+    def init_state(self, enc: torch.Tensor, enc_mask: torch.Tensor) -> DecoderState:
+        return DecoderState(enc, enc_mask, None)
+
+    def _decode(self, embeds: torch.Tensor, enc, enc_mask, dec_mask=None, cache=None):
+        out = self.backbone.decoder(
+            inputs_embeds=embeds, attention_mask=dec_mask, encoder_hidden_states=enc,
+            encoder_attention_mask=enc_mask, cache=cache, use_cache=cache is not None,
+        )
+        return out.last_hidden_state, out.get("cache")
+
+    def step(self, prev_ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """One cached decoder step: ``prev_ids`` (N,) output ids -> logits (N, V_out)."""
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        cache = state.cache
+        if cache is None:
+            cfg = self.backbone.decoder.config
+            cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
+        hidden, cache = self._decode(self.embed(prev_ids[:, None]), state.enc, state.enc_mask, cache=cache)
+        return self.logits(hidden[:, -1]), DecoderState(state.enc, state.enc_mask, cache)
+
+    def reorder_state(self, state: DecoderState, rows: torch.Tensor) -> DecoderState:
+        """Keep/duplicate rows (``rows`` indexes the current N rows) of the state and its cache."""
+        if state.cache is not None:
+            state.cache.reorder_cache(rows)
+        return DecoderState(state.enc.index_select(0, rows), state.enc_mask.index_select(0, rows), state.cache)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced logits ``(B, L, V_out)`` for output-id inputs ``decoder_input_ids`` (B, L)."""
+        enc, mask = self.encode(input_ids, attention_mask)
+        hidden, _ = self._decode(self.embed(decoder_input_ids), enc, mask, dec_mask=decoder_attention_mask)
+        return self.logits(hidden)
+
+
+class NpModel(_Seq2Seq):
+    """Np Decoding: decoder input embeddings and output projection are the CE table.
+
+    ``logits = output_scale * logit_scale * h · CEᵀ`` with ``output_scale`` the backbone's
+    (``d_model**-0.5`` for tied T5) and ``logit_scale`` a fixed or learned temperature.
+    ``ce`` (V_ce, d) is frozen unless ``trainable_ce``; ``ce_token_ids`` (V_ce,) maps rows to
+    token ids; ``start_ce_id``/``eos_ce_id`` are the rows of the decoder start and EOS tokens.
+    """
+
+    def __init__(
+        self, backbone: Backbone, ce: torch.Tensor, ce_token_ids: torch.Tensor, *, start_ce_id: int = 0,
+        eos_ce_id: int = 1, logit_scale: float = 1.0, learn_scale: bool = False, trainable_ce: bool = False,
+    ):
+        super().__init__(backbone)
+        if ce.ndim != 2 or ce.shape[1] != backbone.d_model:
+            raise NpdecodeError(f"CE table has shape {tuple(ce.shape)}; expected (V_ce, {backbone.d_model})")
+        if ce_token_ids.shape != (ce.shape[0],):
+            raise NpdecodeError(f"ce_token_ids has shape {tuple(ce_token_ids.shape)}; expected ({ce.shape[0]},)")
+        for name, row in (("start_ce_id", start_ce_id), ("eos_ce_id", eos_ce_id)):
+            if not 0 <= row < ce.shape[0]:
+                raise NpdecodeError(f"{name}={row} is outside the CE table (0..{ce.shape[0] - 1})")
+        dtype, device = backbone.model.dtype, backbone.device
+        self.ce = nn.Parameter(ce.detach().to(device=device, dtype=dtype).clone(), requires_grad=trainable_ce)
+        self.register_buffer("ce_token_ids", ce_token_ids.detach().to(device=device, dtype=torch.long).clone())
+        self.log_scale = nn.Parameter(torch.tensor(float(logit_scale), device=device).log(), requires_grad=learn_scale)
+        self.start_id, self.eos_id = int(start_ce_id), int(eos_ce_id)
+        self.output_scale = backbone.output_scale
+
+    @property
+    def vocab_size(self) -> int:
+        return self.ce.shape[0]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.ce)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        scale = self.log_scale.exp() * self.output_scale
+        return (hidden @ self.ce.T) * scale.to(hidden.dtype)
+
+    def config_dict(self) -> dict:
+        return {
+            "kind": "np", "format_version": FORMAT_VERSION, "start_ce_id": self.start_id,
+            "eos_ce_id": self.eos_id, "learn_scale": self.log_scale.requires_grad,
+            "trainable_ce": self.ce.requires_grad, "ce_rows": self.vocab_size, "family": self.backbone.family,
+        }
+
+
+class VanillaModel(_Seq2Seq):
+    """GENRE-style model: the backbone's own vocabulary in and out (the baseline)."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__(backbone)
+        self.start_id, self.eos_id = backbone.decoder_start_token_id, backbone.eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backbone.output_weight().shape[0]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.input_embeddings()(ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.backbone.vanilla_logits(hidden)
+
+    def config_dict(self) -> dict:
+        return {"kind": "vanilla", "format_version": FORMAT_VERSION, "family": self.backbone.family}
+
+
+def save_model(model: NpModel | VanillaModel, out_dir: str | Path) -> Path:
+    """Write an HF checkpoint dir (weights, config, tokenizer) plus ``npdecode.json`` (and the CE table)."""
+    from safetensors.torch import save_file
+
+    from npdecode.atomic import atomic_dir
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        model.backbone.model.save_pretrained(tmp)
+        model.backbone.tokenizer.save_pretrained(tmp)
+        if isinstance(model, NpModel):
+            tensors = {"ce": model.ce.detach(), "ce_token_ids": model.ce_token_ids,
+                       "log_scale": model.log_scale.detach()}
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / CE_FILE))
+        (tmp / NPDECODE_JSON).write_text(json.dumps(model.config_dict(), indent=2))
+    return out_dir
+
+
+def load_model(path: str | Path, *, device: Any = None, trust_remote_code: bool = False) -> NpModel | VanillaModel:
+    """Load what :func:`save_model` wrote (a dir without ``npdecode.json`` loads as vanilla)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta_file = path / NPDECODE_JSON
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"kind": "vanilla"}
+    backbone = load_backbone(path, trust_remote_code=trust_remote_code, device=device)
+    if meta.get("kind") == "vanilla":
+        return VanillaModel(backbone)
+    if meta.get("kind") != "np":
+        raise NpdecodeError(f"{meta_file}: unknown kind {meta.get('kind')!r}; expected 'np' or 'vanilla'")
+    if not (path / CE_FILE).is_file():
+        raise NpdecodeError(f"{path / CE_FILE} is missing; the Np checkpoint is incomplete, save it again")
+    t = load_file(str(path / CE_FILE))
+    model = NpModel(
+        backbone, t["ce"], t["ce_token_ids"], start_ce_id=meta["start_ce_id"], eos_ce_id=meta["eos_ce_id"],
+        learn_scale=meta.get("learn_scale", False), trainable_ce=meta.get("trainable_ce", False),
+    )
+    with torch.no_grad():
+        model.log_scale.copy_(t["log_scale"])
+    return model

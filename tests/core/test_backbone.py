@@ -1,0 +1,99 @@
+"""Backbone adapter: every family loads, identifier positions and special tokens are right."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from npdecode.backbone import load_backbone
+from npdecode.errors import NpdecodeError
+
+
+def test_families_and_ids(backbone_dir):
+    bb = load_backbone(backbone_dir)
+    assert bb.family in {"t5", "bart", "bert2bert"}
+    assert bb.d_model == 32
+    ids, mask = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
+    assert bb.encode(ids, mask).shape == (1, 4, 32)
+    expected = {"t5": (1, 0), "bart": (bb.tokenizer.eos_token_id, bb.tokenizer.eos_token_id),
+                "bert2bert": (bb.tokenizer.sep_token_id, bb.tokenizer.cls_token_id)}[bb.family]
+    assert (bb.eos_token_id, bb.decoder_start_token_id) == expected
+    assert bb.special_ce_inputs() == {"eos": [bb.eos_token_id], "bos": [bb.decoder_start_token_id]}
+
+
+def test_identifier_positions(backbone_dir):
+    bb = load_backbone(backbone_dir)
+    ident, text = "River Castle", "alpha beta gamma delta"
+    input_ids, positions = bb.tokenize_with_identifier(ident, text, max_length=64)
+    target = bb.tokenize_identifier(ident)
+    assert [input_ids[p] for p in positions] == target
+    assert not set(target) & set(bb.tokenizer.all_special_ids)
+    # the encoder input is what the tokenizer makes of "identifier text" (no merge across the seam)
+    assert input_ids == bb.tokenizer(ident + " " + text)["input_ids"]
+    front = {"t5": 0, "bart": 1, "bert2bert": 1}[bb.family]  # <s> / [CLS] in front
+    assert positions[0] == front
+    short, pos = bb.tokenize_with_identifier(ident, text * 20, max_length=12)
+    assert len(short) == 12 and [short[p] for p in pos] == target
+    with pytest.raises(NpdecodeError, match="max_length"):
+        bb.tokenize_with_identifier(ident * 10, text, max_length=8)
+
+
+def test_output_scale(t5_dir, t5_gated_dir, bart_dir):
+    assert load_backbone(t5_dir).output_scale == pytest.approx(32**-0.5)
+    gated = load_backbone(t5_gated_dir)
+    assert gated.output_scale == 1.0
+    assert "wi_0" in str(list(gated.model.state_dict()))
+    assert not torch.equal(gated.output_weight(), gated.input_embeddings().weight)  # separate lm_head kept
+    assert load_backbone(bart_dir).output_scale == 1.0
+
+
+def test_missing_model_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(NpdecodeError, match="neither a local checkpoint"):
+        load_backbone("no-such-org/no-such-model-xyz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NpdecodeError, match="config.json"):
+        load_backbone(tmp_path / "empty")
+
+
+def test_unsupported_family(tmp_path, t5_dir):
+    cfg = json.loads((t5_dir / "config.json").read_text())
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(NpdecodeError, match="not supported"):
+        load_backbone(tmp_path / "gpt")
+    assert cfg["model_type"] == "t5"
+
+
+class _Boom:
+    """Unpickling this calls ``open(marker, "w")``: the file appears only if pickle code runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_bin_loads_weights_only(tmp_path, t5_dir):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    good = tmp_path / "bin"
+    shutil.copytree(t5_dir, good)
+    state = load_file(str(good / "model.safetensors"))
+    (good / "model.safetensors").unlink()
+    torch.save(state, good / "pytorch_model.bin")
+    bb = load_backbone(good)
+    assert torch.equal(bb.model.shared.weight, state["shared.weight"])
+    bad = tmp_path / "evil"
+    shutil.copytree(good, bad)
+    marker = tmp_path / "pwned"
+    (bad / "pytorch_model.bin").write_bytes(pickle.dumps({"shared.weight": _Boom(marker)}))
+    with pytest.raises(Exception):  # noqa: B017 - any refusal will do, as long as nothing ran
+        load_backbone(bad)
+    assert not marker.exists()
