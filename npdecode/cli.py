@@ -20,6 +20,8 @@ from npdecode.errors import NpdecodeError
 _COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("npdecode.eval.cli:eval_command", "Evaluate retrievers on a dataset (BEIR, NQ, NQ320k, local)."),
     "demo": ("npdecode.eval.cli:demo_command", "Run the main job on the bundled SciFact sample."),
+    "index": ("npdecode.index.cli:index_command", "Build an index dir (CE table, FAISS store, trie) from a corpus, or append to one."),
+    "search": ("npdecode.index.cli:search_command", "Search an index dir with its generative model (Np or GENRE-style)."),
 }
 
 

@@ -36,6 +36,8 @@ Factory = Callable[[Path, Mapping[str, Any]], Retriever]
 _BUILTIN: dict[str, str] = {
     "bm25": "npdecode.eval.bm25:build_bm25",
     "dense": "npdecode.eval.dense:build_dense",
+    "np": "npdecode.index.retriever:build_np_retriever",
+    "genre": "npdecode.index.retriever:build_genre_retriever",
 }
 _FACTORIES: dict[str, Factory] = {}
 

@@ -1,0 +1,196 @@
+"""``npdecode index CORPUS --append INDEX_DIR [--replace]``: add documents without retraining.
+
+New documents are encoded with the index's model (same config), their identifier tokens go to
+the nearest existing CE row of the same token (DESIGN.md step 8; with ``k = 0`` every
+occurrence gets its own row, as in a build), unseen tokens get new rows (clustered like a
+build), and their paths join the tries. Existing segments are never rewritten: the new rows
+and documents form the next segment, and the tries and stores move to the next generation.
+A document identical to an indexed one joins its identifier; a document id already in the
+index is refused unless ``replace``, which retires the old version.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from npdecode.errors import NpdecodeError
+from npdecode.index.config import IndexConfig
+from npdecode.index.layout import SPECIAL_ROWS, Index, load_index, write_segment
+from npdecode.index.manifest import model_digest, now, package_versions, write_manifest
+
+# Settings an append may change: how the work runs, not what the index contains.
+RUNTIME_KEYS = {"batch_tokens", "batch_size", "shard_size", "precision", "accelerator", "devices",
+                "num_nodes", "strategy", "progress"}
+
+
+def append_to_index(corpus: str | Path, index_dir: str | Path, *, replace: bool = False,
+                    runtime: dict | None = None) -> dict:
+    """Add the documents of ``corpus`` to ``index_dir``; returns the new manifest."""
+    from npdecode.backbone import load_backbone
+    from npdecode.corpus import corpus_digest, load_corpus
+    from npdecode.index.assembly import make_records, read_occurrences
+    from npdecode.index.builder import encode_shards, tokenize_identifiers
+    from npdecode.index.identifiers import assign_identifiers
+
+    index_dir = Path(index_dir)
+    index = load_index(index_dir)
+    manifest = index.manifest
+    config = _append_config(manifest, runtime or {})
+    docs = load_corpus(corpus)
+    removed = _check_ids(index, docs, replace)
+    model_ref = manifest["model"]["ref"]
+    if manifest["model"]["digest"] is not None and model_digest(model_ref) != manifest["model"]["digest"]:
+        raise NpdecodeError(f"{model_ref}: the model changed since {index_dir} was built; rebuild the index")
+    backbone = load_backbone(model_ref)
+
+    joins, fresh = _join_identical(index, docs)
+    groups = assign_identifiers(fresh, config.max_identifier_words, taken={g.identifier for g in index.groups})
+    ident_tokens = tokenize_identifiers(backbone, groups)
+    seg = len(manifest["segments"])
+    name = f"{seg:05d}"
+    work = index_dir / f".append-{name}"
+    plan = {"corpus_digest": corpus_digest(corpus), "segment": name, "groups": len(groups)}
+    if (work / "plan.json").is_file() and json.loads((work / "plan.json").read_text()) != plan:
+        shutil.rmtree(work)
+    (work / "shards").mkdir(parents=True, exist_ok=True)
+    (work / "plan.json").write_text(json.dumps(plan, sort_keys=True))
+    if groups and encode_shards(backbone, groups, work / "shards", config) != 0:
+        return manifest  # other ddp ranks only encode
+    if groups:
+        occ = read_occurrences(work / "shards", ident_tokens, config.shard_size)
+    else:
+        occ = {"vectors": np.zeros((0, index.vectors.shape[1]), np.float32), "tokens": np.zeros(0, np.int64)}
+    rows, row_tokens, ce_ids = place_occurrences(index, occ["vectors"], occ["tokens"], config)
+    records = make_records(groups, ident_tokens, ce_ids)
+    raw = {"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids} if config.raw_ce else None
+    write_segment(index_dir / "segments" / name, rows, row_tokens, records, raw)
+
+    entry = {"name": name, "rows": len(rows), "groups": len(records), "removed": sorted(removed),
+             "joins": {str(g): ids for g, ids in sorted(joins.items())}}
+    new_manifest = _next_generation(index, entry, rows, row_tokens, records, raw)
+    new_manifest["corpus"].append({"path": str(Path(corpus).resolve()), "digest": plan["corpus_digest"],
+                                   "segment": name})
+    write_manifest(index_dir, new_manifest)
+    from npdecode.index.generation import remove_generation
+
+    remove_generation(index_dir, manifest["files"])
+    shutil.rmtree(work, ignore_errors=True)
+    return new_manifest
+
+
+def place_occurrences(index: Index, vectors: np.ndarray, tokens: np.ndarray, config: IndexConfig):
+    """Rows to add and the global CE id of each new occurrence.
+
+    ``k = 0``: one new row per occurrence. Otherwise: nearest existing row of the same token
+    (special rows excluded); occurrences of unseen tokens are clustered into new rows.
+    Returns (new rows (r, d), their token ids (r,), CE ids (N,)).
+    """
+    from npdecode.index.clustering import assign_to_existing, cluster_by_token
+
+    base = len(index.vectors)
+    ce_ids = np.full(len(tokens), -1, dtype=np.int64)
+    if config.k > 0:
+        n_special = len(SPECIAL_ROWS)
+        existing = assign_to_existing(vectors, tokens, index.vectors[n_special:], index.token_ids[n_special:])
+        ce_ids[existing >= 0] = existing[existing >= 0] + n_special
+    unseen = np.flatnonzero(ce_ids < 0)
+    clustered = cluster_by_token(vectors[unseen], tokens[unseen], config.k,
+                                 iterations=config.kmeans_iterations, seed=config.seed)
+    ce_ids[unseen] = base + clustered.assignment
+    return clustered.rows, clustered.row_tokens, ce_ids
+
+
+def _append_config(manifest: dict, runtime: dict) -> IndexConfig:
+    fixed = {k: v for k, v in runtime.items() if v is not None and k not in RUNTIME_KEYS}
+    if fixed:
+        raise NpdecodeError(f"--append keeps the index's settings; {', '.join(sorted(fixed))} cannot change "
+                            "(rebuild the index to change them)")
+    data = dict(manifest["config"])
+    data.update({k: v for k, v in runtime.items() if v is not None})
+    return IndexConfig(**data)
+
+
+def _check_ids(index: Index, docs: dict, replace: bool) -> set[str]:
+    """Doc ids the append retires (``replace``); existing ids without it are refused."""
+    clash = sorted(set(docs) & index.live_doc_set())
+    if clash and not replace:
+        shown = ", ".join(repr(d) for d in clash[:5]) + (" ..." if len(clash) > 5 else "")
+        raise NpdecodeError(f"{len(clash)} document id(s) already in {index.path} ({shown}); "
+                            "pass --replace to replace them")
+    return set(clash)
+
+
+def _join_identical(index: Index, docs: dict) -> tuple[dict[int, list[str]], dict]:
+    """Split new documents into those identical to an indexed group (joined) and the rest."""
+    from npdecode.index.identifiers import content_digest
+
+    by_digest: dict[str, int] = {}
+    for i, g in enumerate(index.groups):  # a live group wins over a retired one with the same text
+        if g.digest not in by_digest or index.live_doc_ids(i):
+            by_digest[g.digest] = i
+    joins: dict[int, list[str]] = {}
+    fresh = {}
+    for doc_id in sorted(docs):
+        doc = docs[doc_id]
+        group = by_digest.get(content_digest(doc.get("title") or "", doc.get("text") or ""))
+        if group is None:
+            fresh[doc_id] = doc
+        else:
+            joins.setdefault(group, []).append(doc_id)
+    return joins, fresh
+
+
+def _next_generation(index: Index, entry: dict, rows, row_tokens, records, raw) -> dict:
+    """Extend (or, after removals, rebuild) the tries; add the new rows to the stores."""
+    from npdecode.index.generation import build_tries, save_generation, trie_counts
+    from npdecode.index.store import load_store
+    from npdecode.trie import Trie
+
+    manifest = json.loads(json.dumps(index.manifest))
+    manifest["segments"].append(entry)
+    updated = _apply_entry(index, entry, records, rows, row_tokens)
+    first_new = len(index.groups)
+    was_live = {i for i in range(len(index.groups)) if index.live_doc_ids(i)}
+    still_live = {i for i in range(len(index.groups)) if updated.live_doc_ids(i)}
+    if was_live == still_live:
+        tries = {}
+        for mode in ("ce", "token"):
+            seqs = [(r.ce + [updated.eos_ce]) if mode == "ce" else (r.tokens + [updated.eos_token]) for r in records]
+            tries[mode] = Trie.load(index.trie_path(mode)).extend(seqs, list(range(first_new, first_new + len(records))))
+    else:
+        seqs, which = {}, None
+        for mode in ("ce", "token"):
+            seqs[mode], which = updated.targets(mode)
+        tries = build_tries(seqs, which)
+    store = load_store(index.store_path())
+    store.add(rows)
+    raw_store = None
+    if raw is not None:
+        raw_store = load_store(index.path / index.manifest["files"]["raw_store"])
+        raw_store.add(raw["vectors"])
+    generation = manifest["generation"] + 1
+    manifest["files"] = save_generation(index.path, generation, tries, store, raw_store)
+    manifest["generation"], manifest["updated"], manifest["versions"] = generation, now(), package_versions()
+    counts = manifest["counts"]
+    counts["documents"] = len(updated.live_doc_set())
+    counts["identifiers"] = len(still_live) + len(records)
+    counts["occurrences"] += sum(len(r.tokens) for r in records)
+    counts["ce_rows"] = len(updated.vectors)
+    counts.update(trie_counts(tries))
+    return manifest
+
+
+def _apply_entry(index: Index, entry: dict, records, rows, row_tokens) -> Index:
+    """The index as it reads once ``entry`` (the new segment) is in the manifest."""
+    seg = len(index.manifest["segments"])
+    members = [list(m) for m in index.members] + [[(d, seg) for d in r.doc_ids] for r in records]
+    for group, doc_ids in entry["joins"].items():
+        members[int(group)] += [(d, seg) for d in doc_ids]
+    removed = dict(index.removed)
+    removed.update({d: seg for d in entry["removed"]})
+    return Index(index.path, index.manifest, np.concatenate([index.vectors, rows]),
+                 np.concatenate([index.token_ids, row_tokens]), index.groups + list(records), members, removed)

@@ -1,0 +1,82 @@
+"""From encoded shards to a segment: special rows, per-token compression, document targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from npdecode.index.clustering import cluster_by_token
+from npdecode.index.config import IndexConfig
+from npdecode.index.identifiers import IdentifierGroup
+from npdecode.index.layout import SPECIAL_ROWS, DocumentGroup
+
+
+def special_rows(backbone) -> tuple[np.ndarray, np.ndarray]:
+    """CE rows of the decoder start and EOS tokens, each encoded alone (DESIGN.md step 2).
+
+    Returns vectors (2, d) float32 and their token ids (2,), in ``SPECIAL_ROWS`` order.
+    """
+    import torch
+
+    inputs = backbone.special_ce_inputs()
+    token_of = {"bos": backbone.decoder_start_token_id, "eos": backbone.eos_token_id}
+    vectors = []
+    with torch.inference_mode():
+        for name in SPECIAL_ROWS:
+            ids = torch.tensor([inputs[name]], dtype=torch.long, device=backbone.device)
+            hidden = backbone.encode(ids, torch.ones_like(ids))  # (1, T, d)
+            vectors.append(hidden[0, 0].float().cpu().numpy())
+    return np.stack(vectors).astype(np.float32), np.array([token_of[n] for n in SPECIAL_ROWS], dtype=np.int64)
+
+
+def read_occurrences(shard_dir: Path, ident_tokens: list[list[int]], shard_size: int) -> dict[str, np.ndarray]:
+    """All shards' raw CE in group order, checked against the identifiers' token ids."""
+    from npdecode.index.extraction import read_shards, shard_count
+
+    occ = read_shards(shard_dir, shard_count(len(ident_tokens), shard_size))
+    expected = np.fromiter((t for toks in ident_tokens for t in toks), dtype=np.int64)
+    if not np.array_equal(occ["groups"], np.arange(len(ident_tokens))) or not np.array_equal(
+        occ["tokens"], expected
+    ):
+        raise RuntimeError(f"{shard_dir}: encoded shards do not match the identifiers; delete it and rebuild")
+    return occ
+
+
+def assemble_segment(backbone, groups: list[IdentifierGroup], ident_tokens: list[list[int]], shard_dir: Path,
+                     config: IndexConfig):
+    """The first segment of an index: (rows (R, d), row token ids (R,), documents, raw CE or None)."""
+    occ = read_occurrences(shard_dir, ident_tokens, config.shard_size)
+    specials, special_tokens = special_rows(backbone)
+    clustered = cluster_by_token(occ["vectors"], occ["tokens"], config.k,
+                                 iterations=config.kmeans_iterations, seed=config.seed)
+    ce_ids = clustered.assignment + len(specials)
+    rows = np.concatenate([specials, clustered.rows])
+    row_tokens = np.concatenate([special_tokens, clustered.row_tokens])
+    records = make_records(groups, ident_tokens, ce_ids)
+    raw = ({"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids} if config.raw_ce else None)
+    return rows, row_tokens, records, raw
+
+
+def make_records(groups: list[IdentifierGroup], ident_tokens: list[list[int]], ce_ids: np.ndarray) -> list[DocumentGroup]:
+    """``documents.jsonl`` records: each group's identifier tokens and their CE ids."""
+    records, start = [], 0
+    for group, tokens in zip(groups, ident_tokens):
+        ce = ce_ids[start : start + len(tokens)].tolist()
+        start += len(tokens)
+        records.append(DocumentGroup(group.identifier, list(group.doc_ids), group.digest, list(tokens), ce))
+    return records
+
+
+def write_first_generation(index_dir: Path, rows: np.ndarray, row_tokens: np.ndarray, records: list[DocumentGroup],
+                           raw: dict[str, np.ndarray] | None, config: IndexConfig) -> tuple[dict, dict]:
+    """Tries and stores of a fresh index (generation 0): ``(files, counts)`` for the manifest."""
+    from npdecode.index.generation import build_tries, new_store, save_generation, trie_counts
+
+    eos_ce = SPECIAL_ROWS.index("eos")
+    eos_token = int(row_tokens[eos_ce])
+    targets = {"ce": [r.ce + [eos_ce] for r in records], "token": [r.tokens + [eos_token] for r in records]}
+    tries = build_tries(targets, list(range(len(records))))
+    raw_store = new_store(raw["vectors"], config) if raw is not None else None
+    files = save_generation(index_dir, 0, tries, new_store(rows, config), raw_store)
+    return files, trie_counts(tries)

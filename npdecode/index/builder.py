@@ -1,0 +1,158 @@
+"""``npdecode index CORPUS --model MODEL --out INDEX_DIR``: build an index dir, resumably.
+
+Work happens in ``.<name>.partial/`` beside the output: ``plan.json`` (what is being built),
+``shards/`` (one file per encoded shard) and ``index/`` (the final files). The finished
+``index/`` is renamed to INDEX_DIR in one step, so INDEX_DIR either does not exist or is
+complete. Run the same command again after an interruption and only missing shards are
+encoded; a different corpus, model or config starts the partial work over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from npdecode.errors import NpdecodeError
+from npdecode.index.config import IndexConfig
+from npdecode.index.identifiers import IdentifierGroup, assign_identifiers
+from npdecode.index.layout import write_segment
+from npdecode.index.manifest import FORMAT, config_digest, model_digest, now, package_versions, write_manifest
+
+log = logging.getLogger(__name__)
+_PLACEMENT_KEYS = {"devices", "num_nodes", "strategy", "accelerator", "progress"}
+
+
+def build_index(corpus: str | Path, model: str | Path, out: str | Path, config: IndexConfig | None = None) -> Path:
+    """Build INDEX_DIR ``out`` from ``corpus`` with the encoder of ``model``; returns ``out``.
+
+    User mistakes (unreadable corpus, missing model, a document without identifier, an
+    existing ``out``) raise NpdecodeError before anything is written.
+    """
+    from npdecode.backbone import load_backbone
+    from npdecode.corpus import corpus_digest, load_corpus
+
+    config = config or IndexConfig()
+    out = Path(out)
+    if out.exists():
+        raise NpdecodeError(f"{out} already exists; remove it, or add documents with --append {out}")
+    docs = load_corpus(corpus)
+    backbone = load_backbone(model)
+    groups = assign_identifiers(docs, config.max_identifier_words)
+    ident_tokens = tokenize_identifiers(backbone, groups)
+    plan = {
+        # how the encoding is spread does not change the shards: a resume may use other devices
+        "format": FORMAT, "config": config.model_dump(exclude=_PLACEMENT_KEYS), "corpus_digest": corpus_digest(corpus),
+        "model": str(model), "model_digest": model_digest(model), "groups": len(groups),
+    }
+    partial = out.parent / f".{out.name}.partial"
+    shard_dir = _prepare_partial(partial, plan)
+    rank = encode_shards(backbone, groups, shard_dir, config)
+    if rank != 0:
+        return out  # other ddp ranks (multi-node runs) only encode
+    from npdecode.index.assembly import assemble_segment, write_first_generation
+
+    final = partial / "index"
+    shutil.rmtree(final, ignore_errors=True)
+    rows, row_tokens, records, raw = assemble_segment(backbone, groups, ident_tokens, shard_dir, config)
+    write_segment(final / "segments" / "00000", rows, row_tokens, records, raw)
+    files, counts = write_first_generation(final, rows, row_tokens, records, raw, config)
+    manifest = {
+        "format": FORMAT, "created": now(), "updated": now(), "config": config.model_dump(),
+        "config_digest": config_digest(config.model_dump()),
+        "model": {"ref": str(Path(model).resolve()) if Path(model).exists() else str(model),
+                  "digest": plan["model_digest"], "family": backbone.family},
+        "corpus": [{"path": str(Path(corpus).resolve()), "digest": plan["corpus_digest"], "segment": "00000"}],
+        "segments": [{"name": "00000", "rows": len(rows), "groups": len(records)}],
+        "generation": 0, "files": files,
+        "counts": {"documents": sum(len(g.doc_ids) for g in groups), "identifiers": len(groups),
+                   "occurrences": int(sum(len(t) for t in ident_tokens)),
+                   "ce_rows": len(rows), **counts},
+        "versions": package_versions(),
+    }
+    write_manifest(final, manifest)
+    os.replace(final, out)
+    shutil.rmtree(partial, ignore_errors=True)
+    return out
+
+
+def tokenize_identifiers(backbone, groups: list[IdentifierGroup]) -> list[list[int]]:
+    """Identifier token ids per group; an identifier without tokens is a clear error."""
+    tokens = []
+    for group in groups:
+        ids = backbone.tokenize_identifier(group.identifier)
+        if not ids:
+            raise NpdecodeError(
+                f"document {group.doc_ids[0]!r}: identifier {group.identifier!r} has no tokens "
+                "for this model's tokenizer; give it a title or text the tokenizer can read"
+            )
+        tokens.append(list(ids))
+    return tokens
+
+
+def encode_shards(backbone, groups: list[IdentifierGroup], shard_dir: Path, config: IndexConfig) -> int:
+    """Encode every shard that has no file yet (a Lightning predict loop over the devices).
+
+    Returns the global rank of this process (0 when nothing was left to encode here).
+    """
+    from npdecode.index.extraction import CEExtractor, ShardData, run_extraction, shard_count, shard_path
+
+    n_shards = shard_count(len(groups), config.shard_size)
+    todo = [s for s in range(n_shards) if not shard_path(shard_dir, s).is_file()]
+    if len(todo) < n_shards:
+        log.info("resuming: %d of %d shards already encoded", n_shards - len(todo), n_shards)
+    if not todo:
+        return 0 if _is_rank_zero() else 1
+    docs = [(g.identifier, g.text) for g in groups]
+    data = ShardData(docs, todo, backbone.tokenize_with_identifier, backbone.pad_token_id,
+                     shard_size=config.shard_size, max_length=config.max_length,
+                     batch_tokens=config.batch_tokens, batch_size=config.batch_size)
+    return run_extraction(CEExtractor(backbone.encoder), data, shard_dir, accelerator=config.accelerator,
+                   devices=config.devices, num_nodes=config.num_nodes, strategy=resolve_strategy(config),
+                   precision=resolve_precision(config), progress=config.progress)
+
+
+def resolve_strategy(config: IndexConfig) -> str:
+    """ddp_spawn on one node (the calling process keeps the corpus and writes the index);
+    ddp across nodes, where the cluster launches the command on every node."""
+    if config.strategy != "auto":
+        return config.strategy
+    if config.num_nodes > 1:
+        return "ddp"
+    return "ddp_spawn" if config.devices > 1 else "auto"
+
+
+def resolve_precision(config: IndexConfig) -> str:
+    """bf16 autocast on CUDA devices with bf16 support, fp32 elsewhere (precision=auto)."""
+    if config.precision == "bf16":
+        return "bf16-mixed"
+    if config.precision == "32" or config.accelerator == "cpu":
+        return "32-true"
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _prepare_partial(partial: Path, plan: dict) -> Path:
+    """Reuse ``partial`` if it was started for the same plan; otherwise start it over."""
+    plan_file = partial / "plan.json"
+    if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
+        log.info("%s was started for another corpus, model or config: starting over", partial)
+        shutil.rmtree(partial)
+    if _is_rank_zero() or not plan_file.is_file():
+        (partial / "shards").mkdir(parents=True, exist_ok=True)
+        plan_file.write_text(json.dumps(plan, sort_keys=True))
+    return partial / "shards"
+
+
+def _is_rank_zero() -> bool:
+    """Global rank 0 as the launcher tells it (torchrun, SLURM, Lightning's ddp): the process
+    that writes the index. Without any launcher this process is rank 0."""
+    for var in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        if int(os.environ.get(var, "0") or 0) != 0:
+            return False
+    return True

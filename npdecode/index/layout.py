@@ -1,0 +1,144 @@
+"""The files of an index dir, and reading them back as one :class:`Index`.
+
+```
+INDEX_DIR/
+  manifest.json                 table of contents (written last, atomically)
+  segments/00000/               the build; each append adds the next segment
+    ce.safetensors              vectors (R, d) float32, token_ids (R,) int64: CE rows
+    documents.jsonl             one identifier group per line (identifier, doc_ids, digest,
+                                tokens = identifier token ids, ce = CE ids of those tokens)
+    raw.safetensors             optional raw CE: vectors (N, d), tokens (N,), rows (N,)
+  trie-ce.<gen>/ trie-token.<gen>/   tries over targets (CE ids / token ids, + EOS)
+  store.<gen>.faiss|pt          FAISS store of the whole CE table
+```
+
+Segments are append-only: CE row ids of a segment continue after the previous one's, so
+existing targets never change. The trie and store of generation ``<gen>`` cover all segments;
+an append writes generation ``gen + 1`` and switches to it in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npdecode.atomic import atomic_file
+from npdecode.index.manifest import read_manifest
+
+SPECIAL_ROWS = ("bos", "eos")  # CE rows 0 and 1: the decoder start token and the EOS token (NpModel defaults)
+
+
+@dataclass
+class DocumentGroup:
+    """One identifier and the documents it stands for (a line of ``documents.jsonl``)."""
+
+    identifier: str
+    doc_ids: list[str]
+    digest: str
+    tokens: list[int]  # identifier token ids (no EOS)
+    ce: list[int]  # CE row ids of those tokens (no EOS)
+
+    def to_json(self) -> str:
+        return json.dumps({"identifier": self.identifier, "doc_ids": self.doc_ids, "digest": self.digest,
+                           "tokens": self.tokens, "ce": self.ce}, ensure_ascii=False)
+
+
+def write_segment(seg_dir: Path, vectors: np.ndarray, token_ids: np.ndarray,
+                  groups: list[DocumentGroup], raw: dict[str, np.ndarray] | None = None) -> None:
+    """Write one segment's CE rows, documents and (optionally) raw CE."""
+    from safetensors.numpy import save
+
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(seg_dir / "ce.safetensors", "wb") as fh:
+        fh.write(save({"vectors": np.ascontiguousarray(vectors, dtype=np.float32),
+                       "token_ids": np.ascontiguousarray(token_ids, dtype=np.int64)}))
+    with atomic_file(seg_dir / "documents.jsonl") as fh:
+        for group in groups:
+            fh.write(group.to_json() + "\n")
+    if raw is not None:
+        with atomic_file(seg_dir / "raw.safetensors", "wb") as fh:
+            fh.write(save({k: np.ascontiguousarray(v) for k, v in raw.items()}))
+
+
+@dataclass
+class Index:
+    """An index dir read back: CE table, document groups, manifest (tries and store on demand).
+
+    Membership is append-only too: an append may add documents to an existing group (an
+    identical document) and may remove doc ids (``--replace``); ``members[i]`` lists
+    ``(doc_id, segment)`` and a removal in segment ``s`` drops memberships from before ``s``.
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+    vectors: np.ndarray  # (R, d) float32 CE table
+    token_ids: np.ndarray  # (R,) int64 token id of each CE row
+    groups: list[DocumentGroup]
+    members: list[list[tuple[str, int]]]
+    removed: dict[str, int] = field(default_factory=dict)  # doc id -> segment that removed it
+
+    @property
+    def eos_ce(self) -> int:
+        return SPECIAL_ROWS.index("eos")
+
+    @property
+    def bos_ce(self) -> int:
+        return SPECIAL_ROWS.index("bos")
+
+    @property
+    def eos_token(self) -> int:
+        return int(self.token_ids[self.eos_ce])
+
+    def live_doc_ids(self, group: int) -> list[str]:
+        """Doc ids group ``group`` stands for now."""
+        return [d for d, seg in self.members[group] if seg >= self.removed.get(d, -1)]
+
+    def live_doc_set(self) -> set[str]:
+        return {d for i in range(len(self.groups)) for d in self.live_doc_ids(i)}
+
+    def targets(self, mode: str) -> tuple[list[list[int]], list[int]]:
+        """Decoding targets of the groups that still hold a document, and their group indices.
+
+        ``mode="ce"``: CE ids + EOS CE id; ``mode="token"``: token ids + EOS token id.
+        """
+        seqs, which = [], []
+        for i, group in enumerate(self.groups):
+            if self.live_doc_ids(i):
+                seqs.append((group.ce + [self.eos_ce]) if mode == "ce" else (group.tokens + [self.eos_token]))
+                which.append(i)
+        return seqs, which
+
+    def trie_path(self, mode: str) -> Path:
+        return self.path / self.manifest["files"][f"trie_{mode}"]
+
+    def store_path(self) -> Path:
+        return self.path / self.manifest["files"]["store"]
+
+
+def load_index(path: str | Path) -> Index:
+    """Read an index dir (manifest, every segment's CE rows, documents and membership changes)."""
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    vectors, token_ids, groups, members, removed = [], [], [], [], {}
+    for s, seg in enumerate(manifest["segments"]):
+        seg_dir = path / "segments" / seg["name"]
+        ce = load_file(str(seg_dir / "ce.safetensors"))
+        vectors.append(ce["vectors"])
+        token_ids.append(ce["token_ids"])
+        for doc_id in seg.get("removed", []):
+            removed[doc_id] = s
+        with open(seg_dir / "documents.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    group = DocumentGroup(**json.loads(line))
+                    groups.append(group)
+                    members.append([(d, s) for d in group.doc_ids])
+        for group_index, doc_ids in seg.get("joins", {}).items():
+            members[int(group_index)] += [(d, s) for d in doc_ids]
+    return Index(path, manifest, np.concatenate(vectors), np.concatenate(token_ids), groups, members, removed)

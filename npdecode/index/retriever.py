@@ -1,0 +1,143 @@
+"""Generative retrievers over an index dir, for ``npdecode search`` and ``npdecode eval``.
+
+``np``: the Np model (decoder vocabulary = the index's CE table) with the index's CE-id trie
+(or its token-id trie, scores log-sum-exp over a token's CE rows). ``genre``: the vanilla model
+(the backbone's own vocabulary) with the index's token-id trie, the GENRE-style baseline.
+The model defaults to the one the index was built with (``manifest.json``); pass ``model`` to
+decode with another checkpoint (a trained Np checkpoint keeps its own CE rows and takes the
+rows appended to the index since).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from npdecode.errors import NpdecodeError
+from npdecode.index.layout import Index, load_index
+
+log = logging.getLogger(__name__)
+UNREACHABLE = -1e30  # stands for a -inf score in runs (TREC files need finite numbers)
+
+
+class GenerativeRetriever:
+    """Retriever interface of the evaluation harness: ``search(queries, k) -> run``."""
+
+    def __init__(self, index_dir: str | Path, *, kind: str = "np", model: str | Path | None = None,
+                 device: str = "cpu", beam: int = 10, batch_size: int = 8, trie_mode: str | None = None,
+                 length_penalty: float = 0.0) -> None:
+        from npdecode.trie import Trie
+
+        if kind not in ("np", "genre"):
+            raise NpdecodeError(f"retriever kind {kind!r}: use 'np' or 'genre'")
+        self.name, self.index = kind, load_index(index_dir)
+        mode = "token" if kind == "genre" else (trie_mode or self.index.manifest["config"]["trie_mode"])
+        if mode not in ("ce", "token"):
+            raise NpdecodeError(f"trie mode {mode!r}: use 'ce' or 'token'")
+        self.trie = Trie.load(self.index.trie_path(mode))
+        ref = str(model) if model is not None else self.index.manifest["model"]["ref"]
+        self.model = open_model(self.index, ref, kind, device)
+        self.beam, self.batch_size, self.length_penalty = beam, batch_size, length_penalty
+
+    def search(self, queries: Mapping[str, str], k: int) -> dict[str, dict[str, float]]:
+        """Top ``k`` documents per query: identifier groups decoded best first, each group
+        standing for all its documents (same score), cut to ``k`` documents."""
+        from npdecode.decoding import search
+
+        qids = list(queries)
+        hits = search(self.model, self.trie, [queries[q] for q in qids], k=k, beam=self.beam,
+                      batch_size=self.batch_size, length_penalty=self.length_penalty)
+        run: dict[str, dict[str, float]] = {}
+        for qid, ranked in zip(qids, hits):
+            docs: dict[str, float] = {}
+            for group, score in ranked:
+                for doc_id in self.index.live_doc_ids(group):
+                    if len(docs) < k and doc_id not in docs:
+                        docs[doc_id] = max(UNREACHABLE, score)
+            run[qid] = docs
+        return run
+
+
+def open_model(index: Index, ref: str, kind: str, device: str):
+    """The decoding model: Np over the index's CE table, or vanilla (``kind="genre"``)."""
+    import torch
+
+    from npdecode.backbone import load_backbone
+    from npdecode.model import NPDECODE_JSON, NpModel, VanillaModel, load_model
+
+    trained = (Path(ref) / NPDECODE_JSON).is_file()
+    if kind == "genre":
+        model = load_model(ref, device=device) if trained else VanillaModel(load_backbone(ref, device=device))
+        if isinstance(model, NpModel):
+            model = VanillaModel(model.backbone)
+        return model.eval()
+    ce = torch.from_numpy(index.vectors)
+    token_ids = torch.from_numpy(index.token_ids)
+    start, eos = index.bos_ce, index.eos_ce
+    if trained:
+        loaded = load_model(ref, device=device)
+        if isinstance(loaded, NpModel):
+            return _with_index_rows(loaded, ce, token_ids).eval()
+        backbone = loaded.backbone
+    else:
+        backbone = load_backbone(ref, device=device)
+    return NpModel(backbone, ce, token_ids, start_ce_id=start, eos_ce_id=eos).eval()
+
+
+def _with_index_rows(model, ce, token_ids):
+    """A trained Np model whose CE table is extended by rows appended to the index later."""
+    import torch
+
+    from npdecode.model import NpModel
+
+    have = model.vocab_size
+    if have > len(ce) or not torch.equal(model.ce_token_ids.cpu(), token_ids[:have]):
+        raise NpdecodeError(
+            f"the model's CE table ({have} rows) does not match this index ({len(ce)} rows); "
+            "decode with the model the index was built for"
+        )
+    if have == len(ce):
+        return model
+    table = torch.cat([model.ce.detach().float().cpu(), ce[have:]])
+    extended = NpModel(model.backbone, table, token_ids, start_ce_id=model.start_id, eos_ce_id=model.eos_id)
+    with torch.no_grad():
+        extended.log_scale.copy_(model.log_scale)
+    return extended
+
+
+def _factory(kind: str):
+    def build(corpus_path: Path, options: Mapping[str, Any]) -> GenerativeRetriever:
+        from npdecode.device import resolve_device
+
+        index_dir = options.get("index")
+        if not index_dir:
+            raise NpdecodeError(f"--retriever {kind} needs --index INDEX_DIR (build one with `npdecode index`)")
+        retriever = GenerativeRetriever(
+            index_dir, kind=kind, model=options.get("gr_model"), device=resolve_device(options.get("device")),
+            batch_size=options.get("batch_size") or 8, beam=options.get("beam") or 10,
+        )
+        _warn_if_other_corpus(retriever.index, corpus_path)
+        return retriever
+
+    build.__name__ = f"build_{kind}_retriever"
+    return build
+
+
+build_np_retriever = _factory("np")
+build_genre_retriever = _factory("genre")
+
+
+def _warn_if_other_corpus(index: Index, corpus_path: Path | None) -> None:
+    """Log when the dataset's corpus is not one the index was built from (ids may not match)."""
+    if corpus_path is None:
+        return
+    from npdecode.corpus import corpus_digest
+
+    try:
+        digest = corpus_digest(corpus_path)
+    except NpdecodeError:
+        return
+    if digest not in {c["digest"] for c in index.manifest["corpus"]}:
+        log.warning("%s was not built from %s; document ids may not match the qrels", index.path, corpus_path)
