@@ -22,6 +22,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("npdecode.eval.cli:demo_command", "Run the main job on the bundled SciFact sample."),
     "index": ("npdecode.index.cli:index_command", "Build an index dir (CE table, FAISS store, trie) from a corpus, or append to one."),
     "search": ("npdecode.index.cli:search_command", "Search an index dir with its generative model (Np or GENRE-style)."),
+    "merge": ("npdecode.merge.cli:merge_command", "Merge checkpoints from a MergeKit-style YAML recipe."),
 }
 
 
