@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from npdecode.config import read_yaml
 from npdecode.errors import NpdecodeError
 
 
@@ -54,13 +54,7 @@ def load_index_config(path: str | Path | None = None, **overrides: object) -> In
     """Read ``path`` (YAML mapping; None = defaults) and apply non-None ``overrides``."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise NpdecodeError(f"{path}: index config not found; pass an existing YAML file")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise NpdecodeError(f"{path}: not valid YAML ({err}); fix the file") from None
+        loaded = read_yaml(path, "index config")
         if loaded is not None and not isinstance(loaded, dict):
             raise NpdecodeError(f"{path}: expected a mapping of index settings at top level")
         data = dict(loaded or {})

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from npdecode.config import read_yaml
 from npdecode.errors import NpdecodeError
 
 Scalar = float | int | bool | str
@@ -238,11 +238,4 @@ def load_recipe(source: str | Path | Mapping[str, Any] | MergeRecipe) -> MergeRe
         return source
     if isinstance(source, Mapping):
         return parse_recipe(source)
-    path = Path(source)
-    if not path.is_file():
-        raise NpdecodeError(f"recipe file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise NpdecodeError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_recipe(raw, where=str(path))
+    return parse_recipe(read_yaml(source, "recipe"), where=str(source))
