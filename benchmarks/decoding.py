@@ -5,8 +5,8 @@ queries, same beam, CE-id trie (ours) vs a nested-dict trie walked in a Python c
 Reports queries/s, top-10 agreement with HF's lists, and a FLOP floor for the steps we run
 (CE logits + decoder layers) from a plain matmul rate measured in the same run.
 
-Usage: .venv/bin/python benchmarks/decoding.py --docs 100000 --ce-rows 160000 --queries 16 \
-          [--dtypes fp32 bf16] [--device cpu] [--out benchmarks/results/decoding.json]
+Usage: PYTHONPATH=. .venv/bin/python benchmarks/decoding.py --docs 100000 --ce-rows 160000 \
+          --queries 16 --threads 1 --repeats 3 [--dtypes fp32 bf16] [--force-bf16] [--device cpu]
 """
 
 from __future__ import annotations
@@ -99,25 +99,33 @@ def run_hf(hf, tok, trie, paths, queries, beam, k, batch):
     return out
 
 
-def decoder_flops(np_model, rows_per_step: list[int], enc_len: int) -> float:
-    """FLOPs of the steps run: 2·params per decoder token (+ attention) + 2·d·V_ce CE logits."""
+def decoder_flops(np_model, rows_per_step: list[int], n_queries: int, enc_len: int) -> float:
+    """FLOPs of the steps run: per decoder row the layer matmuls that run per step (self-attention
+    q/k/v/o, cross-attention q/o, feed-forward), attention over the cached keys and the CE logits
+    ``2·d·V_ce``; per query once the cross-attention k/v of the encoder states (cached after)."""
     dec = np_model.backbone.decoder
     d, v = np_model.ce.shape[1], np_model.ce.shape[0]
-    params = sum(p.numel() for n, p in dec.named_parameters() if "embed" not in n)
-    per_row = 2 * params + 2 * d * v + 2 * 2 * d * enc_len * len(dec.block)
-    return float(sum(rows_per_step)) * per_row
+    cross_kv = sum(p.numel() for n, p in dec.named_parameters() if "EncDecAttention" in n and n.split(".")[-2] in ("k", "v"))
+    per_step = sum(p.numel() for n, p in dec.named_parameters() if "embed" not in n and "relative" not in n) - cross_kv
+    total = 2.0 * cross_kv * enc_len * n_queries
+    for t, rows in enumerate(rows_per_step):  # steps restart per batch; t only sizes self-attention
+        total += rows * (2 * per_step + 2 * d * v + 4 * d * (enc_len + t + 1) * len(dec.block))
+    return total
 
 
-def matmul_rate(dtype, device) -> float:
+def matmul_rate(dtype, device, repeats: int = 5) -> float:
+    """Best-of-``repeats`` plain (256 x 512) @ (512 x 32768) matmul rate in FLOP/s."""
     a = torch.randn(256, 512, dtype=dtype, device=device)
     b = torch.randn(512, 32768, dtype=dtype, device=device)
     a @ b
-    t0 = time.perf_counter()
-    for _ in range(10):
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 10 * 2 * 256 * 512 * 32768 / (time.perf_counter() - t0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * 256 * 512 * 32768 / (time.perf_counter() - t0))
+    return best
 
 
 def main() -> None:
@@ -127,7 +135,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=16)
     ap.add_argument("--beam", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3, help="ours and HF alternate; medians reported")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: torch default)")
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--force-bf16", action="store_true", help="run bf16 even where it is emulated (slow)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/decoding.json")
@@ -136,64 +147,115 @@ def main() -> None:
     from npdecode.trie import build_trie
     from tests.tiny_models import toy_sentences
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     token_ids, paths = synthetic_index(args.docs, args.ce_rows, 32128)
     trie = build_trie(paths, id_space="ce")
     queries = toy_sentences(args.queries, seed=7)
     k = 10
-    res = {"machine": {"processor": platform.processor(), "nproc": os.cpu_count(), "device": str(device),
+    res = {"machine": {"processor": platform.processor(), "cpu": _cpu_name(), "nproc": os.cpu_count(),
+                       "device": str(device), "torch": torch.__version__,
+                       "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                       "bf16_native": decoding.bf16_supported(device),
                        "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
                        "torch_threads": torch.get_num_threads()},
            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "command": "python " + " ".join(os.sys.argv),
            "setup": {"docs": args.docs, "ce_rows": args.ce_rows, "queries": args.queries, "beam": args.beam,
-                     "batch": args.batch, "k": k, "model": "random t5-small size (6+6 layers, d=512)"},
+                     "batch": args.batch, "k": k, "repeats": args.repeats,
+                     "model": "random t5-small size (6+6 layers, d=512, d_ff=2048)"},
            "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         base = build_model(Path(tmp), args.ce_rows, token_ids).to(device)
+    enc_len = int(base.tokenize(queries)[1].sum(1).float().mean())
     hf_lists = None
     for name in args.dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
-        model = base.to(dtype)
-        run = {}
-        rows: list[int] = []
-        orig_step = model.step
-
-        def counting_step(prev, state, _orig=orig_step, rows=rows):
-            rows.append(len(prev))
-            return _orig(prev, state)
-
-        model.step = counting_step
-        decoding.search(model, trie, queries[:2], k=k, beam=args.beam, batch_size=args.batch)  # warm-up
-        rows.clear()
-        t0 = time.perf_counter()
-        ours = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch, widen=False)
-        ours_s = time.perf_counter() - t0
-        del model.step
-        flops = decoder_flops(model, rows, enc_len=16)
-        rate = matmul_rate(dtype, device)
-        run["ours"] = {"seconds": round(ours_s, 3), "qps": round(len(queries) / ours_s, 3),
-                       "decoder_rows": sum(rows), "gflop": round(flops / 1e9, 2),
-                       "matmul_gflops": round(rate / 1e9, 1), "flop_floor_s": round(flops / rate, 3),
-                       "vs_floor": round(ours_s / (flops / rate), 2)}
-        ours_ids = [[v for v, _ in r] for r in ours]
-        if not args.skip_hf:
-            hf = hf_np_model(model)
-            dt = dict_trie(paths)
-            t0 = time.perf_counter()
-            hf_ids = run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.batch)
-            hf_s = time.perf_counter() - t0
-            run["hf_generate"] = {"seconds": round(hf_s, 3), "qps": round(len(queries) / hf_s, 3)}
-            run["speedup_vs_hf"] = round(hf_s / ours_s, 2)
-            run["top10_overlap_vs_hf_same_dtype"] = _overlap(ours_ids, hf_ids)
-            run["top10_identical_vs_hf_same_dtype"] = float(np.mean([a == b for a, b in zip(ours_ids, hf_ids)]))
-            if name == "fp32":
-                hf_lists = hf_ids
+        if dtype is torch.bfloat16 and not decoding.bf16_supported(device) and not args.force_bf16:
+            rate = matmul_rate(dtype, device, repeats=1)
+            res["runs"][name] = {"skipped": "bf16 matmuls are emulated on this device (no AVX512-BF16/AMX)",
+                                 "matmul_gflops": round(rate / 1e9, 2),
+                                 "fp32_matmul_gflops": round(matmul_rate(torch.float32, device) / 1e9, 1)}
+            print(name, json.dumps(res["runs"][name]), flush=True)
+            continue
+        model = decoding.cast_for_decoding(base, name)
+        run = _run_dtype(model, trie, paths, queries, args, k, device, dtype, enc_len)
+        ours_ids = run.pop("_ours_ids")
+        hf_ids = run.pop("_hf_ids", None)
+        if name == "fp32":
+            hf_lists = hf_ids
         if hf_lists is not None and name != "fp32":
             run["top10_overlap_vs_hf_fp32"] = _overlap(ours_ids, hf_lists)
         res["runs"][name] = run
         print(name, json.dumps(run), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+def _run_dtype(model, trie, paths, queries, args, k, device, dtype, enc_len) -> dict:
+    """Alternate ours / HF ``args.repeats`` times on the same queries; medians and ratios."""
+    from npdecode import decoding
+
+    rows: list[int] = []
+    orig_step = model._step_hidden  # both step paths run it once per decoder step
+
+    def counting_step(prev, state):
+        rows.append(len(prev))
+        return orig_step(prev, state)
+
+    model._step_hidden = counting_step
+    hf = None if args.skip_hf else hf_np_model(model)
+    hf_rows: list[int] = []
+    if hf is not None:
+        hf.lm_head.register_forward_hook(lambda m, i, o: hf_rows.append(i[0].shape[0] * i[0].shape[1]))
+        dt = dict_trie(paths)
+    decoding.search(model, trie, queries[:2], k=k, beam=args.beam, batch_size=args.batch)  # warm-up
+    ours_t, hf_t, rates = [], [], []
+    hf_ids = None
+    for _ in range(args.repeats):
+        rates.append(matmul_rate(dtype, device))
+        rows.clear()
+        t0 = time.perf_counter()
+        ours = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch, widen=False)
+        ours_t.append(time.perf_counter() - t0)
+        if hf is not None:
+            hf_rows.clear()
+            t0 = time.perf_counter()
+            hf_ids = run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.batch)
+            hf_t.append(time.perf_counter() - t0)
+    del model._step_hidden
+    flops = decoder_flops(model, rows, len(queries), enc_len)
+    ours_s, rate = float(np.median(ours_t)), float(np.median(rates))
+    run = {"ours": {"seconds": [round(t, 3) for t in ours_t], "median_s": round(ours_s, 3),
+                    "qps": round(len(queries) / ours_s, 3), "decoder_rows": sum(rows), "gflop": round(flops / 1e9, 2),
+                    "matmul_gflops": round(rate / 1e9, 1), "flop_floor_s": round(flops / rate, 3),
+                    "vs_floor": round(ours_s / (flops / rate), 2),
+                    "achieved_gflops": round(flops / ours_s / 1e9, 1)}}
+    ours_ids = [[v for v, _ in r] for r in ours]
+    run["_ours_ids"] = ours_ids
+    if hf is not None:
+        hf_s = float(np.median(hf_t))
+        hf_flops = decoder_flops(model, hf_rows, len(queries), enc_len)
+        run["hf_generate"] = {"seconds": [round(t, 3) for t in hf_t], "median_s": round(hf_s, 3),
+                              "qps": round(len(queries) / hf_s, 3), "decoder_rows": sum(hf_rows),
+                              "gflop": round(hf_flops / 1e9, 2)}
+        run["speedup_vs_hf"] = round(hf_s / ours_s, 2)
+        run["speedup_per_repeat"] = [round(h / o, 2) for h, o in zip(hf_t, ours_t)]
+        run["top10_overlap_vs_hf_same_dtype"] = _overlap(ours_ids, hf_ids)
+        run["top10_identical_vs_hf_same_dtype"] = float(np.mean([a == b for a, b in zip(ours_ids, hf_ids)]))
+        run["_hf_ids"] = hf_ids
+    return run
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def _overlap(a, b) -> float:

@@ -112,6 +112,46 @@ def _kth_best(query: torch.Tensor, score: torch.Tensor, n_queries: int, k: int) 
     return out
 
 
+def _select_live(query: torch.Tensor, row: torch.Tensor, cand: torch.Tensor, extendable: torch.Tensor,
+                 n_rows: int, beam: int) -> torch.Tensor:
+    """Edge indices of the best ``beam`` extendable children per query, grouped by query.
+
+    A row's ``beam`` best children contain every child of that row that can make its query's
+    beam, so a per-row ``topk`` over a padded (rows, max children) view first cuts the
+    candidates (at the root: all first ids of all queries) to at most ``rows · beam`` before
+    the exact (query asc, score desc, index asc) ranking. Edges come grouped by row (``expand``).
+    """
+    key = _rank_key(cand)
+    counts = torch.bincount(row, minlength=n_rows)
+    width = int(counts.max()) if len(row) else 0
+    if width > beam:
+        first = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(len(row), device=row.device) - first[row]
+        padded = torch.full((n_rows, width), float("-inf"), device=key.device)
+        padded[row[extendable], pos[extendable]] = key[extendable]  # rank keys are finite: -inf = absent
+        top_key, top_pos = padded.topk(beam, dim=1)
+        ok = top_key > float("-inf")
+        cands = (first[:, None] + top_pos)[ok].sort().values  # edge order: ties break by index
+    else:
+        cands = torch.nonzero(extendable).squeeze(1)
+    order, rank = _rank_within(query[row[cands]], key[cands])
+    return cands[order[rank < beam]]
+
+
+def _step(model: Any, prev: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """One decoder step: fp32 logits (N, V_out), the exact normalizer ``logsumexp`` (N,), the state.
+
+    Np models fuse the normalizer into the CE product (``_step_normalized``); any other model
+    (vanilla, test doubles) goes through its public ``step``.
+    """
+    fused = getattr(model, "_step_normalized", None)
+    if fused is not None and "step" not in vars(model):  # an instance-patched step (benchmark counter) wins
+        return fused(prev, state)
+    logits, state = model.step(prev, state)
+    logits = logits.float()  # scores in fp32 even for bf16 models (no-op for fp32)
+    return logits, torch.logsumexp(logits, dim=-1), state
+
+
 @torch.inference_mode()
 def beam_search(
     model: Any, trie: TorchTrie, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, k: int, beam: int,
@@ -135,27 +175,20 @@ def beam_search(
     step = 0
     while len(node):
         step += 1
-        logits, state = model.step(prev, state)
-        logits = logits.float()  # (N, V_out); scores in fp32 even for bf16 models
-        lse = torch.logsumexp(logits, dim=-1)
+        logits, lse, state = _step(model, prev, state)
         row, ids, child = trie.expand(node)  # (E,) each: every allowed edge of every live row
         cand = score[row] + torch.nan_to_num(scorer.edge_scores(logits, lse, row, ids), nan=float("-inf"))
         term = trie.is_terminal[child]
         fin.query.append(query[row[term]])
         fin.node.append(child[term])
         fin.score.append(cand[term] / (step**length_penalty) if length_penalty else cand[term])
-        extendable = torch.nonzero(trie.indptr[child + 1] > trie.indptr[child]).squeeze(1)
-        if len(extendable) == 0:
+        extendable = trie.indptr[child + 1] > trie.indptr[child]
+        keep = _select_live(query, row, cand, extendable, len(node), beam)
+        if len(keep) and not length_penalty:  # scores only fall from here: drop what cannot reach the top-k
+            kth = _kth_best(torch.cat(fin.query), torch.cat(fin.score), n_q, k)
+            keep = keep[~(kth[query[row[keep]]] >= cand[keep])]  # NaN (fewer than k finished) keeps all
+        if len(keep) == 0:
             break
-        order, rank = _rank_within(query[row[extendable]], _rank_key(cand[extendable]))
-        keep = extendable[order[rank < beam]]
-        if not length_penalty:  # scores only fall from here: stop queries whose top-k is settled
-            fq, fs = torch.cat(fin.query), torch.cat(fin.score)
-            kth = _kth_best(fq, fs, n_q, k)
-            best_live = torch.full((n_q,), float("-inf"), device=device).scatter_reduce(
-                0, query[row[keep]], cand[keep], reduce="amax")
-            done = kth >= best_live  # NaN (fewer than k finished) compares False
-            keep = keep[~done[query[row[keep]]]]
         src = row[keep]
         prev = scorer.next_inputs(logits, src, ids[keep])
         query, node, score = query[src], child[keep], cand[keep]
@@ -179,16 +212,20 @@ def _collect(fin: _Finished, n_q: int, k: int) -> list[list[tuple[int, float]]]:
 
 def search(
     model: Any, trie: Trie, queries: list[str], *, k: int = 10, beam: int = 10, batch_size: int = 8,
-    length_penalty: float = 0.0, max_query_length: int = 64, widen: bool = True,
+    length_penalty: float = 0.0, max_query_length: int = 64, widen: bool = True, dtype: str | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Top-``k`` ``(value, score)`` per query (values = the trie's document group ids), best first.
 
     A terminal shared by several values (documents with one identifier) yields all of them with
     the same score. When ``widen`` and a query found fewer than ``k`` documents, it is searched
     again with a doubled beam (up to exhaustive) so that ``k`` may exceed ``beam``.
+    ``dtype`` ("fp32" | "bf16" | "auto"; None keeps the model as it is) casts the model, CE
+    table included, in place first (see :func:`cast_for_decoding`); scores stay fp32.
     """
     if k < 1 or beam < 1 or batch_size < 1:
         raise NpdecodeError(f"k={k}, beam={beam}, batch_size={batch_size}: all must be at least 1")
+    if dtype is not None:
+        model = cast_for_decoding(model, dtype)
     ttrie = trie.to_torch(model.device)
     scorer = make_scorer(model, trie)
     want = min(k, trie.n_sequences)
@@ -206,6 +243,49 @@ def search(
         width = min(max(2 * width, k), trie.n_sequences)
         todo = [i for i in todo if len(results[i]) < want]
     return results
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def bf16_supported(device: Any) -> bool:
+    """Whether bf16 matmuls run natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX via oneDNN).
+
+    Elsewhere (e.g. AVX2-only CPUs) torch emulates bf16 matmuls at a small fraction of the fp32 rate.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_dtype(name: str, device: Any) -> torch.dtype:
+    """``"fp32"``/``"bf16"`` as asked; ``"auto"``: bf16 where :func:`bf16_supported`, else fp32."""
+    if name == "auto":
+        return torch.bfloat16 if bf16_supported(device) else torch.float32
+    if name not in DTYPES:
+        raise NpdecodeError(f"dtype {name!r} is not one of fp32, bf16, auto")
+    return DTYPES[name]
+
+
+def cast_for_decoding(model: Any, name: str) -> Any:
+    """Cast the model (backbone and CE table) to the decoding dtype in place; returns it.
+
+    Models without ``.to`` (test doubles) are returned unchanged.
+    """
+    dtype = resolve_dtype(name, getattr(model, "device", "cpu"))
+    net = getattr(getattr(model, "backbone", None), "model", None)
+    if hasattr(model, "to") and net is not None and net.dtype != dtype:
+        scale = model.log_scale.data.float().clone() if hasattr(model, "log_scale") else None
+        model.to(dtype)  # casting back from bf16 does not restore the fp32 weights: keep a copy if needed
+        if scale is not None:  # the temperature is a scalar: keep it exact in fp32
+            model.log_scale.data = scale
+    return model
 
 
 def _to_values(trie: Trie, hyps: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:

@@ -27,6 +27,7 @@ from npdecode.errors import NpdecodeError
 NPDECODE_JSON = "npdecode.json"
 CE_FILE = "npdecode_ce.safetensors"
 FORMAT_VERSION = 1
+_LSE_CHUNK = 2048  # CE rows per block of the fused logits + normalizer (N·2048 fp32 stays in L2)
 
 
 @dataclass
@@ -81,6 +82,11 @@ class _Seq2Seq(nn.Module):
 
     def step(self, prev_ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """One cached decoder step: ``prev_ids`` (N,) output ids -> logits (N, V_out)."""
+        hidden, state = self._step_hidden(prev_ids, state)
+        return self.logits(hidden), state
+
+    def _step_hidden(self, prev_ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """The decoder part of :meth:`step`: last decoder states (N, d) and the grown cache."""
         from transformers import DynamicCache, EncoderDecoderCache
 
         cache = state.cache
@@ -88,7 +94,7 @@ class _Seq2Seq(nn.Module):
             cfg = self.backbone.decoder.config
             cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
         hidden, cache = self._decode(self.embed(prev_ids[:, None]), state.enc, state.enc_mask, cache=cache)
-        return self.logits(hidden[:, -1]), DecoderState(state.enc, state.enc_mask, cache)
+        return hidden[:, -1], DecoderState(state.enc, state.enc_mask, cache)
 
     def reorder_state(self, state: DecoderState, rows: torch.Tensor) -> DecoderState:
         """Keep/duplicate rows (``rows`` indexes the current N rows) of the state and its cache."""
@@ -142,8 +148,41 @@ class NpModel(_Seq2Seq):
         return nn.functional.embedding(ids, self.ce)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        scale = self.log_scale.exp() * self.output_scale
-        return (hidden @ self.ce.T) * scale.to(hidden.dtype)
+        # scale the (N, d) states, not the (N, V_ce) product: one pass over the big matrix less
+        scale = (self.log_scale.exp() * self.output_scale).to(hidden.dtype)
+        return _ce_logits(hidden * scale, self.ce)
+
+    def _step_normalized(
+        self, prev_ids: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:
+        """:meth:`step` for the decoder: fp32 logits (N, V_ce) (maybe a strided view), their
+        ``logsumexp`` (N,) and the state.
+
+        On CPU the ``h · CEᵀ`` product is computed in CE-row chunks whose max and sum-exp are
+        taken while the chunk is still in cache: the normalizer then costs no extra pass over
+        the (N, V_ce) matrix, which at ~10⁵ rows is as slow as the matmul itself.
+        """
+        hidden, state = self._step_hidden(prev_ids, state)
+        scale = (self.log_scale.exp() * self.output_scale).to(hidden.dtype)
+        if hidden.device.type != "cpu":
+            logits = _ce_logits(hidden * scale, self.ce).float()
+            return logits, torch.logsumexp(logits, dim=-1), state
+        h_t = (hidden * scale).T.contiguous()  # (d, N)
+        out = torch.empty(self.ce.shape[0], h_t.shape[1], dtype=torch.float32, device=h_t.device)  # (V, N)
+        maxes, sums = [], []
+        for lo in range(0, self.ce.shape[0], _LSE_CHUNK):
+            block = out[lo : lo + _LSE_CHUNK]
+            if self.ce.dtype == torch.float32:
+                torch.mm(self.ce[lo : lo + _LSE_CHUNK], h_t, out=block)
+            else:  # bf16 product (fp32 accumulation inside the kernel), stored and normalized in fp32
+                block.copy_(self.ce[lo : lo + _LSE_CHUNK] @ h_t)
+            m = block.amax(0)
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf block: exp -> 0, not NaN
+            maxes.append(m)
+            sums.append((block - m).exp_().sum(0))
+        m_all, s_all = torch.stack(maxes), torch.stack(sums)  # (chunks, N)
+        top = m_all.amax(0)
+        return out.T, top + (s_all * (m_all - top).exp()).sum(0).log(), state
 
     def config_dict(self) -> dict:
         return {
@@ -151,6 +190,16 @@ class NpModel(_Seq2Seq):
             "eos_ce_id": self.eos_id, "learn_scale": self.log_scale.requires_grad,
             "trainable_ce": self.ce.requires_grad, "ce_rows": self.vocab_size, "family": self.backbone.family,
         }
+
+
+def _ce_logits(hidden: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+    """``hidden · ceᵀ`` (..., V_ce); bf16/fp16 on CUDA comes out in fp32 (fp32 accumulation kept)."""
+    if hidden.dtype != torch.float32 and hidden.is_cuda and hidden.ndim == 2 and not torch.is_grad_enabled():
+        try:
+            return torch.mm(hidden, ce.T, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # torch without the out_dtype overload
+            pass
+    return hidden @ ce.T
 
 
 class VanillaModel(_Seq2Seq):
