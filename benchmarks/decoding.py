@@ -75,8 +75,10 @@ def dict_trie(paths):
     return root
 
 
-def run_hf(hf, tok, trie, paths, queries, beam, k, batch):
-    path_id = {tuple(p): i for i, p in enumerate(paths)}
+def run_hf(hf, tok, trie, paths, queries, beam, k, batch, *, max_new_tokens=12, values=None):
+    """HF ``generate`` over the nested-dict ``trie``; per query the top-``k`` paths as their
+    ``values`` (default: the path's index in ``paths``). CE row 1 is EOS, row 0 pads."""
+    path_id = {tuple(p): (i if values is None else values[i]) for i, p in enumerate(paths)}
 
     def allowed(_, sent):  # the per-step Python callback of HF constrained decoding
         node = trie
@@ -89,7 +91,7 @@ def run_hf(hf, tok, trie, paths, queries, beam, k, batch):
     out = []
     for lo in range(0, len(queries), batch):
         enc = tok(queries[lo : lo + batch], return_tensors="pt", padding=True).to(hf.device)
-        gen = hf.generate(**enc, num_beams=beam, num_return_sequences=k, max_new_tokens=12,
+        gen = hf.generate(**enc, num_beams=beam, num_return_sequences=k, max_new_tokens=max_new_tokens,
                           prefix_allowed_tokens_fn=allowed, length_penalty=0.0, early_stopping=True,
                           do_sample=False)
         for q in range(len(queries[lo : lo + batch])):
