@@ -13,6 +13,8 @@ MergeKit lives in its own virtual environment (it is LGPL; nothing of it is impo
     .venv/bin/python benchmarks/merge_vs_mergekit.py --mergekit /tmp/mkvenv/bin/mergekit-yaml
 
 Results go to ``benchmarks/results/merge_vs_mergekit.{json,md}`` with the machine and date.
+After a change to one method, ``--families llama --methods ties --update`` reruns just those
+cases (both tools again) and replaces their rows, each marked with its own date and load.
 """
 
 from __future__ import annotations
@@ -312,7 +314,7 @@ def _parity_cell(row: dict) -> str:
         diff += f" ({par['elements_over_1e-5']} of {par['elements']} elements > 1e-5)"
     if par.get("threshold_ties_in_worst_tensor"):
         diff += (f"; {par['worst_tensor']}: {par['threshold_ties_in_worst_tensor']} entries per task vector tie at the "
-                 "density threshold, kept or dropped by the sort's tie-break (argsort vs topk)")
+                 "density threshold, kept or dropped by the sort's tie-break")
     if row["method"] in RANDOM_METHODS:
         return f"{diff} (random drop masks; different RNGs, parity not expected)"
     return diff + (" ✓" if row["parity"]["max_abs_diff"] <= 1e-5 else " ✗ (> 1e-5)")
@@ -325,6 +327,10 @@ def write_markdown(result: dict, path: Path) -> None:
              f"Medians of {result['repeats']} run(s) each; ours with `-j {result['threads']}`, MergeKit with its defaults. "
              f"The machine was shared with other jobs (1-min load average at checkpoints: {result.get('load_average')}); "
              "the two tools ran alternately on the same inputs, so compare ratios, not absolute times.", "",
+             *([("Rows marked *rerun* were measured again later (after a change to ours), both tools side by side "
+                 "again; the row gives that run's date and 1-min load average, the full record is under `rerun` "
+                 "in the JSON."), ""]
+               if any(r.get("rerun") for r in result["side_by_side"]) else []),
              "| family | method | ours s | MergeKit s | wall ratio | ours RSS MiB | MK RSS MiB | RSS ratio | ours anon MiB | MK anon MiB | max abs diff |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in result["side_by_side"]:
@@ -332,7 +338,8 @@ def write_markdown(result: dict, path: Path) -> None:
         if not (o and k):
             lines.append(f"| {r['family']} | {r['method']} | {o} | {k} | failed | | | | | | |")
             continue
-        lines.append(f"| {r['family']} | {r['method']} | {o['wall_s']} | {k['wall_s']} | {r['wall_ratio']} | "
+        rerun = f" (rerun {r['rerun']['date']}, load {r['rerun']['load_average_1min']})" if r.get("rerun") else ""
+        lines.append(f"| {r['family']} | {r['method']}{rerun} | {o['wall_s']} | {k['wall_s']} | {r['wall_ratio']} | "
                      f"{o['peak_rss_mib']} | {k['peak_rss_mib']} | {r['rss_ratio']} | {o['peak_anon_mib']} | "
                      f"{k['peak_anon_mib']} | {_parity_cell(r)} |")  # fmt: skip
     lines += ["", "## Targets (ties/dare_ties wall <= 0.5x MergeKit, linear <= 1x; peak RSS and anon <= 0.5x)", ""]
@@ -342,7 +349,7 @@ def write_markdown(result: dict, path: Path) -> None:
         wall_target = 1.0 if r["method"] == "linear" else 0.5
         checks = {"wall": r["wall_ratio"] <= wall_target, "RSS": r["rss_ratio"] <= 0.5, "anon": r["anon_ratio"] <= 0.5}
         verdict = ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in checks.items())
-        lines.append(f"- {r['family']} {r['method']}: {verdict}")
+        lines.append(f"- {r['family']} {r['method']}{' (rerun)' if r.get('rerun') else ''}: {verdict}")
     lines += ["", "## Inputs MergeKit fails on", "", "| case | MergeKit | ours | ours loads, finite logits |", "|---|---|---|---|"]
     for r in result["failure_cases"]:
         mk = "ok" if r["mergekit"]["ok"] else f"fails: `{r['mergekit']['last_line'][:120]}`"
@@ -362,6 +369,9 @@ def main() -> None:
     parser.add_argument("--skip-failure-cases", action="store_true")
     parser.add_argument("--results", default="merge_vs_mergekit", help="file stem under benchmarks/results/")
     parser.add_argument("--annotate-only", action="store_true", help="annotate existing results, run nothing")
+    parser.add_argument("--update", action="store_true",
+                        help="rerun only the given families x methods and replace those rows in the existing "
+                             "results (marked with the rerun date); other rows and failure cases stay as they are")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.annotate_only:
@@ -373,11 +383,28 @@ def main() -> None:
                              capture_output=True, text=True).stdout.strip()  # fmt: skip
     result = {"machine": machine(), "mergekit_version": version, "repeats": args.repeats, "threads": args.threads,
               "side_by_side": [], "failure_cases": []}  # fmt: skip
+    if args.update:
+        result = json.loads((RESULTS / f"{args.results}.json").read_text(encoding="utf-8"))
     for family in filter(None, args.families.split(",")):
         inputs = [build_checkpoint(family, args.work / "inputs" / f"{family}-{i}", i) for i in range(3)]
         for method in args.methods.split(","):
-            result["side_by_side"].append(side_by_side(args, args.work, family, method, inputs))
+            row = side_by_side(args, args.work, family, method, inputs)
+            if args.update:
+                row["rerun"] = {**machine(), "load_average_1min": round(os.getloadavg()[0], 2),
+                                "repeats": args.repeats, "threads": args.threads}  # fmt: skip
+                rows = result["side_by_side"]
+                at = [i for i, r in enumerate(rows) if (r["family"], r["method"]) == (family, method)]
+                if at:
+                    rows[at[0]] = row
+                else:
+                    rows.append(row)
+            else:
+                result["side_by_side"].append(row)
             _save(result, args.results)
+    if args.update:
+        annotate(result, args.work)
+        _save(result, args.results)
+        return
     if not args.skip_failure_cases:
         result["failure_cases"] = failure_cases(args, args.work)
     annotate(result, args.work)

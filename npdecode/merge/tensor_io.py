@@ -127,22 +127,11 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
-class TorchBinReader(TensorReader):
-    """Tensors of ``pytorch_model*.bin`` files, loaded with ``mmap=True, weights_only=True``."""
+class DictReader(TensorReader):
+    """An in-memory state dict seen through the reader interface."""
 
-    def __init__(self, files: Iterable[Path]):
-        self._tensors: dict[str, torch.Tensor] = {}
-        for path in files:
-            try:
-                state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as err:  # unpickling errors, old non-zip formats
-                raise NpdecodeError(
-                    f"{path}: cannot be memory-mapped safely ({str(err).splitlines()[0]}); "
-                    "convert it to safetensors or re-save it with torch>=1.6"
-                ) from None
-            if not isinstance(state, Mapping):
-                raise NpdecodeError(f"{path}: expected a state dict, found {type(state).__name__}")
-            self._tensors.update({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    def __init__(self, state: Mapping[str, torch.Tensor]):
+        self._tensors = dict(state)
 
     def keys(self) -> list[str]:
         return list(self._tensors)
@@ -164,23 +153,22 @@ class TorchBinReader(TensorReader):
         return [g for g in groups.values() if len(g) > 1]
 
 
-class DictReader(TensorReader):
-    """An in-memory state dict seen through the reader interface."""
+class TorchBinReader(DictReader):
+    """Tensors of ``pytorch_model*.bin`` files, loaded with ``mmap=True, weights_only=True``."""
 
-    def __init__(self, state: Mapping[str, torch.Tensor]):
-        self._tensors = dict(state)
-
-    def keys(self) -> list[str]:
-        return list(self._tensors)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._tensors[name].shape)
-
-    def dtype(self, name: str) -> torch.dtype:
-        return self._tensors[name].dtype
-
-    def get(self, name: str) -> torch.Tensor:
-        return self._tensors[name]
+    def __init__(self, files: Iterable[Path]):
+        self._tensors: dict[str, torch.Tensor] = {}
+        for path in files:
+            try:
+                state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except Exception as err:  # unpickling errors, old non-zip formats
+                raise NpdecodeError(
+                    f"{path}: cannot be memory-mapped safely ({str(err).splitlines()[0]}); "
+                    "convert it to safetensors or re-save it with torch>=1.6"
+                ) from None
+            if not isinstance(state, Mapping):
+                raise NpdecodeError(f"{path}: expected a state dict, found {type(state).__name__}")
+            self._tensors.update({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
 
 
 @dataclass

@@ -22,8 +22,10 @@ from npdecode.merge.methods import _sparsify
 from npdecode.merge.methods._inputs import check_shapes, require_base, scalars, split_base
 from npdecode.merge.registry import REQUIRED, MergeMethod
 
-# sparsify(tv, model_index, per-model params, global params, generator) -> sparse tv
-Sparsifier = Callable[[torch.Tensor, int, Mapping[str, list[float]], Mapping[str, Any], Any], torch.Tensor]
+# sparsify(tv, model_index, per-model params, global params, generator[, plan=]) -> sparse tv
+Sparsifier = Callable[..., torch.Tensor]
+# prepare(task vector it may overwrite, model_index, per-model params) -> plan for sparsify(plan=)
+Preparer = Callable[[torch.Tensor, int, Mapping[str, list[float]]], Any]
 
 
 def sign_consensus(deltas: torch.Tensor, int8_mask: bool = False) -> torch.Tensor:
@@ -48,11 +50,16 @@ def merge_task_vectors(
     *,
     sparsify: Sparsifier | None,
     consensus: bool,
+    prepare: Preparer | None = None,
 ) -> torch.Tensor:
     """The merged tensor of the formula in the module docstring (shape and dtype of ``base``).
 
-    Memory: one ``(n, *shape)`` buffer of weighted task vectors, filled in place, one byte an
-    entry for the consensus mask, and a few ``shape``-sized temporaries.
+    Memory: one task vector per model, sparsified in place; the result is written over the first
+    one. Sign election and the (disjoint) mean are elementwise once the task vectors are known,
+    so they run over blocks of ``_sparsify.BLOCK`` entries with block-sized temporaries only.
+    ``prepare`` (magnitude trimming) runs for every model before any task vector is kept, so
+    that its occasional full sort (ties at the cut) never coexists with the other task vectors;
+    its result reaches ``sparsify`` as ``plan``.
     """
     base = require_base(method, base)
     others, per_model = split_base(tensors, base, model_params)
@@ -61,46 +68,72 @@ def merge_task_vectors(
         return base.clone()
     weights = scalars(method, per_model, "weight", len(others))
     numeric = {k: scalars(method, per_model, k, len(others)) for k in per_model if k != "weight"}
-    deltas = torch.empty((len(others), *base.shape), dtype=base.dtype, device=base.device)
+    plans = [prepare(_task_vector(x, base), i, numeric) for i, x in enumerate(others)] if prepare else None
+    deltas = []
     for i, x in enumerate(others):
-        tv = torch.sub(x, base, out=deltas[i])
+        tv = _task_vector(x, base)
         if sparsify is not None:
-            sparse = sparsify(tv, i, numeric, params, generator)
+            extra = {"plan": plans[i]} if plans else {}
+            sparse = sparsify(tv, i, numeric, params, generator, **extra)
             if sparse is not tv:
                 tv.copy_(sparse)
             del sparse
-        tv.mul_(weights[i])
+        deltas.append(tv.mul_(weights[i]))
     normalize = bool(params.get("normalize", False))
-    if consensus:
-        mask = sign_consensus(deltas, bool(params.get("int8_mask", False)))
-        deltas.mul_(mask)
-        mixed = deltas.sum(dim=0)
-        del deltas
-        if normalize:
-            divisor = torch.zeros_like(mixed)
-            for i, w in enumerate(weights):
-                divisor.add_(mask[i], alpha=w)
-            del mask
-            divisor = torch.where(divisor.abs() < 1e-8, torch.ones_like(divisor), divisor)
-            mixed.div_(divisor)
-    else:
-        mixed = deltas.sum(dim=0)
-        del deltas
-        total = sum(weights)
-        if normalize and abs(total) >= 1e-8:
-            mixed.div_(total)
     lam = float(params.get("lambda", 1.0))
-    if lam != 1.0:
-        mixed.mul_(lam)
-    return mixed.add_(base)
+    flats = [d.view(-1) for d in deltas]
+    base_flat = base.reshape(-1)
+    total = sum(weights)
+    for start, stop in _sparsify._blocks(base.numel()):
+        block = [f[start:stop] for f in flats]
+        if consensus:
+            mixed = _disjoint_mean(block, weights, normalize)
+        else:
+            mixed = torch.stack(block).sum(dim=0)
+            if normalize and abs(total) >= 1e-8:
+                mixed.div_(total)
+        if lam != 1.0:
+            mixed.mul_(lam)
+        block[0].copy_(mixed.add_(base_flat[start:stop]))
+    out = deltas[0]
+    del flats, deltas
+    return out
 
 
-def _magnitude(tv, i, numeric, params, generator):
-    return _sparsify.magnitude(tv, numeric["density"][i], bool(params["rescale"]))
+def _task_vector(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """``x - base`` as a new contiguous tensor of ``base``'s dtype."""
+    return torch.sub(x, base, out=torch.empty(base.shape, dtype=base.dtype, device=base.device))
+
+
+def _disjoint_mean(block: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool) -> torch.Tensor:
+    """TIES elect + merge on one block of the ``n`` weighted task vectors (each ``(m,)``).
+
+    Entries whose sign disagrees with the majority sign of the block's sum are left out; with
+    ``normalize`` the sum is divided by the summed weights of the entries kept (where that is
+    ~0 the sum is left as is).
+    """
+    stacked = torch.stack(block)  # (n, m)
+    mask = sign_consensus(stacked)
+    mixed = (stacked * mask).sum(dim=0)
+    if normalize:
+        divisor = torch.zeros_like(mixed)
+        for i, w in enumerate(weights):
+            divisor.add_(mask[i], alpha=w)
+        divisor.masked_fill_(divisor.abs() < 1e-8, 1.0)
+        mixed.div_(divisor)
+    return mixed
+
+
+def _magnitude(tv, i, numeric, params, generator, plan=None):
+    return _sparsify.magnitude(tv, numeric["density"][i], bool(params["rescale"]), inplace=True, plan=plan)
+
+
+def _magnitude_plan(tv, i, numeric):
+    return _sparsify.trim_plan(tv, numeric["density"][i], consume=True)
 
 
 def _random(tv, i, numeric, params, generator):
-    return _sparsify.bernoulli(tv, numeric["density"][i], bool(params["rescale"]), generator)
+    return _sparsify.bernoulli(tv, numeric["density"][i], bool(params["rescale"]), generator, inplace=True)
 
 
 def _outliers(tv, i, numeric, params, generator):
@@ -121,6 +154,7 @@ SPARSIFIERS: dict[str, Sparsifier] = {
     "magnitude_outliers": _outliers,
     "rank_magnitude": _della,
 }
+PREPARERS: dict[str, Preparer] = {"magnitude": _magnitude_plan}
 _EXTRA_MODEL_PARAMS = {"magnitude_outliers": {"gamma": 0.01}, "rank_magnitude": {"epsilon": 0.15}}
 
 
@@ -141,10 +175,19 @@ def task_arithmetic_method(
     (0.15, DELLA).
     """
     sparsify = SPARSIFIERS[sparsification] if sparsification else None
+    prepare = PREPARERS.get(sparsification or "")
 
     def func(tensors, base, model_params, params, generator):
         return merge_task_vectors(
-            name, tensors, base, model_params, params, generator, sparsify=sparsify, consensus=consensus
+            name,
+            tensors,
+            base,
+            model_params,
+            params,
+            generator,
+            sparsify=sparsify,
+            consensus=consensus,
+            prepare=prepare,
         )
 
     func.__name__ = f"merge_{name}"
