@@ -41,10 +41,10 @@ def nuslerp(w0, w1, x0, x1, base=None, flatten=True, row_wise=False):
     a, b = (x0 - base, x1 - base) if base is not None else (x0, x1)
     if flatten or a.ndim < 2:
         out = _slerp_vec(t, a.ravel(), b.ravel()).reshape(a.shape)
-    elif row_wise:
-        out = np.stack([_slerp_vec(t, a[i], b[i]) for i in range(a.shape[0])])
-    else:
+    elif row_wise:  # MergeKit's behaviour: one vector per column
         out = np.stack([_slerp_vec(t, a[:, j], b[:, j]) for j in range(a.shape[1])], axis=1)
+    else:  # one vector per row
+        out = np.stack([_slerp_vec(t, a[i], b[i]) for i in range(a.shape[0])])
     return out + base if base is not None else out
 
 
@@ -210,7 +210,8 @@ def arcee_fusion(base, other):
     scores = (np.abs(other - base) * kl).ravel()
     ordered = np.sort(scores)
     lower_median = ordered[(ordered.size - 1) // 2]
-    iqr = np.quantile(scores, 0.75) - np.quantile(scores, 0.25)
+    n = ordered.size  # quartiles at the sorted index floor(q (n - 1)), no interpolation (MergeKit)
+    iqr = ordered[int(0.75 * (n - 1))] - ordered[int(0.25 * (n - 1))]
     take = (scores >= lower_median + 1.5 * iqr).reshape(base.shape)
     return np.where(take, other, base)
 

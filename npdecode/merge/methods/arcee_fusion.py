@@ -2,8 +2,10 @@
 
 Importance of each entry: ``|other - base| * KL(p || q)``, where ``p = softmax(other) + 1e-8``
 and ``q = softmax(base) + 1e-8`` along the last dim (the KL of that row). The entries whose
-importance reaches ``median + 1.5 * IQR`` (lower median, as ``torch.median``; quartiles
-linearly interpolated) take the other model's value; every other entry keeps the base's.
+importance reaches ``median + 1.5 * IQR`` (lower median, as ``torch.median``; quartiles at the
+sorted index ``floor(q (n - 1))``, without interpolation, as MergeKit 0.1.5 computes them for
+tensors up to 1M entries; above that MergeKit samples at random, we stay exact) take the
+other model's value; every other entry keeps the base's.
 """
 
 from __future__ import annotations
@@ -21,13 +23,8 @@ from npdecode.merge.registry import MergeMethod, register
 
 
 def _quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
-    """Linearly interpolated ``q``-quantile of a 1-D tensor (no size limit, unlike torch.quantile)."""
-    pos = q * (flat.numel() - 1)
-    lo = int(pos)
-    hi = min(lo + 1, flat.numel() - 1)
-    low = torch.kthvalue(flat, lo + 1).values
-    high = torch.kthvalue(flat, hi + 1).values
-    return low + (high - low) * (pos - lo)
+    """The sorted value at index ``floor(q (n - 1))`` of a 1-D tensor (any size, no full sort)."""
+    return torch.kthvalue(flat, int(q * (flat.numel() - 1)) + 1).values
 
 
 def importance(other: torch.Tensor, base: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """NuSLERP: slerp between two models with ``t = w2 / (w1 + w2)``, over the whole tensor or per
 row/column; with a base model it interpolates the task vectors and adds the base back.
 
-``nuslerp_flatten`` (default true) treats the tensor as one vector; otherwise the vectors are
-columns (along dim 0) or, with ``nuslerp_row_wise``, rows (along the last dim). 1-D tensors are
-always one vector.
+``nuslerp_flatten`` (default true) treats the tensor as one vector; otherwise each slice
+``x[i, ...]`` along dim 0 is slerped on its own, or with ``nuslerp_row_wise`` each slice
+``x[..., j]`` along the last dim. This is what MergeKit 0.1.5 computes (checked by
+``benchmarks/merge_parity.py``), although its documentation words the flag the other way round.
+1-D tensors are always one vector.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def merge_nuslerp(tensors, base, model_params, params, generator) -> torch.Tenso
     if params.get("nuslerp_flatten", True) or v0.dim() < 2:
         dim = None
     else:
-        dim = -1 if params.get("nuslerp_row_wise", False) else 0
+        dim = 0 if params.get("nuslerp_row_wise", False) else -1  # dim along which vectors lie
     out = slerp_along(t, v0, v1, dim)
     return out + base if base is not None else out
 
