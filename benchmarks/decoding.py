@@ -136,7 +136,8 @@ def main() -> None:
     ap.add_argument("--ce-rows", type=int, default=160_000)
     ap.add_argument("--queries", type=int, default=16)
     ap.add_argument("--beam", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=0, help="ours: queries per batch (0: the decoder's automatic size)")
+    ap.add_argument("--hf-batch", type=int, default=8, help="HF generate: queries per batch (the issue measured 8)")
     ap.add_argument("--repeats", type=int, default=3, help="ours and HF alternate; medians reported")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: torch default)")
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
@@ -165,7 +166,8 @@ def main() -> None:
            "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "command": "python " + " ".join(os.sys.argv),
            "setup": {"docs": args.docs, "ce_rows": args.ce_rows, "queries": args.queries, "beam": args.beam,
-                     "batch": args.batch, "k": k, "repeats": args.repeats,
+                     "batch": args.batch or decoding.auto_batch_size(args.beam, args.ce_rows),
+                     "batch_auto": not args.batch, "hf_batch": args.hf_batch, "k": k, "repeats": args.repeats,
                      "model": "random t5-small size (6+6 layers, d=512, d_ff=2048)"},
            "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,19 +214,19 @@ def _run_dtype(model, trie, paths, queries, args, k, device, dtype, enc_len) -> 
     if hf is not None:
         hf.lm_head.register_forward_hook(lambda m, i, o: hf_rows.append(i[0].shape[0] * i[0].shape[1]))
         dt = dict_trie(paths)
-    decoding.search(model, trie, queries[:2], k=k, beam=args.beam, batch_size=args.batch)  # warm-up
+    decoding.search(model, trie, queries[:2], k=k, beam=args.beam, batch_size=args.batch or None)  # warm-up
     ours_t, hf_t, rates = [], [], []
     hf_ids = None
     for _ in range(args.repeats):
         rates.append(matmul_rate(dtype, device))
         rows.clear()
         t0 = time.perf_counter()
-        ours = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch, widen=False)
+        ours = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, widen=False)
         ours_t.append(time.perf_counter() - t0)
         if hf is not None:
             hf_rows.clear()
             t0 = time.perf_counter()
-            hf_ids = run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.batch)
+            hf_ids = run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.hf_batch)
             hf_t.append(time.perf_counter() - t0)
     del model._step_hidden
     flops = decoder_flops(model, rows, len(queries), enc_len)

@@ -104,7 +104,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256, help="index CE extraction max_length")
     ap.add_argument("--queries", type=int, default=32, help="first N test queries (0: all 300)")
     ap.add_argument("--beam", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=0, help="ours: queries per batch (0: the decoder's automatic size)")
+    ap.add_argument("--hf-batch", type=int, default=8, help="HF generate: queries per batch (the issue measured 8)")
     ap.add_argument("--repeats", type=int, default=3, help="ours and HF alternate; medians reported")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both sides (0: torch default)")
     ap.add_argument("--device", default="cpu")
@@ -122,7 +123,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     index_dir, setup = prepare(work, Path(args.data), args.max_length)
-    retriever = GenerativeRetriever(index_dir, kind="np", device=args.device, beam=args.beam, batch_size=args.batch)
+    retriever = GenerativeRetriever(index_dir, kind="np", device=args.device, beam=args.beam, batch_size=args.batch or None)
     model, trie, index = retriever.model, retriever.trie, retriever.index
     ds = load_beir_folder(Path(args.data), "test", "scifact")
     qids = list(ds.queries)[: args.queries or None]
@@ -136,7 +137,9 @@ def main() -> None:
            "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "command": "python " + " ".join(sys.argv),
            "settings": {"queries": len(queries), "split": "test (first N in qrels order)", "beam": args.beam,
-                        "batch": args.batch, "k": k, "repeats": args.repeats, "index_max_length": args.max_length,
+                        "batch": args.batch or decoding.auto_batch_size(args.beam, model.vocab_size),
+                        "batch_auto": not args.batch, "hf_batch": args.hf_batch, "k": k, "repeats": args.repeats,
+                        "index_max_length": args.max_length,
                         "dtype": "fp32", "length_penalty": 0.0, "trie": "CE ids (index default)",
                         "model": "bert2bert warm-started from all-MiniLM-L6-v2 (6+6 layers, d=384), untrained",
                         "hf_max_new_tokens": max_len},
@@ -162,18 +165,18 @@ def main() -> None:
         hf.decoder.cls.register_forward_hook(lambda m, i, o: hf_rows.append(i[0].shape[0] * i[0].shape[1]))
         dt = dict_trie(paths)
     with torch.inference_mode():
-        decoding.search(model, trie, queries[:2], k=k, beam=args.beam, batch_size=args.batch)  # warm-up
+        decoding.search(model, trie, queries[:2], k=k, beam=args.beam, batch_size=args.batch or None)  # warm-up
         ours_t, hf_t = [], []
         ours, hf_ids = None, None
         for rep in range(args.repeats):
             rows.clear()
             t0 = time.perf_counter()
-            ours = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch, widen=False)
+            ours = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, widen=False)
             ours_t.append(time.perf_counter() - t0)
             if hf is not None:
                 hf_rows.clear()
                 t0 = time.perf_counter()
-                hf_ids = run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.batch,
+                hf_ids = run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.hf_batch,
                                 max_new_tokens=max_len, values=values.tolist())
                 hf_t.append(time.perf_counter() - t0)
             print(f"repeat {rep}: ours {ours_t[-1]:.2f}s" + (f", hf {hf_t[-1]:.2f}s" if hf_t else ""), flush=True)

@@ -5,7 +5,8 @@ Both wrap a :class:`~npdecode.backbone.Backbone` and expose what the constrained
 - ``encode(input_ids, attention_mask) -> (enc (B, T, d), mask (B, T))``
 - ``init_state(enc, mask) -> DecoderState``; ``start_id``; ``eos_id``
 - ``step(prev_ids (N,), state) -> (logits (N, V_out) float, state)`` with a KV cache
-- ``reorder_state(state, rows (M,)) -> state`` (rows index the N current rows; M may differ)
+- ``reorder_state(state, rows (M,), same_sources=False) -> state`` (rows index the N current rows;
+  M may differ; ``same_sources``: row i keeps its query, only the self-attention cache moves)
 - ``forward(input_ids, attention_mask, decoder_input_ids) -> logits (B, L, V_out)`` (teacher forcing)
 
 Output ids are CE row ids for :class:`NpModel` and token ids for :class:`VanillaModel`.
@@ -27,7 +28,13 @@ from npdecode.errors import NpdecodeError
 NPDECODE_JSON = "npdecode.json"
 CE_FILE = "npdecode_ce.safetensors"
 FORMAT_VERSION = 1
-_LSE_CHUNK = 2048  # CE rows per block of the fused logits + normalizer (N·2048 fp32 stays in L2)
+_LOG2E = 1.4426950408889634  # log2(e)
+
+
+def _lse_chunk(n_rows: int) -> int:
+    """CE rows per block of the fused logits + normalizer: a block of ~128k fp32 (512 KiB) stays
+    in L2 while its max and sum-exp are taken (measured best between 256 and 2048 rows)."""
+    return max(256, min(8192, (1 << 17) // max(n_rows, 1)))
 
 
 @dataclass
@@ -96,11 +103,22 @@ class _Seq2Seq(nn.Module):
         hidden, cache = self._decode(self.embed(prev_ids[:, None]), state.enc, state.enc_mask, cache=cache)
         return hidden[:, -1], DecoderState(state.enc, state.enc_mask, cache)
 
-    def reorder_state(self, state: DecoderState, rows: torch.Tensor) -> DecoderState:
-        """Keep/duplicate rows (``rows`` indexes the current N rows) of the state and its cache."""
-        if state.cache is not None:
-            state.cache.reorder_cache(rows)
-        return DecoderState(state.enc.index_select(0, rows), state.enc_mask.index_select(0, rows), state.cache)
+    def reorder_state(self, state: DecoderState, rows: torch.Tensor, *, same_sources: bool = False) -> DecoderState:
+        """Keep/duplicate rows (``rows`` indexes the current N rows) of the state and its cache.
+
+        ``same_sources``: the caller knows that new row i belongs to the same query as old row i
+        (beam search in steady state: every query keeps its number of rows). The encoder states
+        and the cross-attention cache depend on the query only, so they stay as they are and
+        only the self-attention cache is gathered (at ~300 rows this was ~20% of a step).
+        """
+        cache = state.cache
+        self_cache = getattr(cache, "self_attention_cache", None)
+        if same_sources and self_cache is not None:
+            self_cache.reorder_cache(rows)
+            return state
+        if cache is not None:
+            cache.reorder_cache(rows)
+        return DecoderState(state.enc.index_select(0, rows), state.enc_mask.index_select(0, rows), cache)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
@@ -168,18 +186,24 @@ class NpModel(_Seq2Seq):
             logits = _ce_logits(hidden * scale, self.ce).float()
             return logits, torch.logsumexp(logits, dim=-1), state
         h_t = (hidden * scale).T.contiguous()  # (d, N)
-        out = torch.empty(self.ce.shape[0], h_t.shape[1], dtype=torch.float32, device=h_t.device)  # (V, N)
+        n = h_t.shape[1]
+        out = torch.empty(self.ce.shape[0], n, dtype=torch.float32, device=h_t.device)  # (V, N)
+        chunk = _lse_chunk(n)
+        shifted = torch.empty(chunk, n, dtype=torch.float32)  # reused: no allocation per block
         maxes, sums = [], []
-        for lo in range(0, self.ce.shape[0], _LSE_CHUNK):
-            block = out[lo : lo + _LSE_CHUNK]
+        for lo in range(0, self.ce.shape[0], chunk):
+            block = out[lo : lo + chunk]
             if self.ce.dtype == torch.float32:
-                torch.mm(self.ce[lo : lo + _LSE_CHUNK], h_t, out=block)
+                torch.mm(self.ce[lo : lo + chunk], h_t, out=block)
             else:  # bf16 product (fp32 accumulation inside the kernel), stored and normalized in fp32
-                block.copy_(self.ce[lo : lo + _LSE_CHUNK] @ h_t)
+                block.copy_(self.ce[lo : lo + chunk] @ h_t)
             m = block.amax(0)
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf block: exp -> 0, not NaN
             maxes.append(m)
-            sums.append((block - m).exp_().sum(0))
+            # exp(x) as exp2(x·log2 e): torch's exp takes a slow path for very negative inputs (wide
+            # logit ranges, the common case here) and ran the whole step ~1.6x slower than exp2
+            t = torch.sub(block, m, out=shifted[: len(block)])
+            sums.append(t.mul_(_LOG2E).exp2_().sum(0))
         m_all, s_all = torch.stack(maxes), torch.stack(sums)  # (chunks, N)
         top = m_all.amax(0)
         return out.T, top + (s_all * (m_all - top).exp()).sum(0).log(), state

@@ -62,7 +62,7 @@ def index_command(corpus, model, out, append_to, replace, config_path, k, raw_ce
 @click.option("--retriever", "kind", type=click.Choice(["np", "genre"]), default="np", show_default=True)
 @click.option("--trie-mode", type=click.Choice(["ce", "token"]), help="Np decoding over CE ids or token ids.")
 @click.option("--model", help="Decode with this checkpoint instead of the index's model.")
-@click.option("--batch-size", default=8, show_default=True)
+@click.option("--batch-size", type=int, help="Queries decoded together (default: ~512 decoder rows per step).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:n].")
 def search_command(index_dir, query, queries_path, run_path, k, beam, kind, trie_mode, model, batch_size, device):
     """Search INDEX_DIR for QUERY (or every query of --queries, written to --run)."""

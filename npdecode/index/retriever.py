@@ -26,7 +26,7 @@ class GenerativeRetriever:
     """Retriever interface of the evaluation harness: ``search(queries, k) -> run``."""
 
     def __init__(self, index_dir: str | Path, *, kind: str = "np", model: str | Path | None = None,
-                 device: str = "cpu", beam: int = 10, batch_size: int = 8, trie_mode: str | None = None,
+                 device: str = "cpu", beam: int = 10, batch_size: int | None = None, trie_mode: str | None = None,
                  length_penalty: float = 0.0) -> None:
         from npdecode.trie import Trie
 
@@ -116,7 +116,7 @@ def _factory(kind: str):
             raise NpdecodeError(f"--retriever {kind} needs --index INDEX_DIR (build one with `npdecode index`)")
         retriever = GenerativeRetriever(
             index_dir, kind=kind, model=options.get("gr_model"), device=resolve_device(options.get("device")),
-            batch_size=options.get("batch_size") or 8, beam=options.get("beam") or 10,
+            batch_size=options.get("batch_size"), beam=options.get("beam") or 10,
         )
         _warn_if_other_corpus(retriever.index, corpus_path)
         return retriever

@@ -73,7 +73,7 @@ class FakeModel:
         logits = self.table[prev_ids] + state.enc[:, 0]
         return (self.logits_fn(logits) if self.logits_fn else logits), state
 
-    def reorder_state(self, state, rows):
+    def reorder_state(self, state, rows, same_sources=False):
         return DecoderState(state.enc[rows], state.enc_mask[rows], None)
 
     def score(self, query: str, seq: list[int]) -> float:

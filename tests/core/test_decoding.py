@@ -151,6 +151,7 @@ def test_np_model_type_is_detected(t5_dir):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_search_equals_cpu(t5_dir):
     """On a GPU the CSR trie and masks live on the device; results match the CPU run."""
     model = make_np_model(load_backbone(t5_dir), n_rows=30)

@@ -52,6 +52,7 @@ def test_cast_keeps_fp32_model_for_fp32(t5_dir):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_matches_cpu_fp32(t5_dir):
     """On a GPU, bf16 decoding (fp32-output CE product) keeps the fp32 CPU top lists."""
     model = make_np_model(load_backbone(t5_dir), n_rows=30, scale=1.0)
