@@ -14,6 +14,8 @@ Output ids are CE row ids for :class:`NpModel` and token ids for :class:`Vanilla
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,11 +83,13 @@ class _Seq2Seq(nn.Module):
         return DecoderState(enc, enc_mask, None)
 
     def _decode(self, embeds: torch.Tensor, enc, enc_mask, dec_mask=None, cache=None):
-        out = self.backbone.decoder(
+        decoder = self.backbone.decoder
+        name = _cache_argument(type(decoder))
+        out = decoder(
             inputs_embeds=embeds, attention_mask=dec_mask, encoder_hidden_states=enc,
-            encoder_attention_mask=enc_mask, cache=cache, use_cache=cache is not None,
+            encoder_attention_mask=enc_mask, use_cache=cache is not None, **{name: cache},
         )
-        return out.last_hidden_state, out.get("cache")
+        return out.last_hidden_state, out.get(name)
 
     def step(self, prev_ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """One cached decoder step: ``prev_ids`` (N,) output ids -> logits (N, V_out)."""
@@ -214,6 +218,21 @@ class NpModel(_Seq2Seq):
             "eos_ce_id": self.eos_id, "learn_scale": self.log_scale.requires_grad,
             "trainable_ce": self.ce.requires_grad, "ce_rows": self.vocab_size, "family": self.backbone.family,
         }
+
+
+@functools.cache
+def _cache_argument(decoder_class: type) -> str:
+    """The decoder's KV-cache argument (and output field): ``cache`` from transformers ~5.2x on,
+    ``past_key_values`` before. A wrong name is swallowed by ``**kwargs`` and silently decodes
+    every step without the cache (seen with 5.17: scores off by tens of nats)."""
+    params = inspect.signature(decoder_class.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise NpdecodeError(
+        f"{decoder_class.__name__}.forward takes neither `cache` nor `past_key_values`; this transformers "
+        "version is not supported (install transformers>=5,<6)"
+    )
 
 
 def _ce_logits(hidden: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:

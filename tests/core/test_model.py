@@ -115,3 +115,23 @@ def test_bad_ce_inputs(backbones):
         NpModel(bb, torch.zeros(5, 7), torch.zeros(5, dtype=torch.long))
     with pytest.raises(NpdecodeError, match="outside"):
         NpModel(bb, torch.zeros(5, 32), torch.zeros(5, dtype=torch.long), eos_ce_id=9)
+
+
+def test_cache_argument_follows_the_decoder_signature():
+    """Older transformers 5.x name the KV cache ``past_key_values``: the name is read from the
+    signature, never guessed (a wrong keyword is swallowed by ``**kwargs`` and drops the cache)."""
+    from npdecode.errors import NpdecodeError
+    from npdecode.model import _cache_argument
+
+    class New:
+        def forward(self, inputs_embeds=None, cache=None, use_cache=None, **kwargs): ...
+
+    class Old:
+        def forward(self, inputs_embeds=None, past_key_values=None, use_cache=None, **kwargs): ...
+
+    class Neither:
+        def forward(self, inputs_embeds=None, **kwargs): ...
+
+    assert _cache_argument(New) == "cache" and _cache_argument(Old) == "past_key_values"
+    with pytest.raises(NpdecodeError, match="neither"):
+        _cache_argument(Neither)
