@@ -144,6 +144,8 @@ def main() -> None:
     ap.add_argument("--force-bf16", action="store_true", help="run bf16 even where it is emulated (slow)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--approx", nargs="*", default=[], metavar="NLIST:NPROBE:TOPK",
+                    help="also run the approximate (FAISS IVF top-k) normalizer with these settings, fp32")
     ap.add_argument("--out", default="benchmarks/results/decoding.json")
     args = ap.parse_args()
     from npdecode import decoding
@@ -189,6 +191,8 @@ def main() -> None:
         hf_ids = run.pop("_hf_ids", None)
         if name == "fp32":
             hf_lists = hf_ids
+            if args.approx:
+                res["approx_normalizer"] = compare_approx(model, trie, queries, k, args, ours_ids)
         if hf_lists is not None and name != "fp32":
             run["top10_overlap_vs_hf_fp32"] = _overlap(ours_ids, hf_lists)
         res["runs"][name] = run
@@ -250,6 +254,41 @@ def _run_dtype(model, trie, paths, queries, args, k, device, dtype, enc_len) -> 
         run["top10_identical_vs_hf_same_dtype"] = float(np.mean([a == b for a, b in zip(ours_ids, hf_ids)]))
         run["_hf_ids"] = hf_ids
     return run
+
+
+def compare_approx(model, trie, queries, k, args, exact_ids) -> list[dict]:
+    """The approximate normalizer against the exact decoder, alternating in one process: per
+    ``NLIST:NPROBE:TOPK`` setting, its build time, median seconds of both, the speed-up, and the
+    top-10 overlap / identical lists against the exact lists ``exact_ids``."""
+    from npdecode import decoding
+    from npdecode.normalizer import IvfNormalizer
+
+    out = []
+    for spec in args.approx:
+        nlist, nprobe, topk = (int(x) for x in spec.split(":"))
+        t0 = time.perf_counter()
+        norm = IvfNormalizer(model.ce, nlist=nlist or None, nprobe=nprobe, topk=topk)
+        build_s = time.perf_counter() - t0
+        exact_t, approx_t, got = [], [], None
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, widen=False)
+            exact_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            got = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None,
+                                  widen=False, normalizer=norm)
+            approx_t.append(time.perf_counter() - t0)
+        got_ids = [[v for v, _ in r] for r in got]
+        row = {**norm.settings(), "build_s": round(build_s, 2),
+               "exact_s": [round(t, 3) for t in exact_t], "approx_s": [round(t, 3) for t in approx_t],
+               "speedup_vs_exact": round(float(np.median(exact_t)) / float(np.median(approx_t)), 2),
+               "approx_qps": round(len(queries) / float(np.median(approx_t)), 3),
+               "top10_overlap_vs_exact": round(_overlap(got_ids, exact_ids), 4),
+               "top10_identical_vs_exact": float(np.mean([a == b for a, b in zip(got_ids, exact_ids)])),
+               "top1_equal_vs_exact": float(np.mean([a[:1] == b[:1] for a, b in zip(got_ids, exact_ids)]))}
+        print("approx", json.dumps(row), flush=True)
+        out.append(row)
+    return out
 
 
 def _cpu_name() -> str:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decoding import _cpu_name, _overlap, dict_trie, run_hf  # shared HF-side code
+from decoding import _cpu_name, _overlap, compare_approx, dict_trie, run_hf  # shared HF-side code
 
 
 def prepare(work: Path, data: Path, max_length: int) -> tuple[Path, dict]:
@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both sides (0: torch default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--approx", nargs="*", default=[], metavar="NLIST:NPROBE:TOPK",
+                    help="also run the approximate (FAISS IVF top-k) normalizer with these settings")
     ap.add_argument("--out", default="benchmarks/results/decoding_scifact.json")
     args = ap.parse_args()
     from npdecode import decoding
@@ -200,6 +202,9 @@ def main() -> None:
         res["top10_overlap_vs_hf"] = round(_overlap(ours_ids, hf_ids), 4)
         res["top10_identical_vs_hf"] = float(np.mean([a == b for a, b in zip(ours_ids, hf_ids)]))
         res["hf_unmapped_hypotheses"] = int(sum(v is None for r in hf_ids for v in r))
+    if args.approx:
+        with torch.inference_mode():
+            res["approx_normalizer"] = compare_approx(model, trie, queries, k, args, ours_ids)
     print(json.dumps({k_: res.get(k_) for k_ in ("ours", "hf_generate", "speedup_vs_hf", "top10_overlap_vs_hf",
                                                  "top10_identical_vs_hf")}), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

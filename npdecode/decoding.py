@@ -27,6 +27,8 @@ from npdecode.trie import TorchTrie, Trie, group_rows_by_token
 class _IdScorer:
     """Edges are output ids (CE rows for Np, tokens for vanilla): score = log_softmax at that id."""
 
+    width = 1  # logits read per edge
+
     def edge_scores(self, logits: torch.Tensor, lse: torch.Tensor, row: torch.Tensor, ids: torch.Tensor):
         return logits[row, ids] - lse[row]
 
@@ -48,6 +50,7 @@ class _TokenOverCeScorer:
         device = ce_token_ids.device
         self.group_rows = torch.as_tensor(padded, device=device)
         self.token_to_group = torch.as_tensor(lookup, device=device)
+        self.width = kmax  # logits read per edge
 
     def _gather(self, logits: torch.Tensor, row: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.token_to_group[ids]
@@ -152,15 +155,39 @@ def _step(model: Any, prev: torch.Tensor, state: Any) -> tuple[torch.Tensor, tor
     return logits, torch.logsumexp(logits, dim=-1), state
 
 
+def _sparse_step(model: Any, prev: torch.Tensor, state: Any, normalizer: Any, scorer: Any, row: torch.Tensor,
+                 ids: torch.Tensor) -> tuple[Any, torch.Tensor, Any]:
+    """A step with the approximate normalizer: exact logits for the allowed edges only, and per row
+    ``max(normalizer.lse(h), best allowed logit)`` (so no edge scores above 0). Returns
+    ``(logits (lazy), edge scores (E,), state)``."""
+    from npdecode.normalizer import SparseLogits
+
+    hidden, state = model.step_scaled_hidden(prev, state)
+    logits = SparseLogits(hidden, model.ce)
+    raw = torch.nan_to_num(scorer.edge_scores(logits, torch.zeros(len(hidden), device=hidden.device), row, ids),
+                           nan=float("-inf"))
+    lse = normalizer.lse(hidden)
+    lse = lse.scatter_reduce(0, row, raw, reduce="amax", include_self=True)
+    return logits, raw - lse[row], state
+
+
+def _sparse_pays(n_edges: int, n_rows: int, vocab: int, width: int) -> bool:
+    """Whether reading the allowed edges' logits one by one (a gather, ~4x slower per FLOP than a
+    matmul) costs less than the dense ``h · CEᵀ`` product over all ``vocab`` rows."""
+    return 4 * n_edges * width <= n_rows * vocab
+
+
 @torch.inference_mode()
 def beam_search(
     model: Any, trie: TorchTrie, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, k: int, beam: int,
-    length_penalty: float = 0.0, scorer: Any = None,
+    length_penalty: float = 0.0, scorer: Any = None, normalizer: Any = None,
 ) -> list[list[tuple[int, float]]]:
     """Constrained beam search for one batch of B encoded queries; top-``k`` (node, score) per query.
 
     Scores are sums of log-probabilities; with ``length_penalty`` α > 0 a finished hypothesis of
     L steps scores ``sum / L**α``. Returns, per query, ``(terminal node, score)`` best first.
+    ``normalizer`` (an :class:`~npdecode.normalizer.IvfNormalizer`, Np models only) approximates
+    the normalizer on steps where that pays; None keeps every score exact.
     """
     scorer = scorer or make_scorer(model, trie.trie)
     n_q = input_ids.shape[0]
@@ -173,11 +200,16 @@ def beam_search(
     prev = torch.full((n_q,), model.start_id, dtype=torch.long, device=device)
     fin = _Finished([], [], [])
     step = 0
+    vocab = int(getattr(model, "vocab_size", 0) or 0)
     while len(node):
         step += 1
-        logits, lse, state = _step(model, prev, state)
         row, ids, child = trie.expand(node)  # (E,) each: every allowed edge of every live row
-        cand = score[row] + torch.nan_to_num(scorer.edge_scores(logits, lse, row, ids), nan=float("-inf"))
+        if normalizer is not None and _sparse_pays(len(ids), len(node), vocab, scorer.width):
+            logits, edge, state = _sparse_step(model, prev, state, normalizer, scorer, row, ids)
+        else:
+            logits, lse, state = _step(model, prev, state)
+            edge = scorer.edge_scores(logits, lse, row, ids)
+        cand = score[row] + torch.nan_to_num(edge, nan=float("-inf"))
         term = trie.is_terminal[child]
         fin.query.append(query[row[term]])
         fin.node.append(child[term])
@@ -233,6 +265,7 @@ def auto_batch_size(beam: int, vocab_size: int, *, max_queries: int = 64) -> int
 def search(
     model: Any, trie: Trie, queries: list[str], *, k: int = 10, beam: int = 10, batch_size: int | None = None,
     length_penalty: float = 0.0, max_query_length: int = 64, widen: bool = True, dtype: str | None = None,
+    normalizer: Any = None,
 ) -> list[list[tuple[int, float]]]:
     """Top-``k`` ``(value, score)`` per query (values = the trie's document group ids), best first.
 
@@ -242,9 +275,13 @@ def search(
     again with a doubled beam (up to exhaustive) so that ``k`` may exceed ``beam``.
     ``dtype`` ("fp32" | "bf16" | "auto"; None keeps the model as it is) casts the model, CE
     table included, in place first (see :func:`cast_for_decoding`); scores stay fp32.
+    ``normalizer``: None (exact scores) or an :class:`~npdecode.normalizer.IvfNormalizer` built
+    on the model's CE table (approximate normalizer, Np models only).
     """
     if k < 1 or beam < 1 or (batch_size is not None and batch_size < 1):
         raise NpdecodeError(f"k={k}, beam={beam}, batch_size={batch_size}: all must be at least 1")
+    if normalizer is not None and not hasattr(model, "step_scaled_hidden"):
+        raise NpdecodeError("an approximate normalizer needs an Np model (the vanilla model's vocabulary is small)")
     if dtype is not None:
         model = cast_for_decoding(model, dtype)
     ttrie = trie.to_torch(model.device)
@@ -257,7 +294,8 @@ def search(
         for lo in range(0, len(todo), per_batch):
             idx = todo[lo : lo + per_batch]
             ids, mask = model.tokenize([queries[i] for i in idx], max_query_length)
-            hyps = beam_search(model, ttrie, ids, mask, k=k, beam=width, length_penalty=length_penalty, scorer=scorer)
+            hyps = beam_search(model, ttrie, ids, mask, k=k, beam=width, length_penalty=length_penalty, scorer=scorer,
+                               normalizer=normalizer)
             for i, h in zip(idx, hyps):
                 results[i] = _to_values(trie, h, k)
         if not widen or width >= trie.n_sequences:

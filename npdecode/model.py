@@ -174,6 +174,12 @@ class NpModel(_Seq2Seq):
         scale = (self.log_scale.exp() * self.output_scale).to(hidden.dtype)
         return _ce_logits(hidden * scale, self.ce)
 
+    def step_scaled_hidden(self, prev_ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """The decoder part of a step with the output scale applied: ``logits = h · CEᵀ`` for the
+        returned ``h`` (N, d). The sparse (approximate-normalizer) decoding path starts here."""
+        hidden, state = self._step_hidden(prev_ids, state)
+        return hidden * (self.log_scale.exp() * self.output_scale).to(hidden.dtype), state
+
     def _step_normalized(
         self, prev_ids: torch.Tensor, state: DecoderState
     ) -> tuple[torch.Tensor, torch.Tensor, DecoderState]:

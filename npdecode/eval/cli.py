@@ -81,6 +81,7 @@ def evaluate_and_report(
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index directory of the np / genre retrievers.")
 @click.option("--gr-model", help="Checkpoint of the np / genre retrievers (default: the one the index records).")
 @click.option("--beam", type=int, help="Beam size of the np / genre retrievers (default 10).")
+@click.option("--normalizer", help="np retriever: exact (default) or ivf[:NPROBE[:TOPK[:NLIST]]] (approximate, CPU).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:n].")
 @click.option("--batch-size", type=int, help="Encoding / decoding batch size.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Downloads and baseline indexes (default ~/.cache/npdecode).")
@@ -88,12 +89,12 @@ def evaluate_and_report(
               help="Drop a retrieved document whose id equals the query id (default: on for BEIR, as BEIR).")  # fmt: skip
 @click.option("--per-query/--no-per-query", default=True, show_default=True, help="Keep per-query values in the JSON.")
 def eval_command(dataset, split, data_dir, retrievers, k, json_path, run_path, plot_path, model, index_dir, gr_model,
-                 beam, device, batch_size, cache_dir, ignore_identical_ids, per_query):  # fmt: skip
+                 beam, normalizer, device, batch_size, cache_dir, ignore_identical_ids, per_query):  # fmt: skip
     """Evaluate retrievers on a dataset and print a comparison table."""
     if k < 1:
         raise NpdecodeError(f"--k {k}: must be at least 1")
     options = {"model": model, "index": index_dir, "gr_model": gr_model, "beam": beam, "device": device,
-               "batch_size": batch_size, "cache_dir": cache_dir}  # fmt: skip
+               "batch_size": batch_size, "cache_dir": cache_dir, "normalizer": normalizer}  # fmt: skip
     evaluate_and_report(dataset, split, data_dir, list(retrievers), options, k, json_path, run_path, plot_path,
                         ignore_identical_ids, per_query)  # fmt: skip
 

@@ -64,7 +64,10 @@ def index_command(corpus, model, out, append_to, replace, config_path, k, raw_ce
 @click.option("--model", help="Decode with this checkpoint instead of the index's model.")
 @click.option("--batch-size", type=int, help="Queries decoded together (default: ~512 decoder rows per step).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:n].")
-def search_command(index_dir, query, queries_path, run_path, k, beam, kind, trie_mode, model, batch_size, device):
+@click.option("--normalizer", default="exact", show_default=True,
+              help="exact, or ivf[:NPROBE[:TOPK[:NLIST]]]: approximate (FAISS top-k) normalizer, CPU.")
+def search_command(index_dir, query, queries_path, run_path, k, beam, kind, trie_mode, model, batch_size, device,
+                   normalizer):
     """Search INDEX_DIR for QUERY (or every query of --queries, written to --run)."""
     from npdecode.device import resolve_device
     from npdecode.index.retriever import GenerativeRetriever
@@ -80,7 +83,7 @@ def search_command(index_dir, query, queries_path, run_path, k, beam, kind, trie
     else:
         queries = {"query": query}
     retriever = GenerativeRetriever(index_dir, kind=kind, model=model, device=resolve_device(device), beam=beam,
-                                    batch_size=batch_size, trie_mode=trie_mode)
+                                    batch_size=batch_size, trie_mode=trie_mode, normalizer=normalizer)
     run = retriever.search(queries, k)
     if run_path is not None:
         from npdecode.eval.runs import write_run

@@ -27,7 +27,7 @@ class GenerativeRetriever:
 
     def __init__(self, index_dir: str | Path, *, kind: str = "np", model: str | Path | None = None,
                  device: str = "cpu", beam: int = 10, batch_size: int | None = None, trie_mode: str | None = None,
-                 length_penalty: float = 0.0) -> None:
+                 length_penalty: float = 0.0, normalizer: str = "exact") -> None:
         from npdecode.trie import Trie
 
         if kind not in ("np", "genre"):
@@ -40,6 +40,7 @@ class GenerativeRetriever:
         ref = str(model) if model is not None else self.index.manifest["model"]["ref"]
         self.model = open_model(self.index, ref, kind, device)
         self.beam, self.batch_size, self.length_penalty = beam, batch_size, length_penalty
+        self.normalizer = _build_normalizer(normalizer, self.model, kind)
 
     def search(self, queries: Mapping[str, str], k: int) -> dict[str, dict[str, float]]:
         """Top ``k`` documents per query: identifier groups decoded best first, each group
@@ -48,7 +49,7 @@ class GenerativeRetriever:
 
         qids = list(queries)
         hits = search(self.model, self.trie, [queries[q] for q in qids], k=k, beam=self.beam,
-                      batch_size=self.batch_size, length_penalty=self.length_penalty)
+                      batch_size=self.batch_size, length_penalty=self.length_penalty, normalizer=self.normalizer)
         run: dict[str, dict[str, float]] = {}
         for qid, ranked in zip(qids, hits):
             docs: dict[str, float] = {}
@@ -107,6 +108,18 @@ def _with_index_rows(model, ce, token_ids):
     return extended
 
 
+def _build_normalizer(spec: str, model: Any, kind: str) -> Any:
+    """None for exact scores, else an :class:`~npdecode.normalizer.IvfNormalizer` over the CE table."""
+    from npdecode.normalizer import IvfNormalizer, parse_normalizer
+
+    options = parse_normalizer(spec)
+    if options is None:
+        return None
+    if kind != "np":
+        raise NpdecodeError(f"--normalizer {spec}: only the np retriever has a CE table to approximate over")
+    return IvfNormalizer(model.ce, **options)
+
+
 def _factory(kind: str):
     def build(corpus_path: Path, options: Mapping[str, Any]) -> GenerativeRetriever:
         from npdecode.device import resolve_device
@@ -117,6 +130,7 @@ def _factory(kind: str):
         retriever = GenerativeRetriever(
             index_dir, kind=kind, model=options.get("gr_model"), device=resolve_device(options.get("device")),
             batch_size=options.get("batch_size"), beam=options.get("beam") or 10,
+            normalizer=options.get("normalizer") or "exact",
         )
         _warn_if_other_corpus(retriever.index, corpus_path)
         return retriever

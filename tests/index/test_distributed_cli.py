@@ -45,6 +45,12 @@ def test_index_and_search_commands(t5_dir, tmp_path, capsys):
     assert [line.split("\t")[0] for line in lines] == ["1", "2", "3"]
     assert all(line.split("\t")[1] in corpus for line in lines)
     assert all(line.split("\t")[3] == corpus[line.split("\t")[1]]["title"] for line in lines)
+    main(["search", str(tmp_path / "idx"), "alpha river", "-k", "3", "--normalizer", "ivf:100000:100000"])
+    approx = capsys.readouterr().out.strip().splitlines()  # every list probed, top-k = all rows: exact
+    assert [line.split("\t")[1] for line in approx] == [line.split("\t")[1] for line in lines]
+    with pytest.raises(SystemExit) as err:
+        main(["search", str(tmp_path / "idx"), "alpha", "--normalizer", "ivf:0"])
+    assert err.value.code == 2 and "ivf[:NPROBE" in capsys.readouterr().err
     queries = tmp_path / "q.tsv"
     queries.write_text("q1\tgamma star\nq2\tiron gold\n")
     main(["search", str(tmp_path / "idx"), "--queries", str(queries), "--run", str(tmp_path / "run.trec"),

@@ -1,0 +1,100 @@
+"""Approximate normalizer for Np decoding: ``logsumexp`` over FAISS's top-k CE rows, not all of them.
+
+The exact score of an edge is ``logit - logsumexp(h · CEᵀ)``: one full product with the CE
+table per decoder row and step. On a CPU that product dominates decoding once the table has
+~10⁵ rows. :class:`IvfNormalizer` replaces it with an inverted-file (IVF) search: the CE rows
+are clustered into ``nlist`` lists once, and each decoder row scores only the rows of its
+``nprobe`` best lists, keeping the ``topk`` best logits. Their log-sum-exp is a lower bound of
+the true normalizer (missed rows are left out), so scores come out higher than exact ones, by
+the probability mass outside the top-k. With ``nprobe == nlist`` and ``topk >= V_ce`` it is exact.
+
+The edge logits themselves stay exact (:class:`SparseLogits` computes ``h · ce[id]`` for the
+allowed edges only), and the decoder raises each row's normalizer to at least its best allowed
+logit, so an edge never scores above 0. Where a step has so many allowed edges that computing
+them one by one costs more than the dense product (the root of a large trie), the decoder takes
+the exact dense step instead. CPU only (faiss-cpu); on a GPU the exact product is cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from npdecode.errors import NpdecodeError
+
+
+class SparseLogits:
+    """Logits ``h · CEᵀ`` (scaled ``h``) computed only where indexed: ``logits[rows, ids]`` with
+    broadcastable index tensors, as the scorers index a dense (N, V_ce) matrix."""
+
+    def __init__(self, hidden: torch.Tensor, ce: torch.Tensor):
+        self.hidden, self.ce = hidden, ce  # (N, d) already scaled, (V_ce, d)
+
+    def __getitem__(self, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        rows, ids = index
+        h = self.hidden[rows]  # (..., d)
+        return torch.einsum("...d,...d->...", h.float(), self.ce[ids].float())
+
+
+class IvfNormalizer:
+    """FAISS IVF-Flat (inner product) over a CE table; :meth:`lse` approximates the normalizer.
+
+    ``nlist`` inverted lists (default ``√V``, at most V/39 so that each centroid is trained on
+    39+ rows; the k-means build grows with nlist², ~5 s at V = 160k on one core), ``nprobe``
+    lists scanned per decoder row, ``topk`` logits kept. k-means is seeded.
+    """
+
+    def __init__(self, ce: torch.Tensor, *, nlist: int | None = None, nprobe: int = 16, topk: int = 512,
+                 seed: int = 0, threads: int | None = None):
+        try:
+            import faiss
+        except ImportError:
+            raise NpdecodeError("the approximate normalizer needs faiss; install npdecode[cpu] "
+                                "(faiss-cpu) or decode with the exact normalizer") from None
+        if ce.is_cuda:
+            raise NpdecodeError("the approximate normalizer runs on CPU; on a GPU decode with the exact one")
+        rows = np.ascontiguousarray(ce.detach().float().cpu().numpy())
+        v, d = rows.shape
+        nlist = nlist or max(1, min(int(math.sqrt(v)), v // 39))
+        if not 1 <= nlist <= v or nprobe < 1 or topk < 1:
+            raise NpdecodeError(f"nlist={nlist}, nprobe={nprobe}, topk={topk}: need 1 <= nlist <= {v} CE rows, "
+                                "nprobe >= 1, topk >= 1")
+        if threads:
+            faiss.omp_set_num_threads(threads)
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        sample = rows
+        if v > 64 * nlist:  # enough for k-means (FAISS warns below 39 per centroid); the rest is added
+            sample = rows[np.random.default_rng(seed).choice(v, 64 * nlist, replace=False)]
+        index.train(sample)
+        index.add(rows)
+        index.nprobe = min(nprobe, nlist)
+        self.index, self.ce = index, ce
+        self.nlist, self.nprobe, self.topk = nlist, index.nprobe, min(topk, v)
+
+    def lse(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Approximate ``logsumexp(hidden · CEᵀ)`` per row: (N, d) scaled states -> (N,) fp32."""
+        q = np.ascontiguousarray(hidden.detach().float().cpu().numpy())
+        scores, ids = self.index.search(q, self.topk)
+        s = torch.from_numpy(scores)
+        s = s.masked_fill(torch.from_numpy(ids) < 0, float("-inf"))  # fewer than topk rows in the probed lists
+        return torch.logsumexp(s, dim=1).to(hidden.device)
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "ivf", "nlist": self.nlist, "nprobe": self.nprobe, "topk": self.topk}
+
+
+def parse_normalizer(spec: str) -> dict[str, int] | None:
+    """``"exact"`` -> None; ``"ivf[:NPROBE[:TOPK[:NLIST]]]"`` -> :class:`IvfNormalizer` options."""
+    name, *numbers = spec.split(":")
+    if name == "exact" and not numbers:
+        return None
+    keys = ("nprobe", "topk", "nlist")
+    if name != "ivf" or len(numbers) > len(keys) or not all(n.isdigit() and int(n) > 0 for n in numbers):
+        raise NpdecodeError(f"normalizer {spec!r}: use 'exact' or 'ivf[:NPROBE[:TOPK[:NLIST]]]' "
+                            "with positive integers, e.g. ivf:32:1024")
+    return {key: int(n) for key, n in zip(keys, numbers)}
