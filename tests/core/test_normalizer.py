@@ -14,7 +14,7 @@ from npdecode.trie import build_trie
 from tests.core.helpers import exhaustive, make_np_model, random_sequences
 
 pytest.importorskip("faiss")
-from npdecode.normalizer import IvfNormalizer  # noqa: E402
+from npdecode.normalizer import IvfNormalizer
 
 QUERIES = ["alpha beta", "river castle gold", "storm"]
 N_ROWS = 400  # root edges (<= 40 per row) are far fewer than V/4: every step takes the sparse path
@@ -68,7 +68,7 @@ def test_partial_probe_scores_bound_the_exact_ones(t5_dir):
 
 
 def test_normalizer_errors(t5_dir):
-    model, seqs = _setup(t5_dir)
+    model, _ = _setup(t5_dir)
     with pytest.raises(NpdecodeError, match="nlist"):
         IvfNormalizer(model.ce, nlist=N_ROWS + 1)
     norm = IvfNormalizer(model.ce, nlist=4)
