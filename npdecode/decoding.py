@@ -7,6 +7,10 @@ is the number of allowed children, not the vocabulary. Children that end a store
 become finished hypotheses (all of them, so ``k`` may exceed ``beam``); the best ``beam``
 children that can still be extended stay live per query.
 
+Scores are exact by default. An approximate normalizer (:mod:`npdecode.normalizer`, FAISS IVF
+top-k) may replace the full ``logsumexp`` on steps where the allowed edges are few: their
+logits are then read one by one instead of the whole ``h · CEᵀ`` product.
+
 Modes (see :func:`make_scorer`): Np model + CE-id trie; Np model + token-id trie (a token's
 score is the log-sum-exp over its CE rows; the next decoder input is the token's best CE row);
 vanilla model + token-id trie (GENRE-style).
@@ -271,8 +275,9 @@ def search(
 
     A terminal shared by several values (documents with one identifier) yields all of them with
     the same score. ``batch_size`` queries are decoded together (None: :func:`auto_batch_size`
-    for the beam and the output vocabulary). When ``widen`` and a query found fewer than ``k`` documents, it is searched
-    again with a doubled beam (up to exhaustive) so that ``k`` may exceed ``beam``.
+    for the beam and the output vocabulary). When ``widen`` and a query found fewer than ``k``
+    documents, it is searched again with a doubled beam (up to exhaustive) so that ``k`` may
+    exceed ``beam``.
     ``dtype`` ("fp32" | "bf16" | "auto"; None keeps the model as it is) casts the model, CE
     table included, in place first (see :func:`cast_for_decoding`); scores stay fp32.
     ``normalizer``: None (exact scores) or an :class:`~npdecode.normalizer.IvfNormalizer` built
