@@ -293,7 +293,7 @@ def search(
     scorer = make_scorer(model, trie)
     want = min(k, trie.n_sequences)
     results: list[list[tuple[int, float]]] = [[] for _ in queries]
-    todo, width = _by_length(model, queries, max_query_length), beam
+    todo, width = list(range(len(queries))), beam
     while todo:
         per_batch = batch_size or auto_batch_size(width, int(getattr(model, "vocab_size", 0) or 32768))
         for lo in range(0, len(todo), per_batch):
@@ -308,16 +308,6 @@ def search(
         width = min(max(2 * width, k), trie.n_sequences)
         todo = [i for i in todo if len(results[i]) < want]
     return results
-
-
-def _by_length(model: Any, queries: list[str], max_length: int) -> list[int]:
-    """Query indices shortest first (stable): batches of similar lengths pad less, which the
-    encoder and every cross-attention step pay for. Results are returned in input order."""
-    if not queries:
-        return []
-    _, mask = model.tokenize(list(queries), max_length)
-    lengths = mask.sum(1).tolist()
-    return sorted(range(len(queries)), key=lambda i: lengths[i])
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
