@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from merge_vs_mergekit import RESULTS, machine, max_abs_diff
+from merge_vs_mergekit import RESULTS, error_line, machine, max_abs_diff
 
 TOL = 1e-5
 
@@ -173,16 +173,6 @@ def random_cases(base: str, fts: list[str]) -> list[tuple[str, str, dict]]:
 
 
 # -- running --------------------------------------------------------------------------------
-def error_line(text: str) -> str:
-    """The exception line of a traceback (the last ``SomethingError: ...`` line), else the last line."""
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
-    for line in reversed(lines):
-        head = line.split(":", 1)[0]
-        if head.endswith(("Error", "Exception", "Exit")) and " " not in head:
-            return line[:300]
-    return (lines[-1] if lines else "")[:300]
-
-
 def run_mergekit(mk: str, recipe: Path, out: Path, seed: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()

@@ -111,18 +111,71 @@ def _save_word_tokenizer(path: Path, vocab: list[str]) -> None:
                             bos_token="<s>").save_pretrained(str(path))  # fmt: skip
 
 
-def recipe_for(method: str, base: Path, fts: list[Path]) -> dict:
-    if method == "linear":
-        models = [{"model": str(m), "parameters": {"weight": w}} for m, w in zip([base, *fts], [0.2, 0.4, 0.4])]
-        return {"merge_method": "linear", "models": models, "dtype": "float32"}
-    params = {"weight": 0.5, "density": 0.5}
-    return {
-        "merge_method": method,
-        "base_model": str(base),
-        "models": [{"model": str(m), "parameters": params} for m in fts],
-        "parameters": {"normalize": True},
-        "dtype": "float32",
-    }
+ALL_METHODS = (
+    "linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmetic", "ties", "dare_ties", "dare_linear",
+    "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce", "model_stock", "nearswap", "arcee_fusion",
+    "passthrough", "ram", "ramplus_tl",
+)  # fmt: skip
+
+
+def recipe_for(method: str, base: Path, fts: list[Path], family: str = "llama") -> dict:
+    """The recipe of ``method`` on ``base`` and two fine-tunes (MergeKit's parameter names).
+
+    The six headline methods keep the recipes of the first runs (linear over the three
+    models; task-vector methods with weight 0.5, density 0.5, normalize). Two-model methods
+    (slerp, nearswap, arcee_fusion) take the base and the first fine-tune; passthrough stacks
+    the first 3/4 of one fine-tune's layers onto the last 3/4 of the other's on decoder-only
+    families (the output config's layer count is updated by both tools), and scales one
+    fine-tune's attention outputs by 0.5 on encoder-decoder ones (layer slices do not apply)."""
+    b, (a, c) = str(base), [str(f) for f in fts]
+    layers = layer_count(family)
+    f32 = {"dtype": "float32"}
+
+    def weighted(models, weights, extra=None):
+        return [{"model": m, "parameters": {"weight": w, **(extra or {})}} for m, w in zip(models, weights)]
+
+    def task_vectors(extra=None, glob=None):
+        return {"merge_method": method, "base_model": b, "models": weighted([a, c], [0.5, 0.5], {"density": 0.5, **(extra or {})}),
+                "parameters": {"normalize": True, **(glob or {})}, **f32}  # fmt: skip
+
+    recipes = {
+        "linear": lambda: {"merge_method": "linear", "models": weighted([b, a, c], [0.2, 0.4, 0.4]), **f32},
+        "slerp": lambda: {"merge_method": "slerp", "base_model": b, "models": [{"model": b}, {"model": a}],
+                          "parameters": {"t": 0.3}, **f32},
+        "nuslerp": lambda: {"merge_method": "nuslerp", "base_model": b, "models": weighted([a, c], [0.4, 0.6]), **f32},
+        "multislerp": lambda: {"merge_method": "multislerp", "models": weighted([b, a, c], [0.2, 0.4, 0.4]), **f32},
+        "karcher": lambda: {"merge_method": "karcher", "models": [{"model": m} for m in (b, a, c)],
+                            "parameters": {"max_iter": 10, "tol": 1e-5}, **f32},
+        "task_arithmetic": lambda: {**task_vectors(), "models": weighted([a, c], [0.5, 0.5])},
+        "ties": task_vectors,
+        "dare_ties": task_vectors,
+        "dare_linear": task_vectors,
+        "breadcrumbs": lambda: task_vectors({"gamma": 0.01}),
+        "breadcrumbs_ties": lambda: task_vectors({"gamma": 0.01}),
+        "della": lambda: task_vectors({"epsilon": 0.1}),
+        "della_linear": lambda: task_vectors({"epsilon": 0.1}),
+        "sce": lambda: {"merge_method": "sce", "base_model": b, "models": [{"model": m} for m in (a, c)],
+                        "parameters": {"select_topk": 0.5}, **f32},
+        "model_stock": lambda: {"merge_method": "model_stock", "base_model": b, "models": [{"model": m} for m in (a, c)], **f32},
+        "nearswap": lambda: {"merge_method": "nearswap", "base_model": b, "models": [{"model": b}, {"model": a}],
+                             "parameters": {"t": 0.005}, **f32},
+        "arcee_fusion": lambda: {"merge_method": "arcee_fusion", "base_model": b, "models": [{"model": b}, {"model": a}], **f32},
+        "passthrough": lambda: {"merge_method": "passthrough", "slices": [
+            {"sources": [{"model": a, "layer_range": [0, 3 * layers // 4]}]},
+            {"sources": [{"model": c, "layer_range": [layers // 4, layers]}]}], **f32} if family == "llama" else
+            {"merge_method": "passthrough", "models": [{"model": a, "parameters": {
+                "scale": [{"filter": "SelfAttention.o", "value": 0.5}, {"value": 1.0}]}}], **f32},
+        "ram": lambda: {"merge_method": "ram", "base_model": b, "models": [{"model": m} for m in (a, c)], **f32},
+        "ramplus_tl": lambda: {"merge_method": "ramplus_tl", "base_model": b, "models": [{"model": m} for m in (a, c)], **f32},
+    }  # fmt: skip
+    if method not in recipes:
+        raise ValueError(f"no benchmark recipe for {method!r}")
+    return recipes[method]()
+
+
+def layer_count(family: str) -> int:
+    cfg, _ = _config(family)
+    return getattr(cfg, "num_hidden_layers", None) or cfg.num_layers
 
 
 # -- running --------------------------------------------------------------------------------
@@ -164,10 +217,24 @@ def run_measured(cmd: list[str], log: Path) -> dict:
             peak_rss, peak_anon = max(peak_rss, rss), max(peak_anon, anon)
             time.sleep(0.02)
     wall = time.perf_counter() - start
-    tail = [l for l in log.read_text(errors="replace").splitlines() if l.strip()][-1:] or [""]
-    return {"ok": proc.returncode == 0, "returncode": proc.returncode, "wall_s": round(wall, 2),
-            "peak_rss_mib": round(peak_rss / 1024, 1), "peak_anon_mib": round(peak_anon / 1024, 1),
-            "last_line": tail[0][-300:]}  # fmt: skip
+    text = log.read_text(errors="replace")
+    tail = [l for l in text.splitlines() if l.strip()][-1:] or [""]
+    res = {"ok": proc.returncode == 0, "returncode": proc.returncode, "wall_s": round(wall, 2),
+           "peak_rss_mib": round(peak_rss / 1024, 1), "peak_anon_mib": round(peak_anon / 1024, 1),
+           "last_line": tail[0][-300:]}  # fmt: skip
+    if not res["ok"]:
+        res["error"] = error_line(text)
+    return res
+
+
+def error_line(text: str) -> str:
+    """The exception line of a traceback (the last ``SomethingError: ...`` line), else the last line."""
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Exit")) and " " not in head:
+            return line[:300]
+    return (lines[-1] if lines else "")[:300]
 
 
 def ours_cmd(recipe: Path, out: Path, seed: int, threads: int) -> list[str]:
@@ -227,7 +294,7 @@ def annotate(result: dict, work: Path) -> None:
 def side_by_side(args, work: Path, family: str, method: str, inputs: list[Path]) -> dict:
     recipe = work / "recipes" / f"{family}-{method}.yml"
     recipe.parent.mkdir(parents=True, exist_ok=True)
-    recipe.write_text(yaml.safe_dump(recipe_for(method, inputs[0], inputs[1:]), sort_keys=False))
+    recipe.write_text(yaml.safe_dump(recipe_for(method, inputs[0], inputs[1:], family), sort_keys=False))
     runs: dict[str, list[dict]] = {"ours": [], "mergekit": []}
     for rep in range(args.repeats):
         for tool in ("mergekit", "ours") if rep % 2 == 0 else ("ours", "mergekit"):
@@ -237,9 +304,9 @@ def side_by_side(args, work: Path, family: str, method: str, inputs: list[Path])
                    else mergekit_cmd(args.mergekit, recipe, out, args.seed))  # fmt: skip
             runs[tool].append(run_measured(cmd, work / f"{family}-{method}-{tool}.log"))
             print(family, method, tool, runs[tool][-1], flush=True)
-    row = {"family": family, "method": method, "runs": runs}
-    for tool in runs:
-        ok = [r for r in runs[tool] if r["ok"]]
+    row = {"family": family, "method": method, "repeats": args.repeats, "runs": runs}
+    for tool, tool_runs in runs.items():
+        ok = [r for r in tool_runs if r["ok"]]
         row[tool] = {k: statistics.median(r[k] for r in ok) for k in ("wall_s", "peak_rss_mib", "peak_anon_mib")} if ok else None
     if row["ours"] and row["mergekit"]:
         row["parity"] = max_abs_diff(work / "out" / f"{family}-{method}-ours", work / "out" / f"{family}-{method}-mergekit")
@@ -294,7 +361,7 @@ def _loads(out: Path) -> bool | str:
         with torch.no_grad():
             logits = model(input_ids=ids, decoder_input_ids=ids[:, :2]).logits
         return bool(torch.isfinite(logits).all())
-    except Exception as err:  # report, don't crash the benchmark
+    except Exception as err:  # noqa: BLE001 - report any failure to load, don't crash the benchmark
         return f"{type(err).__name__}: {str(err)[:200]}"
 
 
@@ -320,40 +387,72 @@ def _parity_cell(row: dict) -> str:
     return diff + (" ✓" if row["parity"]["max_abs_diff"] <= 1e-5 else " ✗ (> 1e-5)")
 
 
+WALL_TARGETS = {"linear": 1.0, "ties": 0.5, "dare_ties": 0.5}  # the issue's targets; memory: 0.5 for every method
+
+
+def _timing_cell(row: dict, tool: str, key: str) -> str:
+    """The median, followed by every run's value when there were several."""
+    values = [r[key] for r in row["runs"][tool] if r["ok"]]
+    median = row[tool][key]
+    return f"{median} ({', '.join(map(str, values))})" if len(values) > 1 else f"{median}"
+
+
+def _status(row: dict, tool: str) -> str:
+    """A tool's time, or its error line when a run failed."""
+    bad = [x for x in row["runs"][tool] if not x["ok"]]
+    if bad:
+        return f"fails: `{(bad[0].get('error') or bad[0]['last_line'])[:160]}`"
+    return _timing_cell(row, tool, "wall_s")
+
+
+def _row_when(row: dict, result: dict) -> str:
+    rec = row.get("rerun")
+    return f"{rec['date'][:16]}, load {rec['load_average_1min']}" if rec else f"{result['machine']['date'][:16]}"
+
+
+def _verdict(row: dict) -> str:
+    checks = {"RSS": row["rss_ratio"] <= 0.5, "anon": row["anon_ratio"] <= 0.5}
+    if row["method"] in WALL_TARGETS:
+        checks = {"wall": row["wall_ratio"] <= WALL_TARGETS[row["method"]], **checks}
+    return ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in checks.items())
+
+
 def write_markdown(result: dict, path: Path) -> None:
+    """The results as a table, the targets row by row, then the hand-written notes kept in
+    ``<stem>.notes.md`` (if any), which every rewrite carries over."""
     m = result["machine"]
-    lines = [f"# npdecode merge vs MergeKit ({result['mergekit_version']})", "",
-             f"Machine: {m['processor']}, {m['nproc']} CPUs; torch {m['torch']}; {m['date']}. "
-             f"Medians of {result['repeats']} run(s) each; ours with `-j {result['threads']}`, MergeKit with its defaults. "
-             f"The machine was shared with other jobs (1-min load average at checkpoints: {result.get('load_average')}); "
-             "the two tools ran alternately on the same inputs, so compare ratios, not absolute times.", "",
-             *([("Rows marked *rerun* were measured again later (after a change to ours), both tools side by side "
-                 "again; the row gives that run's date and 1-min load average, the full record is under `rerun` "
-                 "in the JSON."), ""]
-               if any(r.get("rerun") for r in result["side_by_side"]) else []),
-             "| family | method | ours s | MergeKit s | wall ratio | ours RSS MiB | MK RSS MiB | RSS ratio | ours anon MiB | MK anon MiB | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# npdecode merge vs MergeKit ({result['mergekit_version']})", "",
+        (f"Machine: {m['processor']}, {m['nproc']} CPUs; torch {m['torch']}. Ours with `-j {result['threads']}`, "
+         "MergeKit with its defaults, on the same recipes and inputs (random ~250M-parameter checkpoints); the two "
+         "tools ran alternately (repeat by repeat, the order swapped every repeat). Times and memory are medians "
+         "over the row's runs (every run's value in brackets when there were several). The machine was shared with "
+         "other jobs, so compare ratios within a row, not absolute times across rows; each row gives its date and "
+         "1-min load average at its end. Full records (every run, exit status, error lines) are in the JSON."),
+        "",
+        ("| family | method | runs | when | ours s | MergeKit s | wall ratio | ours RSS MiB | MK RSS MiB | RSS ratio "
+         "| ours anon MiB | MK anon MiB | anon ratio | max abs diff | targets |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
     for r in result["side_by_side"]:
+        head = f"| {r['family']} | {r['method']} | {r.get('repeats') or r.get('rerun', {}).get('repeats') or result['repeats']} | {_row_when(r, result)} |"
         o, k = r.get("ours"), r.get("mergekit")
         if not (o and k):
-            lines.append(f"| {r['family']} | {r['method']} | {o} | {k} | failed | | | | | | |")
+            lines.append(f"{head} {_status(r, 'ours')} | {_status(r, 'mergekit')} | | | | | | | | | not comparable |")
             continue
-        rerun = f" (rerun {r['rerun']['date']}, load {r['rerun']['load_average_1min']})" if r.get("rerun") else ""
-        lines.append(f"| {r['family']} | {r['method']}{rerun} | {o['wall_s']} | {k['wall_s']} | {r['wall_ratio']} | "
-                     f"{o['peak_rss_mib']} | {k['peak_rss_mib']} | {r['rss_ratio']} | {o['peak_anon_mib']} | "
-                     f"{k['peak_anon_mib']} | {_parity_cell(r)} |")  # fmt: skip
-    lines += ["", "## Targets (ties/dare_ties wall <= 0.5x MergeKit, linear <= 1x; peak RSS and anon <= 0.5x)", ""]
-    for r in result["side_by_side"]:
-        if r.get("wall_ratio") is None:
-            continue
-        wall_target = 1.0 if r["method"] == "linear" else 0.5
-        checks = {"wall": r["wall_ratio"] <= wall_target, "RSS": r["rss_ratio"] <= 0.5, "anon": r["anon_ratio"] <= 0.5}
-        verdict = ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in checks.items())
-        lines.append(f"- {r['family']} {r['method']}{' (rerun)' if r.get('rerun') else ''}: {verdict}")
-    lines += ["", "## Inputs MergeKit fails on", "", "| case | MergeKit | ours | ours loads, finite logits |", "|---|---|---|---|"]
+        lines.append(f"{head} {_timing_cell(r, 'ours', 'wall_s')} | {_timing_cell(r, 'mergekit', 'wall_s')} | "
+                     f"{r['wall_ratio']} | {o['peak_rss_mib']} | {k['peak_rss_mib']} | {r['rss_ratio']} | "
+                     f"{o['peak_anon_mib']} | {k['peak_anon_mib']} | {r['anon_ratio']} | {_parity_cell(r)} | {_verdict(r)} |")  # fmt: skip
+    lines += ["", ("Targets (the issue's): ties and dare_ties wall time <= 0.5x MergeKit's, linear <= 1x; every method "
+                   "peak RSS and peak anonymous memory <= 0.5x MergeKit's. Other methods have no wall-time target (their "
+                   "ratio is reported all the same)."),
+              "", "## Inputs MergeKit fails on", "", "| case | MergeKit | ours | ours loads, finite logits |", "|---|---|---|---|"]  # fmt: skip
     for r in result["failure_cases"]:
         mk = "ok" if r["mergekit"]["ok"] else f"fails: `{r['mergekit']['last_line'][:120]}`"
         lines.append(f"| {r['case']} | {mk} | {'ok' if r['ours']['ok'] else 'fails'} | {r['ours']['loads_and_finite']} |")
+    notes = path.with_suffix(".notes.md")
+    if notes.is_file():
+        lines += ["", notes.read_text(encoding="utf-8").rstrip()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -362,32 +461,37 @@ def main() -> None:
     parser.add_argument("--mergekit", default="/tmp/mkvenv/bin/mergekit-yaml")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mergebench"))
     parser.add_argument("--families", default="t5v11,llama")
-    parser.add_argument("--methods", default="linear,ties,dare_ties")
+    parser.add_argument("--methods", default="linear,ties,dare_ties", help="comma-separated, or 'all' (20 methods)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-failure-cases", action="store_true")
     parser.add_argument("--results", default="merge_vs_mergekit", help="file stem under benchmarks/results/")
     parser.add_argument("--annotate-only", action="store_true", help="annotate existing results, run nothing")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json, run nothing")
     parser.add_argument("--update", action="store_true",
                         help="rerun only the given families x methods and replace those rows in the existing "
                              "results (marked with the rerun date); other rows and failure cases stay as they are")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.render_only:
+        result = json.loads((RESULTS / f"{args.results}.json").read_text(encoding="utf-8"))
+        write_markdown(result, RESULTS / f"{args.results}.md")
+        return
     if args.annotate_only:
         result = json.loads((RESULTS / f"{args.results}.json").read_text(encoding="utf-8"))
         annotate(result, args.work)
         _save(result, args.results)
         return
     version = subprocess.run([Path(args.mergekit).parent / "python", "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
-                             capture_output=True, text=True).stdout.strip()  # fmt: skip
+                             check=False, capture_output=True, text=True).stdout.strip()  # fmt: skip
     result = {"machine": machine(), "mergekit_version": version, "repeats": args.repeats, "threads": args.threads,
               "side_by_side": [], "failure_cases": []}  # fmt: skip
     if args.update:
         result = json.loads((RESULTS / f"{args.results}.json").read_text(encoding="utf-8"))
     for family in filter(None, args.families.split(",")):
         inputs = [build_checkpoint(family, args.work / "inputs" / f"{family}-{i}", i) for i in range(3)]
-        for method in args.methods.split(","):
+        for method in ALL_METHODS if args.methods == "all" else args.methods.split(","):
             row = side_by_side(args, args.work, family, method, inputs)
             if args.update:
                 row["rerun"] = {**machine(), "load_average_1min": round(os.getloadavg()[0], 2),

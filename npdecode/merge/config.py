@@ -60,7 +60,7 @@ def _normalize_setting(key: str, raw: Any) -> Setting:
             if extra or "value" not in entry:
                 raise ValueError(
                     f"parameter {key!r}: a conditional needs 'value' and optionally 'filter'"
-                    + (f" (unknown key {sorted(extra)[0]!r})" if extra else "")
+                    + (f" (unknown key {min(extra)!r})" if extra else "")
                 )
             flt = entry.get("filter")
             if flt is not None and not isinstance(flt, str):
@@ -74,7 +74,8 @@ def _normalize_parameters(raw: Any) -> Parameters:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ValueError(f"'parameters' must be a mapping, got {raw!r}")
+        # pydantic reports a ValueError (not a TypeError) as a validation error
+        raise ValueError(f"'parameters' must be a mapping, got {raw!r}")  # noqa: TRY004
     return {str(k): _normalize_setting(str(k), v) for k, v in raw.items()}
 
 

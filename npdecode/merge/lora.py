@@ -53,7 +53,7 @@ class LoraReader(TensorReader):
         self._pairs: dict[str, dict[str, str]] = {}  # base weight name -> {kind: adapter key}
         self._replaced: dict[str, str] = {}
         base_keys = set(base.keys())
-        for key in self._adapter.keys():
+        for key in self._adapter.keys():  # noqa: SIM118 - a TensorReader, not a dict
             match = _LORA_KEY.match(key)
             if match:
                 target = f"{match['module']}.weight"

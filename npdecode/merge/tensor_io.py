@@ -161,7 +161,7 @@ class TorchBinReader(DictReader):
         for path in files:
             try:
                 state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            except Exception as err:  # unpickling errors, old non-zip formats
+            except Exception as err:  # noqa: BLE001 - unpickling errors, old non-zip formats: one message
                 raise NpdecodeError(
                     f"{path}: cannot be memory-mapped safely ({str(err).splitlines()[0]}); "
                     "convert it to safetensors or re-save it with torch>=1.6"
@@ -218,11 +218,11 @@ def resolve_model_dir(ref: str) -> Path:
     kwargs = {"repo_id": repo_id, "revision": revision or None, "allow_patterns": _HUB_PATTERNS}
     try:
         return Path(snapshot_download(local_files_only=True, **kwargs))
-    except Exception:  # not cached: try the network below
+    except Exception:  # noqa: BLE001, S110 - not cached (whatever the hub's error type): try the network below
         pass
     try:
         return Path(snapshot_download(**kwargs))
-    except Exception as err:  # offline, unknown repo, gated repo...
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated repo...: one message
         raise NpdecodeError(
             f"model {ref!r} is not a local directory, not in the Hugging Face cache, and could not be "
             f"downloaded ({type(err).__name__}); download it first or pass a local path"

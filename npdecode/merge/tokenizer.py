@@ -61,7 +61,7 @@ def _load_tokenizer(source: ModelSource, trust_remote_code: bool) -> Any:
         raise NpdecodeError(f"model {source.ref!r} has no directory to load a tokenizer from")
     try:
         return AutoTokenizer.from_pretrained(str(source.path), trust_remote_code=trust_remote_code)
-    except Exception as err:  # missing files, remote code refused...
+    except Exception as err:  # noqa: BLE001 - missing files, remote code refused...: one message
         raise NpdecodeError(f"model {source.ref!r}: cannot load its tokenizer ({str(err).splitlines()[0]})") from None
 
 

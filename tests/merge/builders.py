@@ -45,8 +45,8 @@ def build_model(family: str, vocab_size: int, layers: int = LAYERS):
         model.final_logits_bias.normal_()  # make the vocabulary-axis bias non-trivial
         return model
     if family == "bert2bert":
-        common = dict(vocab_size=vocab_size, hidden_size=D, num_hidden_layers=layers, num_attention_heads=HEADS,
-                      intermediate_size=FF, max_position_embeddings=32, pad_token_id=0)  # fmt: skip
+        common = {"vocab_size": vocab_size, "hidden_size": D, "num_hidden_layers": layers, "num_attention_heads": HEADS,
+                  "intermediate_size": FF, "max_position_embeddings": 32, "pad_token_id": 0}  # fmt: skip
         enc = tf.BertConfig(**common)
         dec = tf.BertConfig(**common, is_decoder=True, add_cross_attention=True)
         cfg = tf.EncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)

@@ -159,8 +159,19 @@ def test_breadcrumbs(name, consensus, density, gamma):
 
 
 def _uniforms(seed, count, shape):
+    """DELLA's draws: ``count`` float32 ``rand(shape)`` in a row from one seeded generator."""
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(shape, generator=g, dtype=torch.float32).double().numpy() for _ in range(count)]
+
+
+def _dare_uniforms(seed, count, shape):
+    """DARE's draws: ``count`` int64 seeds in [0, 2**62) from the seeded generator, then one
+    generator per model, each drawing one float32 ``rand(shape)``."""
+    seeds = torch.randint(0, 2**62, (count,), generator=torch.Generator().manual_seed(seed))
+    return [
+        torch.rand(shape, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32).double().numpy()
+        for s in seeds
+    ]
 
 
 @pytest.mark.parametrize("name,consensus", [("dare_linear", False), ("dare_ties", True)])
@@ -170,7 +181,7 @@ def test_dare_matches_reference_with_same_draws(name, consensus, rescale):
     ws, ds = [0.6, 1.0, 0.4], [0.5, 0.3, 0.8]
     params = {"rescale": rescale, "normalize": True}
     got = run(name, xs, base, {"weight": ws, "density": ds}, params, torch.Generator().manual_seed(7))
-    us = _uniforms(7, 3, base.shape)
+    us = _dare_uniforms(7, 3, base.shape)
     tvs = [ref.dare_prune(x - base, d, u, rescale) for x, d, u in zip(xs, ds, us)]
     close(got, ref.task_vectors_merge(base, tvs, ws, consensus, True))
 

@@ -120,7 +120,9 @@ SELF_MERGE_WITH_BASE = {
     "della_linear": ({"weight": 0.4, "density": 1.0}, {"normalize": True}, None),
     "sce": ({}, {"select_topk": 1.0}, None),
     "model_stock": ({}, {}, None),
-    "ram": ({}, {}, None),
+    # entries with |x - base| <= epsilon are inactive by definition (they keep the base): a
+    # tiny epsilon makes every nonzero difference active, so copies return x exactly
+    "ram": ({}, {"epsilon": 1e-30}, None),
     "nearswap": ({}, {"t": 1e9}, 1),  # t huge: every entry swaps
 }
 

@@ -4,16 +4,18 @@ rank-magnitude sampling (DELLA).
 Each function takes one task vector ``tv`` (any shape, the computation dtype) and returns a
 tensor of the same shape and dtype. ``density >= 1`` leaves ``tv`` unchanged, as in MergeKit.
 
-Random draws: one ``torch.rand(tv.shape)`` in float32 per call, from ``generator`` (the global
-generator when None; DARE draws it block by block on CPU, the same stream), and an entry is
-kept where ``u < p``. The draw does not depend on the
-computation dtype, so a seeded merge keeps the same entries in float32 and float64.
+Random draws are float32 uniforms (one per entry), and an entry is kept where ``u < p``. DELLA
+draws one ``torch.rand(tv.shape)`` per call from ``generator`` (the global generator when None);
+DARE draws from one generator per model (``model_generators``), block by block (see
+``drop_random``). The draws do not depend on the computation dtype, so a seeded merge keeps
+the same entries in float32 and float64.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from npdecode.errors import NpdecodeError
@@ -67,15 +69,18 @@ def _kth_largest_bits(flat: torch.Tensor, k: int) -> tuple[int, int, int]:
     width = 16 if flat.dtype in (torch.bfloat16, torch.float16) else torch.finfo(flat.dtype).bits
     prefix, n_above, n_equal = 0, 0, flat.numel()
     for shift in range(width - 16, -1, -16):
-        hist = torch.zeros(1 << 16, dtype=torch.int64, device=flat.device)
+        # the 65536-bin histogram lives in numpy: torch runs ops of that size on its thread
+        # pool, whose wake-ups cost ~10 ms each on a loaded machine (tiny models took seconds)
+        hist = np.zeros(1 << 16, dtype=np.int64)
         for start, stop in _blocks(flat.numel()):
             bits = _magnitude_bits(flat[start:stop])
             if shift + 16 < width:  # only entries whose higher digits equal the prefix so far
                 bits = bits[(bits >> (shift + 16)) == (prefix >> (shift + 16))]
-            hist += torch.bincount(((bits >> shift) & 0xFFFF).to(torch.int64), minlength=1 << 16)
+            digits = ((bits >> shift) & 0xFFFF).cpu().numpy()
+            hist += np.bincount(digits, minlength=1 << 16)
         # the digit where the count from the top first reaches the remaining k - n_above
-        from_top = hist.flip(0).cumsum(0)
-        pos = int(torch.searchsorted(from_top, k - n_above))
+        from_top = np.cumsum(hist[::-1])
+        pos = int(np.searchsorted(from_top, k - n_above))
         digit = (1 << 16) - 1 - pos
         n_above += int(from_top[pos - 1]) if pos > 0 else 0
         n_equal = int(hist[digit])
@@ -168,63 +173,107 @@ def magnitude(
     return out
 
 
-def bernoulli(
-    tv: torch.Tensor,
-    density: float,
-    rescale: bool,
-    generator: torch.Generator | None,
-    inplace: bool = False,
-) -> torch.Tensor:
-    """DARE: keep each entry with probability ``density``; ``rescale`` divides kept ones by it.
+def model_generators(generator: torch.Generator | None, count: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per model on ``device``, seeded by ``count`` draws from ``generator`` (the
+    global generator when None). A model's draws then do not depend on the other models', so
+    task vectors can be pruned block by block, interleaved, with the stream of one
+    ``torch.rand(shape)`` per model."""
+    seeds = torch.randint(0, 2**62, (count,), generator=generator,
+                          device=generator.device if generator is not None else "cpu")  # fmt: skip
+    out = []
+    for seed in seeds.tolist():
+        g = torch.Generator(device=device)
+        g.manual_seed(seed)
+        out.append(g)
+    return out
 
-    On CPU the draws are made block by block (the CPU generator gives the same stream as one
-    ``torch.rand(tv.shape)``), so the only temporaries are block-sized; ``inplace`` prunes
-    ``tv`` itself.
+
+def drop_random(d: torch.Tensor, u: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+    """DARE on one block, in place: ``d`` kept where ``u < density`` (``u``: float32 uniform draws
+    of ``d``'s shape, overwritten), zero elsewhere; kept entries divided by ``density`` when
+    ``rescale``. ``0 < density < 1``.
+
+    Float arithmetic instead of ``masked_fill``: ``sign(u - density)`` is -1 exactly where
+    ``u < density`` (a float difference is 0 only for equal operands), and several times
+    cheaper on CPU than a bool mask.
+    """
+    u.sub_(density).sign_().clamp_max_(0)  # -1 kept, 0 dropped
+    d.mul_(u)  # -d where kept: the signs are undone below, exactly
+    return d.div_(-density) if rescale else d.neg_()
+
+
+class BandPlan(NamedTuple):
+    """Which entries a Breadcrumbs trim keeps: those with ``lo <= |x| <= hi`` (bit patterns, see
+    ``_magnitude_bits``) except the flat indices in ``surplus`` (sorted; ties at either end that
+    MergeKit's sort drops). ``lo > hi`` keeps nothing."""
+
+    lo: int
+    hi: int
+    surplus: torch.Tensor | None
+
+
+def outlier_plan(tv: torch.Tensor, density: float, gamma: float, consume: bool = False) -> BandPlan | None:
+    """The ``BandPlan`` of Breadcrumbs on ``tv`` (contiguous float); None when ``density >= 1``.
+
+    As MergeKit: with ``n_top = int(gamma n)``, ``k = int(density n)`` and ``n_bot = max(0, n -
+    k - n_top)``, keep positions ``[n_bot, n_bot + k)`` of the ascending sort of ``|tv|`` (float32
+    on CPU; float64 kept as is). Two radix selects find the band's ends; only when ties straddle
+    an end does the sort itself run, to break them in its order (``consume`` lets it overwrite
+    ``tv``). Memory: block-sized temporaries, or the sort's (values and int64 indices).
     """
     if density >= 1:
-        return tv
-    if inplace and not tv.is_contiguous():
-        return tv.copy_(bernoulli(tv, density, rescale, generator))
-    out = tv if inplace else tv.clone(memory_format=torch.contiguous_format)
-    if density <= 0:
-        return out.zero_()
-    if out.device.type != "cpu":  # block-wise draws would change the stream of other generators
-        out.masked_fill_(_uniform(out, generator) >= density, 0)
-        return out.div_(density) if rescale else out
-    flat = out.view(-1)
-    for start, stop in _blocks(flat.numel()):
-        block = flat[start:stop]
-        u = torch.rand(stop - start, generator=generator, dtype=torch.float32, device=out.device)
-        block.masked_fill_(u >= density, 0)
-        if rescale:
-            block.div_(density)
-    return out
+        return None
+    if tv.dtype not in _BITS:
+        raise NpdecodeError(f"magnitude trimming needs a floating-point tensor, got {tv.dtype}")
+    n = tv.numel()
+    k = int(density * n)
+    n_bot = max(0, n - k - int(gamma * n))
+    if k <= 0:
+        return BandPlan(lo=1, hi=0, surplus=None)
+    top = n - n_bot - k  # descending rank (0-based) of the largest kept magnitude
+    flat = tv.reshape(-1)
+    hi, hi_above, _ = _kth_largest_bits(flat, top + 1)
+    lo, lo_above, lo_equal = _kth_largest_bits(flat, top + k)
+    if hi_above == top and lo_above + lo_equal == top + k:  # no tie straddles either end
+        return BandPlan(lo=lo, hi=hi, surplus=None)
+    magnitudes = flat.abs_() if consume else flat.abs()
+    if magnitudes.device.type == "cpu" and magnitudes.dtype != torch.float64:
+        magnitudes = magnitudes.float()
+    # the floats themselves (not their bit patterns, as in trim_plan): an ascending sort of
+    # integers takes another algorithm (radix) in torch, with another order among ties
+    order = torch.empty(magnitudes.shape, dtype=torch.int64, device=magnitudes.device)
+    torch.sort(magnitudes, out=(magnitudes, order))  # ascending, as MergeKit
+    del magnitudes
+    # the band occupies ascending positions [n - lo_above - lo_equal, n - hi_above); the sort
+    # keeps [n_bot, n_bot + k) of it and drops the rest
+    surplus = torch.cat([order[n - lo_above - lo_equal : n_bot], order[n_bot + k : n - hi_above]])
+    del order
+    return BandPlan(lo=lo, hi=hi, surplus=torch.sort(surplus).values)
+
+
+def apply_band(block: torch.Tensor, plan: BandPlan, start: int) -> torch.Tensor:
+    """Zero, in place, the entries of ``block`` (flat entries ``[start, start + m)`` of the task
+    vector the plan was made for) that ``plan`` does not keep."""
+    bits = _magnitude_bits(block)
+    block.mul_((bits >= plan.lo) & (bits <= plan.hi))
+    if plan.surplus is not None:
+        lo, hi = torch.searchsorted(plan.surplus, torch.tensor([start, start + block.numel()], device=block.device)).tolist()
+        if hi > lo:
+            block[plan.surplus[lo:hi] - start] = 0
+    return block
 
 
 def magnitude_outliers(tv: torch.Tensor, density: float, gamma: float, rescale: bool = False) -> torch.Tensor:
     """Breadcrumbs: drop the ``gamma`` fraction of largest magnitudes, then the smallest ones,
-    so that ``int(density * numel)`` entries remain.
-
-    When ``gamma >= 1 - density`` fewer large entries are dropped (``1 - density`` of them) and
-    no small ones, so the kept fraction is always ``density``.
-    """
+    so that ``int(density * numel)`` entries remain (see ``outlier_plan``; ties broken as
+    MergeKit's sort breaks them). When ``gamma >= 1 - density`` fewer large entries are dropped
+    and no small ones, so the kept fraction is always ``density``. ``rescale`` preserves the L1
+    norm."""
     if density >= 1:
         return tv
-    n = tv.numel()
-    n_keep = int(density * n)
-    n_top = int(gamma * n)
-    n_bottom = n - n_keep - n_top
-    if n_bottom < 0:
-        n_top += n_bottom
-        n_bottom = 0
-    # two partial selections instead of a full sort (several times faster on large tensors)
-    magnitudes = tv.abs().reshape(-1)
-    keep = torch.ones(n, dtype=torch.bool, device=tv.device)
-    if n_top > 0:
-        keep[torch.topk(magnitudes, n_top, largest=True, sorted=False).indices] = False
-    if n_bottom > 0:
-        keep[torch.topk(magnitudes, n_bottom, largest=False, sorted=False).indices] = False
-    kept = tv * keep.view(tv.shape)
+    kept = tv.clone(memory_format=torch.contiguous_format)
+    plan = outlier_plan(kept.clone(), density, gamma, consume=True)
+    apply_band(kept.view(-1), plan, 0)
     return _rescale_l1(tv, kept) if rescale else kept
 
 
@@ -247,13 +296,20 @@ def rank_magnitude(
         )
     rows = tv.reshape(-1, tv.shape[-1]) if tv.dim() > 0 else tv.reshape(1, 1)
     width = rows.shape[-1]
-    # rank 0 = smallest magnitude in its row; double argsort turns an order into ranks.
+    out = torch.empty_like(rows)
     acc = accumulation_dtype(rows)
-    ranks = torch.argsort(torch.argsort(rows.abs(), dim=-1, stable=True), dim=-1).to(acc)
-    unit = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
-    prob = (density - epsilon) + unit * (2 * epsilon)
-    keep = _uniform(rows, generator) < prob
-    kept = rows * keep
-    if rescale:
-        kept = kept / prob.to(rows.dtype)
-    return kept.reshape(tv.shape)
+    # whole rows at a time, about BLOCK entries: the argsorts' int64 temporaries stay small.
+    # The draws are made chunk by chunk in row order: on CPU the same stream as one
+    # ``torch.rand(rows.shape)``.
+    step = max(1, BLOCK // width)
+    for r0 in range(0, rows.shape[0], step):
+        part = rows[r0 : r0 + step]
+        # rank 0 = smallest magnitude in its row; double argsort turns an order into ranks.
+        ranks = torch.argsort(torch.argsort(part.abs(), dim=-1, stable=True), dim=-1).to(acc)
+        unit = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
+        prob = (density - epsilon) + unit * (2 * epsilon)
+        keep = _uniform(part, generator) < prob
+        kept = torch.mul(part, keep, out=out[r0 : r0 + step])
+        if rescale:
+            kept.div_(prob.to(rows.dtype))
+    return out.reshape(tv.shape)

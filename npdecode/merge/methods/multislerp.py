@@ -11,9 +11,12 @@ whose mean vanishes fall back to the linear ``w_0 x_0 + w_1 x_1``; more than two
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from npdecode.errors import NpdecodeError
+from npdecode.merge.methods import _mixing
 from npdecode.merge.methods._inputs import accumulation_dtype, check_shapes, scalars, split_base
 from npdecode.merge.registry import REQUIRED, MergeMethod, register
 
@@ -31,26 +34,97 @@ def merge_multislerp(tensors, base, model_params, params, generator) -> torch.Te
         if abs(total) < 1e-12:
             raise NpdecodeError("multislerp: the models' weights sum to zero; change them")
         weights = [w / total for w in weights]
-    shape, dtype = others[0].shape, others[0].dtype
+    return _barycenter(others, base, weights, eps)
+
+
+def _barycenter(others, base, weights, eps) -> torch.Tensor:
+    """The module docstring's formula, block by block over the flattened inputs: four passes
+    (norms; mean direction and the dots ``<u_i, m>``; the tangent mean ``v`` and its norm; the
+    output), with block-sized temporaries only (the output is the one full-size tensor).
+    Norms and dots accumulate in float64."""
+    n = len(others)
+    dtype, device = others[0].dtype, others[0].device
     acc = accumulation_dtype(others[0])
-    x = torch.stack([(t - base if base is not None else t).reshape(-1).to(acc) for t in others])  # (n, N)
-    w = torch.tensor(weights, dtype=acc, device=x.device).unsqueeze(-1)  # (n, 1)
-    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (n, 1)
-    units = x / (norms + eps)
-    mean = (units * w).sum(dim=0)
-    mean_norm = torch.linalg.vector_norm(mean)
+    size = _mixing.block_size(device)
+    flats = [t.reshape(-1) for t in others]
+    fb = base.reshape(-1) if base is not None else None
+    bufs = [torch.empty(size, dtype=acc, device=device) for _ in range(n)]
+
+    def xs(start, stop):  # (m,) task vectors (or tensors) of one block, in acc, in own buffers
+        m = stop - start
+        if fb is None:
+            return [bufs[i][:m].copy_(f[start:stop]) for i, f in enumerate(flats)]
+        if acc == dtype:
+            return [torch.sub(f[start:stop], fb[start:stop], out=bufs[i][:m]) for i, f in enumerate(flats)]
+        return [bufs[i][:m].copy_(f[start:stop]).sub_(fb[start:stop]) for i, f in enumerate(flats)]
+
+    def passes():
+        return _mixing.blocks(flats[0].numel(), size)
+
+    norms = [0.0] * n
+    for start, stop in passes():
+        for i, x in enumerate(xs(start, stop)):
+            norms[i] += _dot(x, x)
+    norms = [math.sqrt(q) for q in norms]
+    inv = [1.0 / (q + eps) for q in norms]
+
+    def mean_of(x):  # sum_i w_i u_i of one block (units overwrite the block's x_i)
+        units = [xi.mul_(c) for xi, c in zip(x, inv)]
+        mean = units[0] * weights[0]
+        for u, w in zip(units[1:], weights[1:]):
+            mean.add_(u, alpha=w)
+        return units, mean
+
+    mean_sq, dots = 0.0, [0.0] * n
+    for start, stop in passes():
+        units, mean = mean_of(xs(start, stop))
+        mean_sq += _dot(mean, mean)
+        for i, u in enumerate(units):
+            dots[i] += _dot(u, mean)
+    mean_norm = math.sqrt(mean_sq)
+    out = torch.empty(others[0].shape, dtype=dtype, device=device)
+    flat_out = out.view(-1)
     if mean_norm < eps:
-        if len(others) != 2:
+        if n != 2:
             raise NpdecodeError("multislerp: the weighted mean of the inputs' directions is zero")
-        out = (x * w).sum(dim=0)
-    else:
-        mean = mean / mean_norm
-        tangent = units - (units @ mean).unsqueeze(-1) * mean
-        v = (tangent * w).sum(dim=0)
-        v_norm = torch.linalg.vector_norm(v) + eps
-        out = (mean * torch.cos(v_norm) + v * (torch.sin(v_norm) / v_norm)) * (norms * w).sum()
-    out = out.reshape(shape).to(dtype)
-    return out + base if base is not None else out
+        for start, stop in passes():  # antipodal pair: linear
+            x = xs(start, stop)
+            mixed = x[0].mul_(weights[0]).add_(x[1], alpha=weights[1])
+            _finish(mixed, flat_out[start:stop], fb, start, stop)
+        return out
+    proj = [d / mean_norm for d in dots]  # <u_i, m> with m the unit mean direction
+
+    def tangent_of(x):  # (m, v) of one block: unit mean direction, weighted tangent mean
+        units, mean = mean_of(x)
+        mean.div_(mean_norm)
+        v = torch.zeros_like(mean)
+        for u, w, c in zip(units, weights, proj):
+            v.add_(u.sub_(mean, alpha=c), alpha=w)
+        return mean, v
+
+    v_sq = 0.0
+    for start, stop in passes():
+        _, v = tangent_of(xs(start, stop))
+        v_sq += _dot(v, v)
+    v_norm = math.sqrt(v_sq) + eps
+    scale = sum(q * w for q, w in zip(norms, weights))
+    for start, stop in passes():
+        mean, v = tangent_of(xs(start, stop))
+        mixed = mean.mul_(math.cos(v_norm)).add_(v, alpha=math.sin(v_norm) / v_norm).mul_(scale)
+        _finish(mixed, flat_out[start:stop], fb, start, stop)
+    return out
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``<a, b>`` of two blocks with float64 products (the passes sum these in float64)."""
+    return torch.dot(a.double(), b.double()).item()
+
+
+def _finish(mixed: torch.Tensor, out: torch.Tensor, fb: torch.Tensor | None, start: int, stop: int) -> None:
+    """``out = mixed`` in the output dtype, plus the base (when there is one)."""
+    out.copy_(mixed)
+    if fb is not None:
+        out.add_(fb[start:stop])
 
 
 METHOD = register(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from npdecode.merge.methods import _mixing
 from npdecode.merge.methods._inputs import check_shapes, require_base, require_count, split_base
 from npdecode.merge.registry import REQUIRED, MergeMethod, register
 
@@ -20,11 +21,17 @@ def merge_nearswap(tensors, base, model_params, params, generator) -> torch.Tens
     if not others:
         return base.clone()
     require_count("nearswap", others, 1, "exactly two models: the base_model and one other")
-    other = others[0]
-    diff = (base - other).abs()
     t = float(params["t"])
-    w = torch.where(diff > 0, (t / diff).clamp(0, 1), torch.ones_like(diff))
-    return torch.lerp(base, other, w)
+    fb, fo = base.reshape(-1), others[0].reshape(-1)
+    out = torch.empty(base.shape, dtype=base.dtype, device=base.device)
+    flat_out = out.view(-1)
+    # block by block: the temporaries are block-sized, the output the one full-size tensor
+    for start, stop in _mixing.blocks(fb.numel(), _mixing.block_size(base.device)):
+        b, o = fb[start:stop], fo[start:stop]
+        diff = (b - o).abs()
+        w = torch.where(diff > 0, (t / diff).clamp(0, 1), torch.ones_like(diff))
+        torch.lerp(b, o, w, out=flat_out[start:stop])
+    return out
 
 
 METHOD = register(

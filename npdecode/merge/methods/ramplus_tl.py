@@ -18,9 +18,7 @@ def merge_ramplus_tl(tensors, base, model_params, params, generator) -> torch.Te
     r, alpha = float(params.get("r", 0.1)), float(params.get("alpha", 0.2))
     epsilon = float(params.get("epsilon", 1e-5))
 
-    def scales(active: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        shared = (active & (count > 1)).sum(dim=1).to(torch.float64)
-        unique = (active & (count == 1)).sum(dim=1).to(torch.float64)
+    def scales(shared: torch.Tensor, unique: torch.Tensor) -> torch.Tensor:
         rho = shared / unique.clamp_min(epsilon)
         return 1 + r * rho.clamp(0, alpha)
 
