@@ -62,7 +62,7 @@ def index_command(corpus, model, out, append_to, replace, config_path, k, raw_ce
 @click.option("--retriever", "kind", type=click.Choice(["np", "genre"]), default="np", show_default=True)
 @click.option("--trie-mode", type=click.Choice(["ce", "token"]), help="Np decoding over CE ids or token ids.")
 @click.option("--model", help="Decode with this checkpoint instead of the index's model.")
-@click.option("--batch-size", type=int, help="Queries decoded together (default: ~512 decoder rows per step).")
+@click.option("--batch-size", type=int, help="Queries decoded together (default: ~320 beam rows per step).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:n].")
 @click.option("--normalizer", default="exact", show_default=True,
               help="exact, or ivf[:NPROBE[:TOPK[:NLIST]]]: approximate (FAISS top-k) normalizer, CPU.")
