@@ -128,6 +128,26 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
 
 
+def alternate(repeats: int, run_ours, run_hf=None, before=None) -> tuple[dict, dict]:
+    """Run ours and HF (when given) alternately ``repeats`` times, ``before()`` first each time
+    (outside the clocks). Returns ``{side: (wall seconds, CPU seconds)}`` and each side's last output."""
+    times: dict = {"ours": ([], []), "hf": ([], [])}
+    last: dict = {"ours": None, "hf": None}
+    for rep in range(repeats):
+        if before is not None:
+            before()
+        for side, fn in (("ours", run_ours), ("hf", run_hf)):
+            if fn is None:
+                continue
+            with Clock() as c:
+                last[side] = fn()
+            times[side][0].append(c.wall)
+            times[side][1].append(c.cpu)
+        hf_note = f", hf {times['hf'][0][-1]:.2f}s" if run_hf is not None else ""
+        print(f"repeat {rep}: ours {times['ours'][0][-1]:.2f}s{hf_note}", flush=True)
+    return times, last
+
+
 def matmul_rate(dtype, device, repeats: int = 5) -> tuple[float, float]:
     """Best-of-``repeats`` plain (256 x 512) @ (512 x 32768) matmul rate in FLOP/s, by wall
     clock and by process CPU time."""
@@ -233,24 +253,24 @@ def _run_dtype(model, trie, paths, queries, args, k, device, dtype, enc_len) -> 
         hf.lm_head.register_forward_hook(lambda m, i, o: hf_rows.append(i[0].shape[0] * i[0].shape[1]))
         dt = dict_trie(paths)
     decoding.search(model, trie, queries[:2], k=k, beam=args.beam, batch_size=args.batch or None)  # warm-up
-    ours_t, hf_t, ours_c, hf_c, rates, cpu_rates = [], [], [], [], [], []
-    hf_ids = None
-    for _ in range(args.repeats):
+    rates, cpu_rates = [], []
+
+    def measure_rate():
         rate, cpu_rate = matmul_rate(dtype, device)
         rates.append(rate)
         cpu_rates.append(cpu_rate)
+
+    def ours_run():
         rows.clear()
-        with Clock() as c:
-            ours = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None,
-                                   widen=False)
-        ours_t.append(c.wall)
-        ours_c.append(c.cpu)
-        if hf is not None:
-            hf_rows.clear()
-            with Clock() as c:
-                hf_ids = run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.hf_batch)
-            hf_t.append(c.wall)
-            hf_c.append(c.cpu)
+        return decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, widen=False)
+
+    def hf_run():
+        hf_rows.clear()
+        return run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.hf_batch)
+
+    times, last = alternate(args.repeats, ours_run, hf_run if hf is not None else None, before=measure_rate)
+    (ours_t, ours_c), (hf_t, hf_c) = times["ours"], times["hf"]
+    ours, hf_ids = last["ours"], last["hf"]
     del model._step_hidden
     flops = decoder_flops(model, rows, len(queries), enc_len)
     ours_s, rate = float(np.median(ours_t)), float(np.median(rates))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decoding import Clock, _cpu_name, _overlap, compare_approx, dict_trie, run_hf  # shared HF-side code
+from decoding import _cpu_name, _overlap, alternate, compare_approx, dict_trie, run_hf  # shared HF-side code
 
 
 def prepare(work: Path, data: Path, max_length: int) -> tuple[Path, dict]:
@@ -168,23 +168,20 @@ def main() -> None:
         dt = dict_trie(paths)
     with torch.inference_mode():
         decoding.search(model, trie, queries[:2], k=k, beam=args.beam, batch_size=args.batch or None)  # warm-up
-        ours_t, hf_t, ours_c, hf_c = [], [], [], []
-        ours, hf_ids = None, None
-        for rep in range(args.repeats):
+
+        def ours_run():
             rows.clear()
-            with Clock() as c:
-                ours = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None,
-                                       widen=False)
-            ours_t.append(c.wall)
-            ours_c.append(c.cpu)
-            if hf is not None:
-                hf_rows.clear()
-                with Clock() as c:
-                    hf_ids = run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.hf_batch,
-                                    max_new_tokens=max_len, values=values.tolist())
-                hf_t.append(c.wall)
-                hf_c.append(c.cpu)
-            print(f"repeat {rep}: ours {ours_t[-1]:.2f}s" + (f", hf {hf_t[-1]:.2f}s" if hf_t else ""), flush=True)
+            return decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None,
+                                   widen=False)
+
+        def hf_run():
+            hf_rows.clear()
+            return run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.hf_batch,
+                          max_new_tokens=max_len, values=values.tolist())
+
+        times, last = alternate(args.repeats, ours_run, hf_run if hf is not None else None)
+        (ours_t, ours_c), (hf_t, hf_c) = times["ours"], times["hf"]
+        ours, hf_ids = last["ours"], last["hf"]
     del model._step_hidden
     ours_ids = [[v for v, _ in r] for r in ours]
     ours_s = float(np.median(ours_t))
