@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from npdecode import cross_attention
 from npdecode.backbone import Backbone, load_backbone
 from npdecode.errors import NpdecodeError
 
@@ -41,11 +42,18 @@ def _lse_chunk(n_rows: int) -> int:
 
 @dataclass
 class DecoderState:
-    """Per-row decoding state: encoder states (N, T, d), their mask (N, T) and the KV cache."""
+    """Per-row decoding state: encoder states, their mask and the KV cache.
+
+    Plain: ``enc`` (N, T, d) and ``enc_mask`` (N, T), one row per decoder row. Grouped
+    (``rows_query`` set, see :mod:`npdecode.cross_attention`): ``enc``/``enc_mask`` and the
+    cross-attention cache hold one row per *query* (B), and ``rows_query`` (N,) says which query
+    each decoder row belongs to.
+    """
 
     enc: torch.Tensor
     enc_mask: torch.Tensor
     cache: Any = None
+    rows_query: torch.Tensor | None = None
 
 
 class _Seq2Seq(nn.Module):
@@ -80,7 +88,26 @@ class _Seq2Seq(nn.Module):
         return self.backbone.encode(input_ids, attention_mask), attention_mask
 
     def init_state(self, enc: torch.Tensor, enc_mask: torch.Tensor) -> DecoderState:
-        return DecoderState(enc, enc_mask, None)
+        """The state before the first step: one decoder row per query; grouped cross-attention
+        when the decoder supports it (``grouped_cross_attention`` not False)."""
+        rows_query = None
+        if self._grouping() is not None:
+            rows_query = torch.arange(enc.shape[0], device=enc.device)
+        return DecoderState(enc, enc_mask, None, rows_query)
+
+    grouped_cross_attention: bool | None = None  # None: try on the first step; False: never; True: verified
+
+    def _grouping(self) -> frozenset[int] | None:
+        """ids of the decoder's cross-attention modules when grouped decoding is on, else None."""
+        if self.grouped_cross_attention is False:
+            return None
+        found = self.__dict__.get("_cross_modules")  # plain attributes: not submodules, not in state_dict
+        if found is None:
+            decoder = self.backbone.decoder
+            found = tuple(cross_attention.cross_attention_modules(decoder)) if cross_attention.supported(decoder) else ()
+            self.__dict__["_cross_modules"] = found
+            self.__dict__["_decoder_configs"] = _decoder_configs(decoder)
+        return frozenset(id(m) for m in found) or None
 
     def _decode(self, embeds: torch.Tensor, enc, enc_mask, dec_mask=None, cache=None):
         decoder = self.backbone.decoder
@@ -101,11 +128,28 @@ class _Seq2Seq(nn.Module):
         from transformers import DynamicCache, EncoderDecoderCache
 
         cache = state.cache
-        if cache is None:
+        first = cache is None
+        if first:
             cfg = self.backbone.decoder.config
             cache = EncoderDecoderCache(DynamicCache(config=cfg), DynamicCache(config=cfg))
-        hidden, cache = self._decode(self.embed(prev_ids[:, None]), state.enc, state.enc_mask, cache=cache)
-        return hidden[:, -1], DecoderState(state.enc, state.enc_mask, cache)
+        embeds = self.embed(prev_ids[:, None])
+        cross = self._grouping() if state.rows_query is not None else None
+        if cross is None:
+            hidden, cache = self._decode(embeds, state.enc, state.enc_mask, cache=cache)
+            return hidden[:, -1], DecoderState(state.enc, state.enc_mask, cache)
+        groups = cross_attention.groups_for(state.rows_query, state.enc.shape[0], cross)
+        with cross_attention.grouped(self.__dict__["_decoder_configs"], groups):
+            hidden, cache = self._decode(embeds, state.enc, state.enc_mask, cache=cache)
+        if groups.calls != len(cross):
+            # the decoder's attention does not dispatch through the registry. On the first step
+            # (one row per query, in order) the result is right either way: go on ungrouped.
+            if not first:
+                raise NpdecodeError("grouped cross-attention was bypassed after the first step (internal error)")
+            self.grouped_cross_attention = False
+            return hidden[:, -1], DecoderState(state.enc, state.enc_mask, cache)
+        self.grouped_cross_attention = True
+        return hidden[:, -1], DecoderState(state.enc, state.enc_mask, cache, state.rows_query)
+
 
     def reorder_state(self, state: DecoderState, rows: torch.Tensor, *, same_sources: bool = False) -> DecoderState:
         """Keep/duplicate rows (``rows`` indexes the current N rows) of the state and its cache.
@@ -117,12 +161,29 @@ class _Seq2Seq(nn.Module):
         """
         cache = state.cache
         self_cache = getattr(cache, "self_attention_cache", None)
+        if state.rows_query is not None:
+            return self._reorder_grouped(state, rows)
         if same_sources and self_cache is not None:
             self_cache.reorder_cache(rows)
             return state
         if cache is not None:
             cache.reorder_cache(rows)
         return DecoderState(state.enc.index_select(0, rows), state.enc_mask.index_select(0, rows), cache)
+
+    def _reorder_grouped(self, state: DecoderState, rows: torch.Tensor) -> DecoderState:
+        """Grouped state: the self-attention cache follows ``rows``; encoder states and the
+        cross-attention cache stay per query, compacted once at most half the queries are left."""
+        cache = state.cache
+        rows_query = state.rows_query[rows]
+        if cache is None:
+            return DecoderState(state.enc, state.enc_mask, None, rows_query)
+        cache.self_attention_cache.reorder_cache(rows)
+        present, new_index = torch.unique(rows_query, return_inverse=True)
+        if 2 * len(present) > state.enc.shape[0]:
+            return DecoderState(state.enc, state.enc_mask, cache, rows_query)
+        cache.cross_attention_cache.reorder_cache(present)
+        return DecoderState(state.enc.index_select(0, present), state.enc_mask.index_select(0, present), cache,
+                            new_index)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
@@ -224,6 +285,16 @@ class NpModel(_Seq2Seq):
             "eos_ce_id": self.eos_id, "learn_scale": self.log_scale.requires_grad,
             "trainable_ce": self.ce.requires_grad, "ce_rows": self.vocab_size, "family": self.backbone.family,
         }
+
+
+def _decoder_configs(decoder: Any) -> list[Any]:
+    """The config objects the decoder's attention and mask code read (usually one)."""
+    configs = {id(decoder.config): decoder.config}
+    for module in decoder.modules():
+        cfg = getattr(module, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            configs.setdefault(id(cfg), cfg)
+    return list(configs.values())
 
 
 @functools.cache
