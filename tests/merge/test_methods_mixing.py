@@ -219,13 +219,36 @@ def test_arcee_fusion_row_chunks_equal_the_reference(block, shape, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kth_smallest_equals_kthvalue(dtype):
-    from npdecode.merge.methods.arcee_fusion import _kth_smallest
+    from npdecode.merge.methods._select import kth_smallest as _kth_smallest
 
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(5003, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-5, 3, (5003,), generator=g)).to(dtype)
     x[::7], x[::11], x[::13] = x[3], -0.0, 0.0  # duplicates and both zeros
     for k in (1, 2, 777, 2502, 5002, 5003):
         assert _kth_smallest(x, k).item() == torch.kthvalue(x, k).values.item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_top_k_mask_equals_topk_without_ties_and_takes_first_ties(dtype):
+    from npdecode.merge.methods._select import top_k_mask
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(40, 51, generator=g, dtype=torch.float64).to(dtype)
+    distinct = torch.unique(x).numel() == x.numel()
+    for k in (0, 1, 17, 1020, 2039, 2040, 3000):
+        got = top_k_mask(x, k)
+        assert got.shape == x.shape and int(got.sum()) == min(k, x.numel())
+        if distinct and 0 < k < x.numel():
+            want = torch.zeros(x.numel(), dtype=torch.bool)
+            want[torch.topk(x.reshape(-1), k).indices] = True
+            assert torch.equal(got.reshape(-1), want)
+    if dtype == torch.bfloat16:  # torch.topk path: ties broken as torch likes
+        return
+    ties = torch.tensor([0.5, 2.0, 0.5, 3.0, 0.5, 0.1], dtype=dtype)
+    assert top_k_mask(ties, 3).tolist() == [True, True, False, True, False, False]  # first 0.5 in order
+    assert top_k_mask(ties, 5).tolist() == [True, True, True, True, True, False]
+    nan = torch.tensor([1.0, float("nan"), 0.5], dtype=dtype)
+    assert top_k_mask(nan, 1).tolist() == [False, True, False]  # NaN ranks largest, as in torch.topk
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from npdecode.merge.methods import _mixing
+from npdecode.merge.methods._select import kth_smallest
 from npdecode.merge.methods._inputs import (
     accumulation_dtype,
     check_shapes,
@@ -65,49 +66,14 @@ def merge_arcee_fusion(tensors, base, model_params, params, generator) -> torch.
         iqr = _quantile(flat, 0.75) - _quantile(flat, 0.25)
     else:
         n = flat.numel()
-        median = _kth_smallest(flat, (n - 1) // 2 + 1)
-        iqr = _kth_smallest(flat, int(0.75 * (n - 1)) + 1) - _kth_smallest(flat, int(0.25 * (n - 1)) + 1)
+        median = kth_smallest(flat, (n - 1) // 2 + 1)
+        iqr = kth_smallest(flat, int(0.75 * (n - 1)) + 1) - kth_smallest(flat, int(0.25 * (n - 1)) + 1)
     threshold = median + 1.5 * iqr
     out = torch.empty(rows_b.shape, dtype=base.dtype, device=base.device)
     for r0 in range(0, rows_b.shape[0], step):
         part = slice(r0, r0 + step)
         torch.where(scores[part] >= threshold, rows_o[part], rows_b[part], out=out[part])
     return out.reshape(base.shape)
-
-
-_KEY_DTYPES = {torch.float32: torch.int32, torch.float64: torch.int64}
-
-
-def _kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th smallest value of ``flat`` (1-D float32/float64 without NaN, ``1 <= k <=
-    numel``) as a 0-dim tensor: radix select over integer keys that order like the floats,
-    one histogram pass per 16-bit digit, block by block (no copy, no index array)."""
-    key_dtype = _KEY_DTYPES[flat.dtype]
-    width = torch.iinfo(key_dtype).bits
-    top = 1 << (width - 1)
-    size = _mixing.block_size(flat.device) * 32  # bigger blocks: few, cheap passes
-
-    def keys(block):  # unsigned order, in a signed dtype: flip all bits of negatives, the sign of the rest
-        bits = block.view(key_dtype)
-        return bits ^ ((bits >> (width - 1)) | torch.iinfo(key_dtype).min)
-
-    prefix, rank = 0, k
-    for shift in range(width - 16, -1, -16):
-        hist = torch.zeros(1 << 16, dtype=torch.int64, device=flat.device)
-        for start, stop in _mixing.blocks(flat.numel(), size):
-            u = keys(flat[start:stop])
-            if shift + 16 < width:  # only keys whose higher digits equal the prefix so far
-                high = width - shift - 16
-                u = u[((u >> (shift + 16)) & ((1 << high) - 1)) == (prefix >> (shift + 16))]
-            hist += torch.bincount(((u >> shift) & 0xFFFF).to(torch.int64), minlength=1 << 16)
-        below = hist.cumsum(0)
-        digit = int(torch.searchsorted(below, rank))  # the first digit whose count reaches rank
-        rank -= int(below[digit - 1]) if digit > 0 else 0
-        prefix |= digit << shift
-    bits = prefix ^ top if prefix & top else ~prefix & ((1 << width) - 1)  # back to the float's bits
-    if bits >= top:
-        bits -= 1 << width  # as a signed integer of the key dtype
-    return torch.tensor(bits, dtype=key_dtype, device=flat.device).view(flat.dtype)
 
 
 METHOD = register(

@@ -14,22 +14,20 @@ import torch
 
 from npdecode.merge.methods import _mixing
 from npdecode.merge.methods._inputs import check_shapes, require_base, split_base
+from npdecode.merge.methods._select import top_k_mask
 from npdecode.merge.methods._task_arithmetic import sign_consensus
 from npdecode.merge.registry import MergeMethod, register
 
 
 def variance_mask(deltas: torch.Tensor, topk: float, variance: torch.Tensor | None = None) -> torch.Tensor:
-    """Bool mask ``(*shape)`` of the highest-variance positions of ``deltas`` ``(n, *shape)``
-    (``variance``: their population variance over models, when already computed)."""
+    """Bool mask ``(*shape)`` of the ``int(topk * #nonzero-variance)`` highest-variance positions
+    of ``deltas`` ``(n, *shape)`` (``variance``: their population variance over models, when
+    already computed); ties at the threshold go to the first positions in flat order."""
     shape = deltas.shape[1:]
     if topk >= 1:
         return torch.ones(shape, dtype=torch.bool, device=deltas.device)
     var = deltas.var(dim=0, unbiased=False) if variance is None else variance.view(shape)
-    k = int(topk * int(torch.count_nonzero(var)))
-    mask = torch.zeros(var.numel(), dtype=torch.bool, device=deltas.device)
-    if k > 0:
-        mask[torch.topk(var.reshape(-1), k, largest=True, sorted=False).indices] = True
-    return mask.view(shape)
+    return top_k_mask(var, int(topk * int(torch.count_nonzero(var))))
 
 
 def merge_sce(tensors, base, model_params, params, generator) -> torch.Tensor:
