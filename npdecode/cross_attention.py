@@ -84,17 +84,32 @@ def groups_for(rows_query: torch.Tensor, n_queries: int, cross: frozenset[int]) 
 @contextlib.contextmanager
 def grouped(configs: list[Any], groups: _Groups) -> Iterator[_Groups]:
     """Run the decoder with grouped cross-attention: ``configs`` (the decoder's configs) name
-    :data:`GROUPED` inside the block and get their attention implementation back afterwards."""
-    saved = [c._attn_implementation for c in configs]
+    :data:`GROUPED` inside the block and get their attention implementation back when the last
+    thread using them leaves (other threads' attention is unaffected: without their own groups
+    it goes straight to ``sdpa``)."""
+    with _swap_lock:
+        for c in configs:
+            count, saved = _swapped.get(id(c), (0, None))
+            if count == 0:
+                saved = c._attn_implementation
+                c._attn_implementation = GROUPED
+            _swapped[id(c)] = (count + 1, saved)
     _local.groups = groups
     try:
-        for c in configs:
-            c._attn_implementation = GROUPED
         yield groups
     finally:
-        for c, name in zip(configs, saved):
-            c._attn_implementation = name
         _local.groups = None
+        with _swap_lock:
+            for c in configs:
+                count, saved = _swapped.pop(id(c))
+                if count == 1:
+                    c._attn_implementation = saved
+                else:
+                    _swapped[id(c)] = (count - 1, saved)
+
+
+_swap_lock = threading.Lock()
+_swapped: dict[int, tuple[int, Any]] = {}  # id(config) -> (threads inside `grouped`, its own implementation)
 
 
 def _grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_bias=None,

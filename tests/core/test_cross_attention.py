@@ -99,3 +99,37 @@ def test_config_restored_after_each_step(backbones):
         model.step(torch.full((2,), model.start_id), model.init_state(*model.encode(ids, mask)))
     assert bb.decoder.config._attn_implementation == "sdpa"
     assert bb.model.config._attn_implementation == "sdpa"
+
+
+def test_threads_decoding_one_model_at_once_match_one_at_a_time(backbones):
+    """Two threads stepping the same model concurrently: each gets the plain decoder's logits,
+    and the config names `sdpa` again once both are done."""
+    import threading
+
+    bb = backbones["bert2bert"]
+    model = make_np_model(bb)
+    ids, mask = model.tokenize(QUERIES)
+    g = torch.Generator().manual_seed(1)
+    inputs = [torch.randint(2, 20, (16,), generator=g) for _ in REORDERS]
+    with torch.no_grad():
+        want, _ = _run(model, ids, mask, inputs)
+    results, errors = {}, []
+
+    def worker(i):
+        try:
+            with torch.no_grad():
+                for _ in range(5):
+                    results[i] = _run(model, ids, mask, inputs)[0]
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for got in results.values():
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert bb.decoder.config._attn_implementation == "sdpa"
