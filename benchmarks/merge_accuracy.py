@@ -1,4 +1,4 @@
-"""Which merge output is closer to exact arithmetic, ours or MergeKit's (multislerp, karcher)?
+"""Which merge output is closer to exact arithmetic, ours or MergeKit's (multislerp, karcher, sce)?
 
 At ~250M parameters the two tools differ beyond 1e-5 on multislerp (4.3e-4) and karcher
 (1.1e-5 on a few entries) (``merge_vs_mergekit.md``), though they agree on small models
@@ -11,6 +11,15 @@ and both tools' output dirs (run the merges first, by hand or with ``merge_vs_me
         --weights 0.2 0.4 0.4 --ours OUT_OURS --mergekit OUT_MK
     python benchmarks/merge_accuracy.py --method karcher --inputs /tmp/mergebench/inputs/llama-{0,1,2} \
         --max-iter 10 --tol 1e-5 --ours OUT_OURS --mergekit OUT_MK
+    python benchmarks/merge_accuracy.py --method sce --inputs /tmp/mergebench/inputs/llama-{0,1,2} \
+        --select-topk 0.5 --ours OUT_OURS --mergekit OUT_MK
+
+For sce (first input = base) the selection is the one thing not computed in float64: the
+variances are float32, as both tools compute them, and the reference keeps, among entries whose
+variance equals the k-th largest, the first ones in flat order (ours does too; MergeKit's
+``torch.topk`` leaves that choice unspecified). It also counts, per tool, the entries more than
+1e-5 off the reference whose variance is *not* tied at the cut (``*_untied_over_1e-5``): any
+such entry is a real difference, not a tie-break.
 
 Writes ``benchmarks/results/merge_<method>_accuracy.json`` (machine and date included).
 """
@@ -78,13 +87,40 @@ def karcher64(xs: list[torch.Tensor], max_iter: int, tol: float) -> torch.Tensor
     return (u * (sum(norms[i] for i in live) * w)).reshape(xs[0].shape)
 
 
+def sce64(xs: list[torch.Tensor], topk: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SCE in float64 (``xs[0]`` the base): see ``npdecode/merge/methods/sce.py``. Returns the
+    merge and a bool mask of the entries whose float32 variance ties with the selection's cut."""
+    base, others = xs[0], xs[1:]
+    d32 = torch.stack([x.float() - base.float() for x in others])
+    var = d32.var(dim=0, correction=0).reshape(-1)
+    tied = torch.zeros(var.numel(), dtype=torch.bool)
+    keep = torch.ones(var.numel(), dtype=torch.bool)
+    if topk < 1:
+        k = int(topk * int(torch.count_nonzero(var)))
+        keep = torch.zeros(var.numel(), dtype=torch.bool)
+        if k > 0:
+            cut = torch.sort(var, descending=True).values[k - 1]
+            keep = var > cut
+            tied = var == cut
+            keep[torch.nonzero(tied).squeeze(1)[: k - int(keep.sum())]] = True
+    deltas = [(x.double() - base.double()).reshape(-1) * keep for x in others]
+    energy = torch.stack([(d * d).mean() for d in deltas])
+    coeff = torch.full_like(energy, 1.0 / len(deltas)) if energy.sum().abs() < 1e-6 else energy / energy.sum()
+    total = sum(deltas)
+    agree = [torch.where(total >= 0, d > 0, d < 0).double() for d in deltas]
+    num = sum(c * a * d for c, a, d in zip(coeff, agree, deltas))
+    den = sum(c * a for c, a in zip(coeff, agree)).clamp_min(1e-6)
+    return (base.double().reshape(-1) + num / den).reshape(base.shape), tied.reshape(base.shape)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--method", choices=["multislerp", "karcher"], default="multislerp")
+    ap.add_argument("--method", choices=["multislerp", "karcher", "sce"], default="multislerp")
     ap.add_argument("--inputs", nargs="+", required=True)
     ap.add_argument("--weights", nargs="+", type=float, help="multislerp: the models' weights")
     ap.add_argument("--max-iter", type=int, default=10, help="karcher")
     ap.add_argument("--tol", type=float, default=1e-5, help="karcher")
+    ap.add_argument("--select-topk", type=float, default=1.0, help="sce")
     ap.add_argument("--ours", required=True)
     ap.add_argument("--mergekit", required=True)
     ap.add_argument("--out", help="default: benchmarks/results/merge_<method>_accuracy.json")
@@ -95,26 +131,41 @@ def main() -> None:
         weights = torch.tensor(args.weights, dtype=torch.float64)
         weights = weights / weights.sum()
         reference = lambda xs: barycenter64(xs, weights)  # noqa: E731
-    else:
+    elif args.method == "karcher":
         reference = lambda xs: karcher64(xs, args.max_iter, args.tol)  # noqa: E731
+    else:
+        reference = lambda xs: sce64(xs, args.select_topk)  # noqa: E731
     out = Path(args.out or f"benchmarks/results/merge_{args.method}_accuracy.json")
     inputs = [load(d) for d in args.inputs]
     ours, mk = load(args.ours), load(args.mergekit)
     rows = []
     for name in sorted(ours):
         ref = reference([d[name] for d in inputs])
-        rows.append({"tensor": name, "numel": ref.numel(),
-                     "ours_max_abs_err": (ours[name].double() - ref).abs().max().item(),
-                     "mergekit_max_abs_err": (mk[name].double() - ref).abs().max().item()})
+        ref, tied = ref if isinstance(ref, tuple) else (ref, None)
+        row = {"tensor": name, "numel": ref.numel()}
+        for tool, merged in (("ours", ours[name]), ("mergekit", mk[name])):
+            err = (merged.double() - ref).abs()
+            row[f"{tool}_max_abs_err"] = err.max().item()
+            if tied is not None:
+                over = err > 1e-5
+                row[f"{tool}_tied_at_cut"] = int(tied.sum())
+                row[f"{tool}_over_1e-5"] = int(over.sum())
+                row[f"{tool}_untied_over_1e-5"] = int((over & ~tied).sum())
+        rows.append(row)
     rows.sort(key=lambda r: -max(r["ours_max_abs_err"], r["mergekit_max_abs_err"]))
     res = {"machine": {"processor": platform.machine(), "nproc": os.cpu_count(), "torch": torch.__version__},
            "date": dt.datetime.now().isoformat(timespec="seconds"), "method": args.method, "inputs": args.inputs,
            "weights": args.weights, "max_iter": args.max_iter if args.method == "karcher" else None,
            "tol": args.tol if args.method == "karcher" else None,
+           "select_topk": args.select_topk if args.method == "sce" else None,
            "ours_max_abs_err": max(r["ours_max_abs_err"] for r in rows),
            "mergekit_max_abs_err": max(r["mergekit_max_abs_err"] for r in rows),
            "worst_tensors": rows[:5]}
-    print(json.dumps({k: res[k] for k in ("ours_max_abs_err", "mergekit_max_abs_err")}))
+    if args.method == "sce":
+        for tool in ("ours", "mergekit"):
+            for key in ("over_1e-5", "untied_over_1e-5"):
+                res[f"{tool}_{key}"] = sum(r[f"{tool}_{key}"] for r in rows)
+    print(json.dumps({k: v for k, v in res.items() if k.startswith(("ours_", "mergekit_"))}))
     out.write_text(json.dumps(res, indent=2) + "\n")
 
 
