@@ -130,11 +130,11 @@ def main() -> None:
             ap.error("--weights is required for multislerp")
         weights = torch.tensor(args.weights, dtype=torch.float64)
         weights = weights / weights.sum()
-        reference = lambda xs: barycenter64(xs, weights)  # noqa: E731
+        reference = lambda xs: barycenter64(xs, weights)
     elif args.method == "karcher":
-        reference = lambda xs: karcher64(xs, args.max_iter, args.tol)  # noqa: E731
+        reference = lambda xs: karcher64(xs, args.max_iter, args.tol)
     else:
-        reference = lambda xs: sce64(xs, args.select_topk)  # noqa: E731
+        reference = lambda xs: sce64(xs, args.select_topk)
     out = Path(args.out or f"benchmarks/results/merge_{args.method}_accuracy.json")
     inputs = [load(d) for d in args.inputs]
     ours, mk = load(args.ours), load(args.mergekit)

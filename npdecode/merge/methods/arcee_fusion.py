@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from npdecode.merge.methods import _mixing
-from npdecode.merge.methods._select import kth_smallest
 from npdecode.merge.methods._inputs import (
     accumulation_dtype,
     check_shapes,
@@ -21,6 +20,7 @@ from npdecode.merge.methods._inputs import (
     require_count,
     split_base,
 )
+from npdecode.merge.methods._select import kth_smallest
 from npdecode.merge.registry import MergeMethod, register
 
 
