@@ -116,11 +116,9 @@ _swapped: dict[int, tuple[int, Any]] = {}  # id(config) -> (threads inside `grou
 def _grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_bias=None,
                        **kwargs):
     """The registered attention function: grouped for the active decoder's cross-attention, ``sdpa`` otherwise."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     g: _Groups | None = getattr(_local, "groups", None)
     if g is None or id(module) not in g.cross:
-        return ALL_ATTENTION_FUNCTIONS[_BASE](module, query, key, value, attention_mask, dropout=dropout,
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout,
                                               scaling=scaling, position_bias=position_bias, **kwargs)
     g.calls += 1
     n, heads, q_len, dim = query.shape
@@ -159,11 +157,12 @@ def _grouped_attention(module, query, key, value, attention_mask, dropout=0.0, s
 
 
 _registered: bool | None = None
+_sdpa: Any = None  # transformers' own sdpa attention function, looked up once at registration
 
 
 def _register() -> bool:
     """Register :data:`GROUPED` (attention and mask functions) with transformers; False if it cannot."""
-    global _registered
+    global _registered, _sdpa
     if _registered is None:
         try:
             from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
@@ -171,7 +170,8 @@ def _register() -> bool:
 
             AttentionInterface.register(GROUPED, _grouped_attention)
             ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED, ALL_MASK_ATTENTION_FUNCTIONS[_BASE])
-            _registered = _BASE in ALL_ATTENTION_FUNCTIONS
+            _sdpa = ALL_ATTENTION_FUNCTIONS[_BASE]
+            _registered = True
         except (ImportError, KeyError, AttributeError):
             _registered = False
     return _registered
