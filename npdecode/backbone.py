@@ -136,6 +136,31 @@ class Backbone:
         self.model.to(device)
         return self
 
+    @property
+    def max_input_length(self) -> int | None:
+        """Longest encoder input the model can take (learned positions), None when unbounded (T5)."""
+        cfg = self.model.config.encoder if self.family == "bert2bert" else self.model.config
+        return getattr(cfg, "max_position_embeddings", None)
+
+    def keep_decoder_layers(self, n: int) -> None:
+        """Keep only the first ``n`` decoder layers (a shallower, cheaper decoder); the config says
+        so, so a saved checkpoint loads with ``n`` layers."""
+        cfg = self.model.config
+        if self.family == "t5":
+            owner, attr, cfgs, key = self.decoder, "block", [cfg], "num_decoder_layers"
+        elif self.family == "bart":
+            owner, attr, cfgs, key = self.decoder, "layers", [cfg], "decoder_layers"
+        else:  # bert2bert: the decoder is a BertLMHeadModel; its layers sit in bert.encoder
+            owner, attr, cfgs, key = self.model.decoder.bert.encoder, "layer", [cfg.decoder], "num_hidden_layers"
+        layers = getattr(owner, attr)
+        if not 1 <= n <= len(layers):
+            raise NpdecodeError(f"decoder_layers={n}: the decoder has {len(layers)} layers; pick 1..{len(layers)}")
+        setattr(owner, attr, type(layers)(list(layers)[:n]))
+        for c in cfgs:
+            setattr(c, key, n)
+        if self.family == "bert2bert":  # the decoder module keeps its own reference to its config
+            self.model.decoder.config.num_hidden_layers = n
+
 
 def _first_int(*values: Any) -> int:
     for v in values:
@@ -209,11 +234,16 @@ def _fill_bert2bert_ids(model: Any, tokenizer: Any) -> None:
             setattr(cfg, key, value)
 
 
-def make_bert2bert(encoder_path: str | Path, out_dir: str | Path, *, seed: int = 0) -> Path:
+def make_bert2bert(encoder_path: str | Path, out_dir: str | Path, *, seed: int = 0, cross_init: str = "random") -> Path:
     """Warm-start a bert2bert ``EncoderDecoderModel`` from one BERT encoder and save it to ``out_dir``.
 
-    The decoder copies the encoder's weights (cross-attention layers are new, seeded); token ids
-    for start/pad/eos come from the tokenizer ([CLS]/[PAD]/[SEP]).
+    The decoder copies the encoder's weights; token ids for start/pad/eos come from the
+    tokenizer ([CLS]/[PAD]/[SEP]). Cross-attention layers do not exist in BERT:
+    ``cross_init="random"`` leaves them new (seeded), ``"self"`` starts each as a copy of the
+    encoder's *last* self-attention layer, an attention already made for last-layer states
+    (what the decoder attends to, and, under Np, what its CE inputs are). On the SciFact sample
+    this made 5 CPU minutes of Np training reach validation nDCG@10 0.247 instead of 0.199
+    (a copy of the same-depth layer: 0.022).
     """
     import torch
     from transformers import AutoTokenizer, EncoderDecoderModel
@@ -225,7 +255,22 @@ def make_bert2bert(encoder_path: str | Path, out_dir: str | Path, *, seed: int =
     model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(encoder_path), str(encoder_path))
     tokenizer = AutoTokenizer.from_pretrained(encoder_path)
     _fill_bert2bert_ids(model, tokenizer)
+    if cross_init == "self":
+        _cross_from_last_self_attention(model)
+    elif cross_init != "random":
+        raise NpdecodeError(f"cross_init={cross_init!r}: use 'random' or 'self'")
     out_dir = Path(out_dir)
     model.eval().save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def _cross_from_last_self_attention(model: Any) -> None:
+    """Copy the encoder's last self-attention block (Q, K, V, output projection and its
+    LayerNorm) into every decoder layer's cross-attention."""
+    import torch
+
+    last = model.encoder.encoder.layer[-1].attention
+    with torch.no_grad():
+        for layer in model.decoder.bert.encoder.layer:
+            layer.crossattention.load_state_dict(last.state_dict())

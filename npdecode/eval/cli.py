@@ -8,9 +8,6 @@ import click
 
 from npdecode.errors import NpdecodeError
 
-BUNDLED_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "scifact-sample"
-
-
 def _run_paths(run: Path | None, names: list[str]) -> dict[str, Path]:
     """One retriever writes ``run`` itself; several write ``run`` with the name before the suffix."""
     if run is None:
@@ -97,14 +94,3 @@ def eval_command(dataset, split, data_dir, retrievers, k, json_path, run_path, p
                "batch_size": batch_size, "cache_dir": cache_dir, "normalizer": normalizer}  # fmt: skip
     evaluate_and_report(dataset, split, data_dir, list(retrievers), options, k, json_path, run_path, plot_path,
                         ignore_identical_ids, per_query)  # fmt: skip
-
-
-@click.command("demo")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"), show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: OUT/cache.")
-def demo_command(out, device, cache_dir):
-    """BM25 vs dense (all-MiniLM-L6-v2) on the bundled 1,000-document SciFact sample."""
-    options = {"device": device, "cache_dir": cache_dir or out / "cache"}
-    evaluate_and_report(str(BUNDLED_SAMPLE), "test", None, ["bm25", "dense"], options, 100,
-                        out / "metrics.json", out / "run.trec", out / "curves.png")  # fmt: skip

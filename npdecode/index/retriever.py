@@ -27,7 +27,7 @@ class GenerativeRetriever:
 
     def __init__(self, index_dir: str | Path, *, kind: str = "np", model: str | Path | None = None,
                  device: str = "cpu", beam: int = 10, batch_size: int | None = None, trie_mode: str | None = None,
-                 length_penalty: float = 0.0, normalizer: str = "exact") -> None:
+                 length_penalty: float = 0.0, normalizer: str = "exact", widen: bool = True) -> None:
         from npdecode.trie import Trie
 
         if kind not in ("np", "genre"):
@@ -37,9 +37,10 @@ class GenerativeRetriever:
         if mode not in ("ce", "token"):
             raise NpdecodeError(f"trie mode {mode!r}: use 'ce' or 'token'")
         self.trie = Trie.load(self.index.trie_path(mode))
-        ref = str(model) if model is not None else self.index.manifest["model"]["ref"]
+        ref = str(model) if model is not None else decoding_model_ref(self.index)
         self.model = open_model(self.index, ref, kind, device)
         self.beam, self.batch_size, self.length_penalty = beam, batch_size, length_penalty
+        self.widen = widen  # False: return what one beam search finds, even when fewer than k
         self.normalizer = _build_normalizer(normalizer, self.model, kind)
 
     def search(self, queries: Mapping[str, str], k: int) -> dict[str, dict[str, float]]:
@@ -49,7 +50,8 @@ class GenerativeRetriever:
 
         qids = list(queries)
         hits = search(self.model, self.trie, [queries[q] for q in qids], k=k, beam=self.beam,
-                      batch_size=self.batch_size, length_penalty=self.length_penalty, normalizer=self.normalizer)
+                      batch_size=self.batch_size, length_penalty=self.length_penalty, normalizer=self.normalizer,
+                      widen=self.widen)
         run: dict[str, dict[str, float]] = {}
         for qid, ranked in zip(qids, hits):
             docs: dict[str, float] = {}
@@ -59,6 +61,19 @@ class GenerativeRetriever:
                         docs[doc_id] = max(UNREACHABLE, score)
             run[qid] = docs
         return run
+
+
+def decoding_model_ref(index: Index) -> str:
+    """The model an index decodes with by default: the trained checkpoint its manifest names
+    (``model.checkpoint``, relative to the index dir, written by ``npdecode train``), else the
+    model that made its CE."""
+    checkpoint = index.manifest["model"].get("checkpoint")
+    if checkpoint:
+        path = (index.path / checkpoint).resolve()
+        if not path.is_dir():
+            raise NpdecodeError(f"{index.path}: its trained checkpoint {path} is missing; pass --model/--gr-model")
+        return str(path)
+    return index.manifest["model"]["ref"]
 
 
 def open_model(index: Index, ref: str, kind: str, device: str):
@@ -130,7 +145,7 @@ def _factory(kind: str):
         retriever = GenerativeRetriever(
             index_dir, kind=kind, model=options.get("gr_model"), device=resolve_device(options.get("device")),
             batch_size=options.get("batch_size"), beam=options.get("beam") or 10,
-            normalizer=options.get("normalizer") or "exact",
+            normalizer=options.get("normalizer") or "exact", widen=options.get("widen", True),
         )
         _warn_if_other_corpus(retriever.index, corpus_path)
         return retriever

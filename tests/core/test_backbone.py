@@ -97,3 +97,36 @@ def test_pickled_bin_loads_weights_only(tmp_path, t5_dir):
     with pytest.raises(Exception):  # noqa: B017 - any refusal will do, as long as nothing ran
         load_backbone(bad)
     assert not marker.exists()
+
+
+def test_bert2bert_cross_attention_starts_as_the_last_self_attention(bert2bert_dir, tmp_path):
+    import torch
+
+    from npdecode.backbone import make_bert2bert
+
+    encoder_dir = bert2bert_dir.parent / f"{bert2bert_dir.name}-encoder"
+    out = make_bert2bert(encoder_dir, tmp_path / "b2b", cross_init="self")
+    model = load_backbone(out).model
+    last = model.encoder.encoder.layer[-1].attention.state_dict()
+    for layer in model.decoder.bert.encoder.layer:
+        cross = layer.crossattention.state_dict()
+        assert cross.keys() == last.keys() and all(torch.equal(cross[k], last[k]) for k in last)
+    plain = load_backbone(bert2bert_dir).model  # the default leaves them new
+    assert not torch.equal(plain.decoder.bert.encoder.layer[0].crossattention.self.query.weight,
+                           plain.encoder.encoder.layer[-1].attention.self.query.weight)
+    with pytest.raises(NpdecodeError, match="cross_init"):
+        make_bert2bert(encoder_dir, tmp_path / "bad", cross_init="mirror")
+
+
+@pytest.mark.parametrize("family", ["t5", "bart", "bert2bert"])
+def test_keep_decoder_layers_survives_a_save(request, family, tmp_path):
+    backbone = load_backbone(request.getfixturevalue(f"{family}_dir"))
+    backbone.keep_decoder_layers(1)
+    backbone.model.save_pretrained(tmp_path / "m")
+    backbone.tokenizer.save_pretrained(tmp_path / "m")
+    again = load_backbone(tmp_path / "m")
+    decoder = again.model.decoder.bert.encoder.layer if family == "bert2bert" else (
+        again.decoder.block if family == "t5" else again.decoder.layers)
+    assert len(decoder) == 1
+    with pytest.raises(NpdecodeError, match="decoder_layers=3"):
+        again.keep_decoder_layers(3)

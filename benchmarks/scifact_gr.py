@@ -1,0 +1,150 @@
+"""Generative retrieval on full BEIR SciFact: trained np and vanilla beside BM25 and dense.
+
+Trains each variant with ``configs/train-scifact-cpu.yml`` (bert2bert from all-MiniLM-L6-v2,
+the 5,183-document corpus indexed, training qrels -> the 300 test queries) under the same
+wall-clock budget, then evaluates every retriever on the test split in one experiment and
+writes ``benchmarks/results/scifact_gr.md`` and ``.json``. Finished runs are reused, so the
+variants can be trained in separate (parallel) invocations and evaluated in a last one:
+
+    .venv/bin/python benchmarks/scifact_gr.py --data-dir ../shared/data --variants np --skip-eval --threads 1 &
+    .venv/bin/python benchmarks/scifact_gr.py --data-dir ../shared/data --variants vanilla --skip-eval --threads 1
+    .venv/bin/python benchmarks/scifact_gr.py --data-dir ../shared/data
+
+The np retriever is evaluated with both tries (CE ids, token ids with log-sum-exp over a token's
+rows) and both scorings (raw sum of log-probabilities, length penalty 1.0 = sum / length); each
+generative retriever returns what one beam of 10 finds (no widening to k).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "train-scifact-cpu.yml"
+SETS = {"np": (), "vanilla": ("model.variant=vanilla", "model.learn_scale=false")}
+NP_ROWS = {"np/base": ("ce", 0.0), "np/base token-trie": ("token", 0.0), "np/base lp1": ("ce", 1.0),
+           "np/base token-trie lp1": ("token", 1.0)}
+
+
+def train(variant: str, runs: Path, data_dir: Path, minutes: float, threads: int | None) -> dict:
+    from npdecode.train.config import load_train_config
+    from npdecode.train.run import MANIFEST, train_run
+
+    out = runs / variant
+    if (out / MANIFEST).is_file():
+        return json.loads((out / MANIFEST).read_text())
+    sets = (*SETS[variant], f"trainer.max_minutes={minutes}", "trainer.progress=false")
+    if threads:
+        sets += (f"trainer.threads={threads}",)
+    config = load_train_config(CONFIG, sets, **{"data.data_dir": str(data_dir)})
+    return train_run(config, out, resume=out.exists(), say=print)
+
+
+class _Fixed:
+    """A built retriever under a given row name (the harness builds by name)."""
+
+    def __init__(self, name, retriever):
+        self.name, self.retriever = name, retriever
+
+    def search(self, queries, k):
+        return self.retriever.search(queries, k)
+
+
+def evaluate_all(runs: Path, data_dir: Path, k: int) -> tuple[dict, dict]:
+    from npdecode.eval.datasets import load_dataset
+    from npdecode.eval.metrics import evaluate
+    from npdecode.eval.retrievers import build_retriever
+    from npdecode.index.retriever import GenerativeRetriever
+
+    ds = load_dataset("beir/scifact", "test", data_dir)
+    builders = {
+        "bm25": lambda: build_retriever("bm25", ds.corpus_path, {"cache_dir": runs / "cache"}),
+        "dense": lambda: build_retriever("dense", ds.corpus_path, {"cache_dir": runs / "cache"}),
+        "vanilla": lambda: GenerativeRetriever(runs / "vanilla" / "index", kind="genre", widen=False),
+    }
+    for name, (mode, lp) in NP_ROWS.items():
+        builders[name] = (lambda mode=mode, lp=lp: GenerativeRetriever(runs / "np" / "index", kind="np", trie_mode=mode,
+                                                                       length_penalty=lp, widen=False))
+    metrics, seconds = {}, {}
+    for name, build in builders.items():
+        start = time.perf_counter()
+        run = build().search(ds.queries, k)
+        seconds[name] = time.perf_counter() - start
+        metrics[name] = evaluate(ds.qrels.judgments, run, queries=ds.queries, ignore_identical_ids=True).mean
+        print(f"{name}: nDCG@10 {metrics[name]['ndcg_cut_10']:.4f} ({seconds[name]:.0f} s)", flush=True)
+    return metrics, seconds
+
+
+def write(metrics: dict, seconds: dict, trained: dict, args) -> None:
+    variant_of = {"bm25": "bm25", "dense": "dense", "vanilla": "vanilla", **{n: "np/base" for n in NP_ROWS}}
+    machine = f"{platform.machine()} {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    rows = {}
+    for name, m in metrics.items():
+        run = trained.get("np" if name.startswith("np") else name)
+        minutes = round(run["training"]["seconds"] / 60, 1) if run else 0
+        rows[name] = {"variant": variant_of[name], "train_minutes": minutes, "metrics": m,
+                      "search_seconds": round(seconds[name], 1)}
+        if run:
+            rows[name]["training"] = run["training"]
+            rows[name]["validation"] = run["metrics"]["validation"]
+            rows[name]["memorisation_success_1"] = run["metrics"]["memorisation_success_1"]
+    out = {"machine": machine, "date": date, "load_average": [round(x, 2) for x in os.getloadavg()],
+           "command": "benchmarks/scifact_gr.py " + " ".join(sys.argv[1:]), "config": str(CONFIG.relative_to(ROOT)),
+           "rows": rows}
+    results = ROOT / "benchmarks" / "results"
+    (results / "scifact_gr.json").write_text(json.dumps(out, indent=2) + "\n")
+    lines = ["# Generative retrieval on BEIR SciFact (test, 300 queries)", "",
+             f"{date}, {machine}. Training: `{out['config']}` (bert2bert from all-MiniLM-L6-v2, frozen cached "
+             "encoder, 1 decoder layer), same wall-clock budget per variant, training qrels + indexing + "
+             "pseudo-query examples; generative retrievers decode with beam 10 (one beam, no widening).", "",
+             "| row | variant | train min | steps | nDCG@10 | Hits@1 | Hits@10 | R@100 | MRR@10 | memorisation Hits@1 | search s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in rows.items():
+        m = row["metrics"]
+        steps = row.get("training", {}).get("steps", "")
+        memo = row.get("memorisation_success_1")
+        lines.append(f"| {name} | {row['variant']} | {row['train_minutes']} | {steps} | {m['ndcg_cut_10']:.4f} | "
+                     f"{m['success_1']:.4f} | {m['success_10']:.4f} | {m['recall_100']:.4f} | "
+                     f"{m['recip_rank_cut_10']:.4f} | {'' if memo is None else f'{memo:.3f}'} | {row['search_seconds']} |")
+    lines += ["", "Rows `lp1`: length penalty 1.0 (a finished hypothesis scores sum / length); `token-trie`: "
+              "the trie over token ids, a token's score the log-sum-exp over its CE rows.", "",
+              f"Command: `{out['command']}`"]
+    (results / "scifact_gr.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, required=True, help="Holds scifact/ in BEIR layout.")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "scifact-gr")
+    parser.add_argument("--variants", nargs="+", default=["np", "vanilla"], choices=sorted(SETS))
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--skip-eval", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    trained = {v: train(v, args.runs, args.data_dir, args.minutes, args.threads) for v in args.variants}
+    if args.skip_eval:
+        return
+    for v in SETS:
+        if v not in trained and (args.runs / v / "manifest.json").is_file():
+            trained[v] = json.loads((args.runs / v / "manifest.json").read_text())
+    metrics, seconds = evaluate_all(args.runs, args.data_dir, args.k)
+    write(metrics, seconds, trained, args)
+
+
+if __name__ == "__main__":
+    main()

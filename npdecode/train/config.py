@@ -1,0 +1,182 @@
+"""Training settings: one frozen pydantic model read from YAML (``configs/train-*.yml``), strict keys.
+
+Sections: ``data`` (which examples), ``model`` (variant and the levers that make steps cheap),
+``optim`` (optimizer and schedule), ``trainer`` (Lightning placement and budget), ``validation``
+and ``index`` (the :class:`~npdecode.index.config.IndexConfig` of the run's index). Every field
+has a default, so ``backbone:`` and ``data.dataset`` are all a minimal config needs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from npdecode.config import read_yaml
+from npdecode.errors import NpdecodeError
+from npdecode.index.config import IndexConfig
+
+PSEUDO_KINDS = ("sentence", "span", "lead")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PseudoQueries(_Strict):
+    """Pseudo-queries drawn from each document's text (seeded): ``sentence`` = one sentence,
+    ``span`` = a window of ``span_words`` words, ``lead`` = the first ``span_words`` words."""
+
+    kinds: tuple[Literal["sentence", "span", "lead"], ...] = ("sentence",)
+    per_document: int = Field(2, ge=0)
+    span_words: int = Field(24, ge=2)
+
+
+class DataConfig(_Strict):
+    # A dataset of the registry (beir/<name>, nq, nq320k) or a BEIR-layout folder; its corpus is
+    # indexed and its training qrels (positive grades) give (query -> identifier) examples.
+    dataset: str | None = None
+    data_dir: str | None = None
+    train_split: Literal["train", "dev", "test"] = "train"
+    # DSI "indexing" examples: document text -> identifier, one per document (every document,
+    # with or without training queries, gets one).
+    index_examples: bool = True
+    # What the indexing example reads: the text alone (DSI), or "title text".
+    index_input: Literal["text", "title_text"] = "text"
+    pseudo_queries: PseudoQueries = PseudoQueries()
+    # Each training query appears this many times per epoch (real queries are few and precious).
+    query_repeat: int = Field(1, ge=0)
+    # Encoder inputs are cut to this many tokens (queries are short; documents are cut).
+    max_input_length: int = Field(64, ge=4)
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(_Strict):
+    # vanilla: GENRE-style over the backbone's vocabulary; np: Np Decoding over the CE table.
+    variant: Literal["np", "vanilla"] = "np"
+    # Which encoder makes the CE: base = the backbone's (the paper's default).
+    ce_encoder: Literal["base"] = "base"
+    # Train the CE table too (ablation; the paper keeps it frozen).
+    train_ce: bool = False
+    # Keep the encoder's weights as they are. With cache_encoder_states its outputs are computed
+    # once per example and reused every epoch: a step is then a decoder step only.
+    freeze_encoder: bool = False
+    cache_encoder_states: bool = True
+    # Keep only the first N decoder layers (None: all): a shallower decoder is a cheaper step.
+    decoder_layers: int | None = Field(None, ge=1)
+    # logits = scale * h . CE^T. ~0.1 puts the first loss of a MiniLM bert2bert near ln V_ce.
+    logit_scale: float = Field(1.0, gt=0)
+    learn_scale: bool = False
+
+
+class OptimConfig(_Strict):
+    optimizer: Literal["adafactor", "adamw"] = "adafactor"
+    lr: float = Field(1e-4, gt=0)  # the paper's Adafactor rate
+    # Learned logit scale: its own rate (at the model's rate it barely moves).
+    scale_lr: float = Field(1e-2, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    accumulate: int = Field(1, ge=1)
+
+
+class TrainerConfig(_Strict):
+    accelerator: str = "auto"
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    # auto: bf16-mixed on a CUDA device with bf16, 32-true elsewhere.
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    max_epochs: int | None = Field(None, ge=1)
+    max_steps: int = Field(-1, ge=-1)
+    # Wall-clock budget of the fit loop in minutes (None: no limit); the run stops cleanly.
+    max_minutes: float | None = Field(None, gt=0)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)  # CPU threads of torch (None: torch's default)
+    progress: bool = True
+    log_every_n_steps: int = Field(10, ge=1)
+    # Lightning's smoke test: one training and one validation batch, no checkpoints or logs.
+    fast_dev_run: bool = False
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> TrainerConfig:
+        if self.max_epochs is None and self.max_steps < 0 and self.max_minutes is None and not self.fast_dev_run:
+            raise ValueError("set at least one of max_epochs, max_steps, max_minutes")
+        return self
+
+
+class ValidationConfig(_Strict):
+    # Training queries held out for validation (decoded with the real constrained decoder).
+    # Without training queries, this many indexing examples are decoded instead (memorisation).
+    queries: int = Field(64, ge=0)
+    every_n_epochs: int = Field(1, ge=1)
+    beam: int = Field(10, ge=1)
+    metric: Literal["ndcg_cut_10", "success_1", "Rprec"] = "ndcg_cut_10"
+    # Stop after this many validations without improvement (None: never stop early).
+    patience: int | None = Field(None, ge=1)
+
+
+class TrainConfig(_Strict):
+    """A training run (``npdecode train CONFIG --out RUN_DIR``).
+
+    ``backbone``: a hub id, a local HF checkpoint dir (e.g. from ``npdecode merge``), a merge
+    recipe (``.yml``, merged into RUN_DIR/backbone first) or ``minilm-bert2bert`` (bert2bert
+    warm-started from the packaged all-MiniLM-L6-v2, made offline into RUN_DIR/backbone).
+    """
+
+    backbone: str = "minilm-bert2bert"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig(max_epochs=10)
+    validation: ValidationConfig = ValidationConfig()
+    index: IndexConfig = IndexConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.model.variant == "vanilla" and (self.model.train_ce or self.model.learn_scale):
+            raise ValueError("model.train_ce and model.learn_scale apply to the np variant only")
+        if not self.data.index_examples and self.data.query_repeat == 0 and not self.data.pseudo_queries.per_document:
+            raise ValueError("no training examples: enable data.index_examples, queries or pseudo_queries")
+        return self
+
+
+def _set_key(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    *parents, last = dotted.split(".")
+    for key in parents:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise NpdecodeError(f"--set {dotted}: {key} is not a section")
+        node = child
+    node[last] = value
+
+
+def load_train_config(path: str | Path | None, sets: tuple[str, ...] = (), **overrides: Any) -> TrainConfig:
+    """Read ``path`` (YAML), apply ``--set key.sub=value`` items (values parsed as YAML) and
+    dotted ``overrides`` that are not None; validation errors are one line naming the file."""
+    data: dict = {}
+    if path is not None:
+        loaded = read_yaml(path, "training config")
+        if loaded is not None and not isinstance(loaded, dict):
+            raise NpdecodeError(f"{path}: expected a mapping of training settings at top level")
+        data = dict(loaded or {})
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
+            raise NpdecodeError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=3e-4")
+        _set_key(data, key.strip(), yaml.safe_load(raw))
+    for key, value in overrides.items():
+        if value is not None:
+            _set_key(data, key, value)
+    try:
+        return TrainConfig(**data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
+        raise NpdecodeError(f"{path or 'training options'}: invalid training config ({problems})") from None

@@ -1,0 +1,173 @@
+"""The LightningModule of every variant: one training step, one validation by real decoding.
+
+The network is a plain :class:`~npdecode.model.NpModel` or :class:`~npdecode.model.VanillaModel`
+passed in; this module adds the loss, the optimizer and schedule, the encoder-state cache and
+validation. Variants differ only in the model they wrap and which parameters train:
+
+- ``vanilla``: logits over the backbone's vocabulary, token targets;
+- ``np``: ``logits = scale · h · CEᵀ`` over the CE table, CE-id targets; the CE table is frozen
+  unless ``train_ce``; the logit scale is fixed or learned (its own learning rate).
+
+CE-encoder variants that rebuild the table while training call :meth:`GRModule.replace_ce`
+(from a callback) with the new table and targets: the step itself does not change.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from npdecode.model import NpModel, VanillaModel
+from npdecode.train.config import TrainConfig
+
+
+class EncoderStateCache:
+    """Encoder outputs of a frozen encoder, one unpadded ``(T_i, d)`` tensor per example id.
+
+    A frozen encoder in eval mode gives the same states every epoch, so each example is
+    encoded once (the first time it is drawn) and its states are reused afterwards: a step is
+    then a decoder step only.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def fetch(self, encoder, ids: torch.Tensor, mask: torch.Tensor, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded states ``(B, T, d)`` and mask ``(B, T)`` for a batch, encoding missing rows."""
+        missing = [i for i, key in enumerate(keys) if key not in self.states]
+        if missing:
+            rows = torch.tensor(missing, device=ids.device)
+            with torch.no_grad():
+                enc = encoder(ids.index_select(0, rows), mask.index_select(0, rows))  # (M, T, d)
+            lengths = mask.index_select(0, rows).sum(1).tolist()
+            for j, i in enumerate(missing):
+                self.states[keys[i]] = enc[j, : int(lengths[j])].detach()
+        parts = [self.states[key] for key in keys]
+        width = max(len(p) for p in parts)
+        out = parts[0].new_zeros(len(parts), width, parts[0].shape[-1])
+        enc_mask = mask.new_zeros(len(parts), width)
+        for i, part in enumerate(parts):
+            out[i, : len(part)] = part
+            enc_mask[i, : len(part)] = 1
+        return out, enc_mask
+
+
+class GRModule(pl.LightningModule):
+    """Trains a generative retriever; validates it with the constrained decoder.
+
+    ``validator`` (optional) is called as ``validator(model, qids) -> {metric: per-query values}``
+    on each validation batch of query ids; the run builds it over the run's trie and index.
+    """
+
+    def __init__(self, model: NpModel | VanillaModel, config: TrainConfig, validator: Any = None):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.validator = validator
+        self.cache = EncoderStateCache() if config.model.freeze_encoder and config.model.cache_encoder_states else None
+        if config.model.freeze_encoder:
+            for p in model.backbone.encoder.parameters():
+                p.requires_grad_(False)
+
+    # ---- the step ------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> GRModule:
+        super().train(mode)
+        if self.config.model.freeze_encoder:
+            self.model.backbone.encoder.eval()  # no dropout: cached states stay exact
+        return self
+
+    def encoder_states(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.cache is not None and self.training:
+            return self.cache.fetch(self.model.backbone.encode, ids, mask, batch["example"].tolist())
+        return self.model.encode(ids, mask)
+
+    def loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over the output vocabulary (CE ids or tokens) at every target position."""
+        enc, enc_mask = self.encoder_states(batch)
+        hidden, _ = self.model._decode(self.model.embed(batch["decoder_input_ids"]), enc, enc_mask)  # (B, L, d)
+        logits = self.model.logits(hidden)  # (B, L, V_out)
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        if not torch.isfinite(loss):
+            from npdecode.errors import NpdecodeError
+
+            raise NpdecodeError(
+                f"the training loss became {loss.item()} at step {self.global_step}; lower optim.lr or "
+                "model.logit_scale (or use precision 32-true)"
+            )
+        self.log("loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        if isinstance(self.model, NpModel) and self.model.log_scale.requires_grad:
+            self.log("logit_scale", self.model.log_scale.exp(), batch_size=len(batch["labels"]))
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # dropout draws from the global generator: a resumed run continues its stream exactly
+        checkpoint["npdecode_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "npdecode_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["npdecode_rng"])
+
+    # ---- validation ----------------------------------------------------------------------
+    def validation_step(self, batch: list[str], batch_idx: int) -> None:
+        if self.validator is None or not batch:
+            return
+        values = self.validator(self.model, batch)
+        for metric, per_query in values.items():
+            mean = sum(per_query) / len(per_query)
+            self.log(f"val/{metric}", mean, prog_bar=metric == self.config.validation.metric,
+                     batch_size=len(per_query), sync_dist=True)
+
+    # ---- CE table (CE-encoder variants) --------------------------------------------------
+    def replace_ce(self, ce: torch.Tensor, ce_token_ids: torch.Tensor) -> None:
+        """Swap in a rebuilt CE table (same row layout: special rows first); optimizer state of a
+        trainable table is reset by the caller."""
+        with torch.no_grad():
+            self.model.ce.data = ce.to(self.model.ce.device, self.model.ce.dtype).clone()
+            self.model.ce_token_ids = ce_token_ids.to(self.model.ce_token_ids.device)
+
+    # ---- optimizer and schedule ----------------------------------------------------------
+    def configure_optimizers(self) -> dict:
+        opt_cfg = self.config.optim
+        scale = getattr(self.model, "log_scale", None)
+        main = [p for p in self.model.parameters() if p.requires_grad and p is not scale]
+        groups = [{"params": main, "lr": opt_cfg.lr, "weight_decay": opt_cfg.weight_decay}]
+        if scale is not None and scale.requires_grad:
+            groups.append({"params": [scale], "lr": opt_cfg.scale_lr, "weight_decay": 0.0})
+        if opt_cfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=opt_cfg.lr)
+        else:
+            from transformers.optimization import Adafactor
+
+            # the paper's setting: a fixed learning rate, no relative step or parameter scaling
+            optimizer = Adafactor(groups, lr=opt_cfg.lr, scale_parameter=False, relative_step=False,
+                                  warmup_init=False)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(opt_cfg.schedule, opt_cfg.warmup_steps, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def lr_factor(schedule: str, warmup: int, total: float):
+    """Multiplier of the learning rate at a step: linear warm-up, then constant / linear / cosine
+    decay to 0 at ``total`` steps (constant when the total is unknown, e.g. a time budget only)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or not math.isfinite(total) or total <= warmup:
+            return 1.0
+        done = min(1.0, (step - warmup) / max(1.0, total - warmup))
+        return 1.0 - done if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+
+    return factor

@@ -1,0 +1,235 @@
+"""``npdecode train CONFIG --out RUN_DIR``: backbone -> index -> examples -> Lightning fit -> checkpoint.
+
+The run dir::
+
+    RUN_DIR/
+      config.yml        the resolved config (a resume must use the same)
+      backbone/         only when the backbone was merged from a recipe or made from MiniLM
+      index/            the index of the run (for ce_encoder base: built from the backbone);
+                        its manifest names ../checkpoint, so `npdecode search RUN_DIR/index` decodes
+                        with the trained model
+      cache/            tokenized examples
+      lightning/        last.ckpt (resume) and best.ckpt (selection on the validation metric)
+      logs/             csv/metrics.csv and tensorboard/ event files
+      checkpoint/       the trained model: HF format + npdecode.json (+ the CE table for np)
+      manifest.json     config, digests, example counts, metrics, versions (written last)
+
+Every input is checked before anything is written, so a user mistake leaves no run dir. A run
+dir without ``manifest.json`` is unfinished: ``--resume`` continues it from ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from npdecode.errors import NpdecodeError
+from npdecode.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, say=None) -> dict[str, Any]:
+    """Run the whole training job into ``out``; returns the run manifest."""
+    say = say or log.info
+    out = Path(out)
+    _check_out(out, config, resume)
+    from npdecode.backbone import load_backbone
+    from npdecode.corpus import load_corpus
+    from npdecode.train.sources import load_training_data
+
+    data = load_training_data(config.data.dataset, config.data.data_dir, config.data.train_split)
+    corpus = load_corpus(data.corpus_path)  # a malformed or empty corpus fails here, before any write
+    if not data.queries:
+        say(f"{data.notes[0] if data.notes else 'no training queries'}")
+    fresh = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        backbone_ref = _backbone(config, out)
+        load_backbone(backbone_ref)  # a missing or unsupported model fails before the index is built
+    except NpdecodeError:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    (out / "config.yml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    index = _run_index(data.corpus_path, backbone_ref, out / "index", config, say)
+    return _fit_and_save(config, out, backbone_ref, data, corpus, index, resume=resume, say=say)
+
+
+def _check_out(out: Path, config: TrainConfig, resume: bool) -> None:
+    if (out / MANIFEST).is_file():
+        raise NpdecodeError(f"{out} holds a finished run; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        saved = out / "config.yml"
+        if not resume:
+            raise NpdecodeError(f"{out} holds an unfinished run; pass --resume to continue it, or choose another --out")
+        if saved.is_file() and yaml.safe_load(saved.read_text()) != config.model_dump(mode="json"):
+            raise NpdecodeError(f"{saved}: the run was started with another config; resume with the same config")
+
+
+def _backbone(config: TrainConfig, out: Path) -> str:
+    from npdecode.train.sources import resolve_backbone
+
+    return resolve_backbone(config.backbone, out, seed=config.trainer.seed)
+
+
+def _run_index(corpus_path: Path, backbone_ref: str, index_dir: Path, config: TrainConfig, say):
+    """The run's index: built from the backbone (resumable), reused when it is already there."""
+    from npdecode.corpus import corpus_digest
+    from npdecode.index.builder import build_index
+    from npdecode.index.layout import load_index
+
+    if not (index_dir / "manifest.json").is_file():
+        say(f"indexing {corpus_path} with {backbone_ref}")
+        build_index(corpus_path, backbone_ref, index_dir, config.index)
+    index = load_index(index_dir)
+    if corpus_digest(corpus_path) not in {c["digest"] for c in index.manifest["corpus"]}:
+        raise NpdecodeError(f"{index_dir} was built from another corpus; remove it or start a new run dir")
+    return index
+
+
+def build_model(config: TrainConfig, backbone_ref: str, index):
+    """The network to train: Np over the index's CE table, or vanilla over the vocabulary."""
+    import torch
+
+    from npdecode.backbone import load_backbone
+    from npdecode.model import NpModel, VanillaModel
+
+    backbone = load_backbone(backbone_ref)
+    if config.model.decoder_layers is not None:
+        backbone.keep_decoder_layers(config.model.decoder_layers)
+    if config.model.variant == "vanilla":
+        return VanillaModel(backbone)
+    return NpModel(backbone, torch.from_numpy(index.vectors), torch.from_numpy(index.token_ids),
+                   start_ce_id=index.bos_ce, eos_ce_id=index.eos_ce, logit_scale=config.model.logit_scale,
+                   learn_scale=config.model.learn_scale, trainable_ce=config.model.train_ce)
+
+
+def targets_of(index, variant: str) -> list[list[int]]:
+    """Each identifier group's decoder target: CE ids + EOS row (np) or tokens + EOS (vanilla)."""
+    mode = "token" if variant == "vanilla" else "ce"
+    return [(g.ce + [index.eos_ce]) if mode == "ce" else (g.tokens + [index.eos_token]) for g in index.groups]
+
+
+def input_limit(config: TrainConfig, backbone) -> int:
+    """Encoder input length: the config's, clamped to what the backbone's positions allow."""
+    limit = backbone.max_input_length
+    return min(config.data.max_input_length, limit) if limit else config.data.max_input_length
+
+
+def prepare(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, say):
+    """Model, Lightning module and data module of a run (everything but the fit)."""
+    from npdecode.train.data import Collate, ExampleSet, TrainData
+    from npdecode.train.examples import build_examples, doc_groups, tokenize_examples
+    from npdecode.train.module import GRModule
+    from npdecode.train.validate import Validator
+    from npdecode.trie import Trie
+
+    model = build_model(config, backbone_ref, index)
+    group_of = doc_groups(index.members)
+    examples, validation = build_examples(corpus, group_of, data.queries, data.qrels, config.data,
+                                          n_validation=config.validation.queries, seed=config.trainer.seed)
+    if not examples.texts:
+        raise NpdecodeError(f"{data.corpus_path}: no training examples could be made (empty texts?)")
+    (out / "cache").mkdir(exist_ok=True)
+    tokens = tokenize_examples(model.backbone.tokenizer, examples.texts, input_limit(config, model.backbone),
+                               out / "cache" / "examples.npz")
+    say(f"examples: {examples.counts()}; validation: {len(validation.queries)} {validation.kind}")
+    mode = "token" if config.model.variant == "vanilla" else "ce"
+    trie = Trie.load(index.trie_path(mode))
+    validator = Validator(trie, [index.live_doc_ids(g) for g in range(len(index.groups))], validation.queries,
+                          validation.qrels, beam=config.validation.beam)
+    module = GRModule(model, config, validator if validation.queries else None)
+    datamodule = TrainData(ExampleSet(tokens, targets_of(index, config.model.variant), examples.groups),
+                           Collate(model.backbone.pad_token_id, model.start_id), batch_size=config.data.batch_size,
+                           seed=config.trainer.seed, val_qids=sorted(validation.queries),
+                           num_workers=config.data.num_workers)
+    return module, datamodule, examples, validation
+
+
+def _fit_and_save(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, *, resume: bool, say):
+    import pytorch_lightning as pl
+    import torch
+
+    from npdecode.train.trainer import make_trainer
+
+    pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    if config.trainer.threads:
+        torch.set_num_threads(config.trainer.threads)
+    module, datamodule, examples, validation = prepare(config, out, backbone_ref, data, corpus, index, say)
+    module.train()  # backbones load in eval mode; a frozen encoder stays in eval (see GRModule.train)
+    from npdecode.index.extraction import _quiet_lightning
+
+    with _quiet_lightning():
+        trainer, checkpoint_cb = make_trainer(config, out, has_validation=module.validator is not None)
+    last = out / "lightning" / "last.ckpt"
+    ckpt_path = str(last) if resume and last.is_file() else None
+    if ckpt_path:
+        _check_resumable(last, module)
+        say(f"resuming from {last}")
+    start = time.perf_counter()
+    with _quiet_lightning():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    seconds = time.perf_counter() - start
+    if trainer.interrupted:
+        raise NpdecodeError(f"training was interrupted; continue it with --resume --out {out}")
+    if trainer.global_rank != 0:
+        return {}
+    best = checkpoint_cb.best_model_path if module.validator is not None else ""
+    if best and Path(best).is_file():
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+        say(f"selected {Path(best).name} (val {config.validation.metric} {float(checkpoint_cb.best_model_score):.4f})")
+    return _save_run(config, out, backbone_ref, data, corpus, index, module, trainer, examples, validation, seconds, say)
+
+
+def _check_resumable(ckpt: Path, module) -> None:
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    mine = module.state_dict()
+    bad = [k for k in mine if k not in state or tuple(state[k].shape) != tuple(mine[k].shape)]
+    if bad:
+        raise NpdecodeError(f"{ckpt} was saved for another model or index ({bad[0]} differs); "
+                            "start a new run dir instead of --resume")
+
+
+def _save_run(config, out: Path, backbone_ref, data, corpus, index, module, trainer, examples, validation, seconds, say):
+    """Write checkpoint/, point the index at it, measure memorisation, write manifest.json last."""
+    from npdecode.corpus import corpus_digest
+    from npdecode.index.manifest import model_digest, now, package_versions, read_manifest, write_manifest
+    from npdecode.model import save_model
+    from npdecode.train.validate import memorisation
+
+    model = module.model.cpu().eval()
+    save_model(model, out / "checkpoint")
+    manifest = read_manifest(out / "index")
+    manifest["model"]["checkpoint"] = os.path.relpath(out / "checkpoint", out / "index")
+    write_manifest(out / "index", manifest)
+    final_val = module.validator.mean(model) if module.validator is not None else {}
+    memo = memorisation(model, index, corpus, config)
+    steps = int(trainer.global_step)
+    run = {
+        "format": "npdecode-run/1", "created": now(), "config": config.model_dump(mode="json"),
+        "backbone": {"ref": backbone_ref, "digest": model_digest(backbone_ref)},
+        "data": {"dataset": config.data.dataset, "corpus": str(Path(data.corpus_path).resolve()),
+                 "corpus_digest": corpus_digest(data.corpus_path), "notes": data.notes,
+                 "examples": examples.counts(), "validation": {"kind": validation.kind, "queries": len(validation.queries)}},
+        "training": {"steps": steps, "epochs": int(trainer.current_epoch), "seconds": round(seconds, 1),
+                     "examples_per_second": round(steps * config.data.batch_size * config.optim.accumulate / max(seconds, 1e-9), 1)},
+        "metrics": {"validation": final_val, "memorisation_success_1": memo},
+        "versions": package_versions(),
+    }
+    with open(out / MANIFEST, "w", encoding="utf-8") as fh:
+        json.dump(run, fh, indent=2)
+    say(f"{out}: {steps} steps in {seconds / 60:.1f} min; validation {json.dumps({k: round(v, 4) for k, v in final_val.items()})}; "
+        f"memorisation Hits@1 {memo:.3f}")
+    return run

@@ -1,0 +1,66 @@
+"""The Lightning ``Trainer`` of a run, from the config: placement, precision, budget, checkpoints, logs."""
+
+from __future__ import annotations
+
+import datetime
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from npdecode.train.config import TrainConfig
+
+
+def resolve_precision(config: TrainConfig) -> str:
+    """``auto``: bf16-mixed on a CUDA device with bf16 support, 32-true elsewhere."""
+    t = config.trainer
+    if t.precision != "auto":
+        return t.precision
+    import torch
+
+    if t.accelerator != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def resolve_strategy(config: TrainConfig) -> str:
+    """ddp_spawn for several processes on one node (the calling process writes the run dir),
+    ddp across nodes (the cluster launches the command on every node)."""
+    t = config.trainer
+    if t.strategy != "auto":
+        return t.strategy
+    if t.num_nodes > 1:
+        return "ddp"
+    return "ddp_spawn" if t.devices > 1 else "auto"
+
+
+def make_trainer(config: TrainConfig, out: Path, *, has_validation: bool) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """The Trainer and its checkpoint callback (best on the validation metric, and last)."""
+    t, v = config.trainer, config.validation
+    monitor = f"val/{v.metric}" if has_validation else None
+    checkpoint = ModelCheckpoint(dirpath=out / "lightning", filename="best", monitor=monitor, mode="max",
+                                 save_top_k=1 if has_validation else 0, save_last=True, enable_version_counter=False)
+    callbacks: list = [checkpoint]
+    if has_validation and v.patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=v.patience))
+    if t.progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 2)))
+    loggers = [CSVLogger(out / "logs", name="csv", version=""),
+               TensorBoardLogger(out / "logs", name="tensorboard", version="", default_hp_metric=False)]
+    max_time = datetime.timedelta(minutes=t.max_minutes) if t.max_minutes else None
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    if config.model.freeze_encoder:  # the frozen encoder is kept in eval mode on purpose
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+    trainer = pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=resolve_strategy(config),
+        precision=resolve_precision(config), max_epochs=t.max_epochs if t.max_epochs is not None else -1,
+        max_steps=t.max_steps, max_time=max_time, gradient_clip_val=config.optim.grad_clip,
+        accumulate_grad_batches=config.optim.accumulate, check_val_every_n_epoch=v.every_n_epochs,
+        limit_val_batches=1.0 if has_validation else 0, num_sanity_val_steps=0, log_every_n_steps=t.log_every_n_steps,
+        callbacks=callbacks, logger=loggers, enable_progress_bar=t.progress, enable_model_summary=False,
+        use_distributed_sampler=False, default_root_dir=out, fast_dev_run=t.fast_dev_run,
+    )
+    return trainer, checkpoint

@@ -1,0 +1,159 @@
+"""The training step: loss by hand, what trains and what stays frozen, the encoder-state cache,
+the logit scale's round trip, the data pipeline's batches and seeded order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from npdecode.index.builder import build_index
+from npdecode.index.layout import load_index
+from npdecode.model import NpModel, load_model, save_model
+from npdecode.train.data import Collate, EpochShuffle, ExampleSet
+from npdecode.train.examples import tokenize_examples
+from npdecode.train.module import GRModule, lr_factor
+from npdecode.train.run import build_model, targets_of
+from tests.index.helpers import fast_config as fast_index_config
+from tests.index.helpers import toy_corpus_file
+from tests.train.helpers import fast_config, load
+
+
+@pytest.fixture(scope="module")
+def t5_index(t5_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("t5index")
+    return load_index(build_index(toy_corpus_file(tmp, 10, seed=4), t5_dir, tmp / "idx", fast_index_config()))
+
+
+def _batch(model, index, texts, groups, variant="np"):
+    tokens = tokenize_examples(model.backbone.tokenizer, texts, 32)
+    items = [ExampleSet(tokens, targets_of(index, variant), groups)[i] for i in range(len(texts))]
+    return Collate(model.backbone.pad_token_id, model.start_id)(items)
+
+
+def _module(t5_dir, index, tmp_path, **model_cfg):
+    config = load(fast_config(t5_dir, tmp_path, model=model_cfg))
+    model = build_model(config, str(t5_dir), index)
+    return GRModule(model, config), config
+
+
+def test_loss_is_cross_entropy_over_ce_ids_by_hand(t5_dir, t5_index, tmp_path):
+    module, _ = _module(t5_dir, t5_index, tmp_path, logit_scale=0.3)
+    model = module.model
+    batch = _batch(model, t5_index, ["alpha river", "gamma star city"], [0, 3])
+    loss = module.loss(batch)
+    total, count = 0.0, 0
+    torch.set_grad_enabled(False)
+    for row in range(2):
+        target = [t for t in batch["labels"][row].tolist() if t != -100]
+        prev = [model.start_id] + target[:-1]
+        ids = batch["input_ids"][row : row + 1]
+        mask = batch["attention_mask"][row : row + 1]
+        enc = model.backbone.encode(ids, mask)
+        hidden, _ = model._decode(model.embed(torch.tensor([prev])), enc, mask)
+        logits = 0.3 * model.output_scale * hidden[0].double() @ model.ce.double().T  # (L, V_ce)
+        logp = torch.log_softmax(logits, -1)
+        total -= sum(float(logp[i, t]) for i, t in enumerate(target))
+        count += len(target)
+    torch.set_grad_enabled(True)
+    assert target == t5_index.groups[3].ce + [t5_index.eos_ce]
+    assert float(loss) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_frozen_ce_stays_bit_identical_trainable_ce_changes(t5_dir, t5_index, tmp_path):
+    for train_ce in (False, True):
+        module, _ = _module(t5_dir, t5_index, tmp_path, train_ce=train_ce)
+        before = module.model.ce.detach().clone()
+        dec_before = next(module.model.backbone.decoder.parameters()).detach().clone()
+        opt = module.configure_optimizers()["optimizer"]
+        module.loss(_batch(module.model, t5_index, ["alpha river", "star"], [1, 2])).backward()
+        opt.step()
+        assert torch.equal(module.model.ce, before) is (not train_ce)
+        assert not torch.equal(next(module.model.backbone.decoder.parameters()), dec_before)
+
+
+def test_frozen_encoder_cache_gives_the_uncached_loss_and_encoder_does_not_move(t5_dir, t5_index, tmp_path):
+    module, _ = _module(t5_dir, t5_index, tmp_path, freeze_encoder=True)
+    module.train()
+    assert not module.model.backbone.encoder.training
+    batch = _batch(module.model, t5_index, ["alpha river", "gamma star city", "iron"], [0, 3, 5])
+    enc_before = [p.detach().clone() for p in module.model.backbone.encoder.parameters()]
+    first = module.loss(batch)  # fills the cache
+    assert len(module.cache) == 3
+    again = module.loss(batch)  # from the cache
+    assert float(first) == pytest.approx(float(again), rel=1e-6)
+    module.cache.states.clear()
+    module.cache = None
+    uncached = module.loss(batch)
+    assert float(first) == pytest.approx(float(uncached), rel=1e-5)
+    opt = module.configure_optimizers()["optimizer"]
+    again.backward()
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(enc_before, module.model.backbone.encoder.parameters()))
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_logit_scale_round_trips_with_identical_logits(t5_dir, t5_index, tmp_path, learn):
+    module, _ = _module(t5_dir, t5_index, tmp_path, logit_scale=0.05, learn_scale=learn)
+    model = module.model
+    if learn:  # a learned scale that moved
+        with torch.no_grad():
+            model.log_scale.add_(0.37)
+    save_model(model.eval(), tmp_path / "ckpt")
+    back = load_model(tmp_path / "ckpt").eval()
+    assert isinstance(back, NpModel) and back.log_scale.requires_grad is learn
+    ids, mask = model.tokenize(["alpha river gold"])
+    dec = torch.tensor([[model.start_id, 5, 7]])
+    with torch.no_grad():
+        assert torch.equal(model(ids, mask, dec), back(ids, mask, dec))
+
+
+def test_collate_teacher_forcing_layout(t5_dir, t5_index, tmp_path):
+    module, _ = _module(t5_dir, t5_index, tmp_path)
+    batch = _batch(module.model, t5_index, ["alpha", "gamma star city iron"], [0, 1])
+    for row, group in enumerate((0, 1)):
+        target = t5_index.groups[group].ce + [t5_index.eos_ce]
+        n = len(target)
+        assert batch["labels"][row, :n].tolist() == target and (batch["labels"][row, n:] == -100).all()
+        assert batch["decoder_input_ids"][row, 0] == module.model.start_id
+        assert batch["decoder_input_ids"][row, 1:n].tolist() == target[:-1]
+        assert batch["attention_mask"][row].sum() == (batch["input_ids"][row] != 0).sum()
+
+
+def test_epoch_shuffle_is_seeded_per_epoch_and_split_across_ranks():
+    one = EpochShuffle(10, seed=3)
+    first = list(one)
+    one.set_epoch(1)
+    second = list(one)
+    assert sorted(first) == list(range(10)) and first != second
+    again = EpochShuffle(10, seed=3)
+    again.set_epoch(1)
+    assert list(again) == second  # a resumed run sees the same order
+    ranks = [EpochShuffle(10, seed=3, rank=r, world_size=3) for r in range(3)]
+    for r in ranks:
+        r.set_epoch(1)
+    parts = [list(r) for r in ranks]
+    assert all(len(p) == 4 for p in parts)  # padded by wrapping: every rank steps as often
+    assert set().union(*parts) == set(range(10))
+
+
+def test_learning_rate_schedules():
+    assert [lr_factor("linear", 2, 10)(s) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    cosine = lr_factor("cosine", 0, 10)
+    assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and cosine(10) == pytest.approx(0.0)
+    assert lr_factor("linear", 0, float("inf"))(1000) == 1.0  # time budget only: constant
+    assert lr_factor("constant", 3, 10)(9) == 1.0
+
+
+def test_tokenized_examples_are_cached(t5_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(t5_dir)
+    cache = tmp_path / "tok.npz"
+    a = tokenize_examples(tok, ["alpha river", "gamma"], 8, cache)
+    assert cache.is_file()
+    b = tokenize_examples(tok, ["alpha river", "gamma"], 8, cache)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    c = tokenize_examples(tok, ["alpha river", "beta"], 8, cache)  # other texts: not the stale cache
+    assert list(c.row(1)) != list(a.row(1))
+    assert list(a.row(0)) == tok("alpha river")["input_ids"]
