@@ -104,9 +104,9 @@ def write(metrics: dict, seconds: dict, trained: dict, args) -> None:
     results = ROOT / "benchmarks" / "results"
     (results / "scifact_gr.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = ["# Generative retrieval on BEIR SciFact (test, 300 queries)", "",
-             f"{date}, {machine}. Training: `{out['config']}` (bert2bert from all-MiniLM-L6-v2, frozen cached "
-             "encoder, 1 decoder layer), same wall-clock budget per variant, training qrels + indexing + "
-             "pseudo-query examples; generative retrievers decode with beam 10 (one beam, no widening).", "",
+             (f"{date}, {machine}. Training: `{out['config']}` (bert2bert from all-MiniLM-L6-v2, frozen cached "
+              "encoder, 1 decoder layer), same wall-clock budget per variant, training qrels + indexing + "
+              "pseudo-query examples; generative retrievers decode with beam 10 (one beam, no widening)."), "",
              "| row | variant | train min | steps | nDCG@10 | Hits@1 | Hits@10 | R@100 | MRR@10 | memorisation Hits@1 | search s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in rows.items():
@@ -116,8 +116,8 @@ def write(metrics: dict, seconds: dict, trained: dict, args) -> None:
         lines.append(f"| {name} | {row['variant']} | {row['train_minutes']} | {steps} | {m['ndcg_cut_10']:.4f} | "
                      f"{m['success_1']:.4f} | {m['success_10']:.4f} | {m['recall_100']:.4f} | "
                      f"{m['recip_rank_cut_10']:.4f} | {'' if memo is None else f'{memo:.3f}'} | {row['search_seconds']} |")
-    lines += ["", "Rows `lp1`: length penalty 1.0 (a finished hypothesis scores sum / length); `token-trie`: "
-              "the trie over token ids, a token's score the log-sum-exp over its CE rows.", "",
+    lines += ["", ("Rows `lp1`: length penalty 1.0 (a finished hypothesis scores sum / length); `token-trie`: "
+                   "the trie over token ids, a token's score the log-sum-exp over its CE rows."), "",
               f"Command: `{out['command']}`"]
     (results / "scifact_gr.md").write_text("\n".join(lines) + "\n")
 

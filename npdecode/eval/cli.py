@@ -1,4 +1,4 @@
-"""``npdecode eval`` and ``npdecode demo``."""
+"""``npdecode eval``: datasets, retrievers, metrics and the report in one command."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from npdecode.errors import NpdecodeError
+
 
 def _run_paths(run: Path | None, names: list[str]) -> dict[str, Path]:
     """One retriever writes ``run`` itself; several write ``run`` with the name before the suffix."""

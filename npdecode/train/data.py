@@ -32,7 +32,7 @@ class EpochShuffle(Sampler[int]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-self.n // self.world)
+        return (self.n + self.world - 1) // self.world
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:

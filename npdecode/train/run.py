@@ -159,24 +159,31 @@ def _fit_and_save(config: TrainConfig, out: Path, backbone_ref: str, data, corpu
     import pytorch_lightning as pl
     import torch
 
-    from npdecode.train.trainer import make_trainer
-
     pl.seed_everything(config.trainer.seed, workers=True, verbose=False)
-    if config.trainer.threads:
-        torch.set_num_threads(config.trainer.threads)
+    threads = torch.get_num_threads()
+    try:
+        if config.trainer.threads:
+            torch.set_num_threads(config.trainer.threads)
+        return _fit(config, out, backbone_ref, data, corpus, index, resume=resume, say=say)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting comes back
+
+
+def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, *, resume: bool, say):
+    import torch
+
+    from npdecode.train.trainer import make_trainer, quiet_fit
+
     module, datamodule, examples, validation = prepare(config, out, backbone_ref, data, corpus, index, say)
     module.train()  # backbones load in eval mode; a frozen encoder stays in eval (see GRModule.train)
-    from npdecode.index.extraction import _quiet_lightning
-
-    with _quiet_lightning():
-        trainer, checkpoint_cb = make_trainer(config, out, has_validation=module.validator is not None)
     last = out / "lightning" / "last.ckpt"
     ckpt_path = str(last) if resume and last.is_file() else None
     if ckpt_path:
         _check_resumable(last, module)
         say(f"resuming from {last}")
     start = time.perf_counter()
-    with _quiet_lightning():
+    with quiet_fit(config):
+        trainer, checkpoint_cb = make_trainer(config, out, has_validation=module.validator is not None)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
     if trainer.interrupted:
@@ -187,7 +194,8 @@ def _fit_and_save(config: TrainConfig, out: Path, backbone_ref: str, data, corpu
     if best and Path(best).is_file():
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
-        say(f"selected {Path(best).name} (val {config.validation.metric} {float(checkpoint_cb.best_model_score):.4f})")
+        score = checkpoint_cb.best_model_score  # None in the launching process of a ddp_spawn run
+        say(f"selected {Path(best).name}" + (f" (val {config.validation.metric} {float(score):.4f})" if score is not None else ""))
     return _save_run(config, out, backbone_ref, data, corpus, index, module, trainer, examples, validation, seconds, say)
 
 
@@ -216,14 +224,14 @@ def _save_run(config, out: Path, backbone_ref, data, corpus, index, module, trai
     write_manifest(out / "index", manifest)
     final_val = module.validator.mean(model) if module.validator is not None else {}
     memo = memorisation(model, index, corpus, config)
-    steps = int(trainer.global_step)
+    steps, epochs = _progress(trainer, out)
     run = {
         "format": "npdecode-run/1", "created": now(), "config": config.model_dump(mode="json"),
         "backbone": {"ref": backbone_ref, "digest": model_digest(backbone_ref)},
         "data": {"dataset": config.data.dataset, "corpus": str(Path(data.corpus_path).resolve()),
                  "corpus_digest": corpus_digest(data.corpus_path), "notes": data.notes,
                  "examples": examples.counts(), "validation": {"kind": validation.kind, "queries": len(validation.queries)}},
-        "training": {"steps": steps, "epochs": int(trainer.current_epoch), "seconds": round(seconds, 1),
+        "training": {"steps": steps, "epochs": epochs, "seconds": round(seconds, 1),
                      "examples_per_second": round(steps * config.data.batch_size * config.optim.accumulate / max(seconds, 1e-9), 1)},
         "metrics": {"validation": final_val, "memorisation_success_1": memo},
         "versions": package_versions(),
@@ -233,3 +241,16 @@ def _save_run(config, out: Path, backbone_ref, data, corpus, index, module, trai
     say(f"{out}: {steps} steps in {seconds / 60:.1f} min; validation {json.dumps({k: round(v, 4) for k, v in final_val.items()})}; "
         f"memorisation Hits@1 {memo:.3f}")
     return run
+
+
+def _progress(trainer, out: Path) -> tuple[int, int]:
+    """Optimizer steps and epochs run. A ddp_spawn fit ran in child processes, whose loop state
+    does not come back to this one: read it from the last checkpoint then."""
+    import torch
+
+    steps, epochs = int(trainer.global_step), int(trainer.current_epoch)
+    last = out / "lightning" / "last.ckpt"
+    if steps == 0 and last.is_file():
+        saved = torch.load(last, map_location="cpu", weights_only=False)
+        steps, epochs = int(saved["global_step"]), int(saved["epoch"]) + 1
+    return steps, epochs

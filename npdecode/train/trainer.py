@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -36,6 +39,24 @@ def resolve_strategy(config: TrainConfig) -> str:
     return "ddp_spawn" if t.devices > 1 else "auto"
 
 
+@contextlib.contextmanager
+def quiet_fit(config: TrainConfig) -> Iterator[None]:
+    """Lightning's banners down to warnings, and its warnings about what is so by design off:
+    few dataloader workers (batches are tensors already), a frozen encoder left in eval mode."""
+    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+            if config.model.freeze_encoder:
+                warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def make_trainer(config: TrainConfig, out: Path, *, has_validation: bool) -> tuple[pl.Trainer, ModelCheckpoint]:
     """The Trainer and its checkpoint callback (best on the validation metric, and last)."""
     t, v = config.trainer, config.validation
@@ -50,10 +71,6 @@ def make_trainer(config: TrainConfig, out: Path, *, has_validation: bool) -> tup
     loggers = [CSVLogger(out / "logs", name="csv", version=""),
                TensorBoardLogger(out / "logs", name="tensorboard", version="", default_hp_metric=False)]
     max_time = datetime.timedelta(minutes=t.max_minutes) if t.max_minutes else None
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    if config.model.freeze_encoder:  # the frozen encoder is kept in eval mode on purpose
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=resolve_strategy(config),
         precision=resolve_precision(config), max_epochs=t.max_epochs if t.max_epochs is not None else -1,

@@ -15,8 +15,7 @@ def toy_beir(folder: Path, n_docs: int = 20, *, train_queries: bool = True, seed
     corpus = toy_corpus(n_docs, seed)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "corpus.jsonl", "w", encoding="utf-8") as fh:
-        for doc_id, doc in corpus.items():
-            fh.write(json.dumps({"_id": doc_id, **doc}) + "\n")
+        fh.writelines(json.dumps({"_id": doc_id, **doc}) + "\n" for doc_id, doc in corpus.items())
     if train_queries:
         with open(folder / "queries.jsonl", "w", encoding="utf-8") as fh:
             for i, (doc_id, doc) in enumerate(corpus.items()):

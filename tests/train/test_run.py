@@ -144,6 +144,9 @@ def test_two_process_ddp_trains_one_checkpoint(t5_dir, toy, tmp_path):
     run = train_run(config, tmp_path / "run")
     assert run["training"]["steps"] == 4  # 56 examples, 28 per process, batches of 8
     assert (tmp_path / "run" / "checkpoint" / "npdecode.json").is_file()
+    trained = load_model(tmp_path / "run" / "checkpoint").backbone.model.state_dict()
+    start = load_model(t5_dir).backbone.model.state_dict()
+    assert any(not torch.equal(trained[k], start[k]) for k in start)  # the children's weights came back
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"]
 
 
