@@ -116,7 +116,9 @@ def write(metrics: dict, seconds: dict, trained: dict, args) -> None:
         lines.append(f"| {name} | {row['variant']} | {row['train_minutes']} | {steps} | {m['ndcg_cut_10']:.4f} | "
                      f"{m['success_1']:.4f} | {m['success_10']:.4f} | {m['recall_100']:.4f} | "
                      f"{m['recip_rank_cut_10']:.4f} | {'' if memo is None else f'{memo:.3f}'} | {row['search_seconds']} |")
-    lines += ["", ("Rows `lp1`: length penalty 1.0 (a finished hypothesis scores sum / length); `token-trie`: "
+    lines += ["", ("Each variant trained by its own invocation with `--variants V --skip-eval` (np and vanilla "
+                   "at the same time here, one torch thread each on the 2 cores); this command evaluated them."),
+              "", ("Rows `lp1`: length penalty 1.0 (a finished hypothesis scores sum / length); `token-trie`: "
                    "the trie over token ids, a token's score the log-sum-exp over its CE rows."), "",
               f"Command: `{out['command']}`"]
     (results / "scifact_gr.md").write_text("\n".join(lines) + "\n")
