@@ -196,7 +196,7 @@ def run_extraction(module: CEExtractor, data: ShardData, shard_dir: Path, *, acc
     """
     total = sum(min(data.batching["shard_size"], len(data.docs) - s * data.batching["shard_size"])
                 for s in data.todo)
-    with _quiet_lightning():
+    with quiet_lightning():
         trainer = pl.Trainer(
             accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
             precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -209,7 +209,7 @@ def run_extraction(module: CEExtractor, data: ShardData, shard_dir: Path, *, acc
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """Lightning's "GPU available" banners down to warnings (the index command prints its own
     summary), and its batch-indices warning off: batches come from an IterableDataset by design."""
     logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,20 +40,15 @@ def resolve_strategy(config: TrainConfig) -> str:
 
 @contextlib.contextmanager
 def quiet_fit(config: TrainConfig) -> Iterator[None]:
-    """Lightning's banners down to warnings, and its warnings about what is so by design off:
-    few dataloader workers (batches are tensors already), a frozen encoder left in eval mode."""
-    logger = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-            if config.model.freeze_encoder:
-                warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-            yield
-    finally:
-        logger.setLevel(level)
+    """The index stage's quiet Lightning, and its warnings about what is so by design off: few
+    dataloader workers (batches are tensors already), a frozen encoder left in eval mode."""
+    from npdecode.index.extraction import quiet_lightning
+
+    with quiet_lightning(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        if config.model.freeze_encoder:
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+        yield
 
 
 def make_trainer(config: TrainConfig, out: Path, *, has_validation: bool) -> tuple[pl.Trainer, ModelCheckpoint]:
