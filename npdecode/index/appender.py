@@ -33,7 +33,7 @@ def append_to_index(corpus: str | Path, index_dir: str | Path, *, replace: bool 
     from npdecode.backbone import load_backbone
     from npdecode.corpus import corpus_digest, load_corpus
     from npdecode.index.assembly import make_records, read_occurrences
-    from npdecode.index.builder import encode_shards, tokenize_identifiers
+    from npdecode.index.builder import encode_shards, fit_to_backbone, tokenize_identifiers
     from npdecode.index.identifiers import assign_identifiers
 
     index_dir = Path(index_dir)
@@ -46,6 +46,7 @@ def append_to_index(corpus: str | Path, index_dir: str | Path, *, replace: bool 
     if manifest["model"]["digest"] is not None and model_digest(model_ref) != manifest["model"]["digest"]:
         raise NpdecodeError(f"{model_ref}: the model changed since {index_dir} was built; rebuild the index")
     backbone = load_backbone(model_ref)
+    config = fit_to_backbone(config, backbone, model_ref)
 
     joins, fresh = _join_identical(index, docs)
     groups = assign_identifiers(fresh, config.max_identifier_words, taken={g.identifier for g in index.groups})

@@ -40,6 +40,7 @@ def build_index(corpus: str | Path, model: str | Path, out: str | Path, config: 
         raise NpdecodeError(f"{out} already exists; remove it, or add documents with --append {out}")
     docs = load_corpus(corpus)
     backbone = load_backbone(model)
+    config = fit_to_backbone(config, backbone, model)
     groups = assign_identifiers(docs, config.max_identifier_words)
     ident_tokens = tokenize_identifiers(backbone, groups)
     plan = {
@@ -76,6 +77,17 @@ def build_index(corpus: str | Path, model: str | Path, out: str | Path, config: 
     os.replace(final, out)
     shutil.rmtree(partial, ignore_errors=True)
     return out
+
+
+def fit_to_backbone(config: IndexConfig, backbone, model: str | Path) -> IndexConfig:
+    """``config`` with ``max_length`` cut to the positions the backbone has (BART, BERT: learned
+    positions); said once in the log, and the manifest records the value used."""
+    limit = backbone.max_input_length
+    if not limit or config.max_length <= limit:
+        return config
+    log.warning("%s takes at most %d input positions: CE contexts are cut to %d tokens (max_length was %d)",
+                model, limit, limit, config.max_length)
+    return config.model_copy(update={"max_length": limit})
 
 
 def tokenize_identifiers(backbone, groups: list[IdentifierGroup]) -> list[list[int]]:

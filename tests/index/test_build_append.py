@@ -219,3 +219,23 @@ def test_an_identifier_without_tokens_is_a_clear_error():
     groups = assign_identifiers({"ok": {"title": "A", "text": ""}, "snow": {"title": "\u2603", "text": ""}})
     with pytest.raises(NpdecodeError, match="'snow'.*has no tokens"):
         tokenize_identifiers(Silent(), groups)
+
+
+def test_max_length_is_cut_to_the_backbone_positions(bart_dir, tmp_path, caplog):
+    """A BART with 128 positions indexed at the default max_length (512): no IndexError deep in
+    torch.embedding; the manifest records the length used."""
+    import json
+    import logging
+
+    from npdecode.index.config import IndexConfig
+
+    long_text = {"d0": {"title": "Alpha River", "text": " ".join(["gamma star"] * 300)},
+                 "d1": {"title": "Iron Gold", "text": "harbor"}}
+    corpus = write_jsonl(long_text, tmp_path / "c.jsonl")
+    config = IndexConfig(progress=False, accelerator="cpu")
+    assert config.max_length == 512
+    with caplog.at_level(logging.WARNING):
+        build_index(corpus, bart_dir, tmp_path / "idx", config)
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["config"]["max_length"] == 128
+    assert sum("at most 128 input positions" in r.message for r in caplog.records) == 1
