@@ -66,8 +66,10 @@ def index_command(corpus, model, out, append_to, replace, config_path, k, raw_ce
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:n].")
 @click.option("--normalizer", default="exact", show_default=True,
               help="exact, or ivf[:NPROBE[:TOPK[:NLIST]]]: approximate (FAISS top-k) normalizer, CPU.")
+@click.option("--length-penalty", default=0.0, show_default=True, type=float,
+              help="Finished hypotheses score sum / length**L, as HF's beam scorer (0: the raw sum).")
 def search_command(index_dir, query, queries_path, run_path, k, beam, kind, trie_mode, model, batch_size, device,
-                   normalizer):
+                   normalizer, length_penalty):
     """Search INDEX_DIR for QUERY (or every query of --queries, written to --run)."""
     from npdecode.device import resolve_device
     from npdecode.index.retriever import GenerativeRetriever
@@ -83,7 +85,8 @@ def search_command(index_dir, query, queries_path, run_path, k, beam, kind, trie
     else:
         queries = {"query": query}
     retriever = GenerativeRetriever(index_dir, kind=kind, model=model, device=resolve_device(device), beam=beam,
-                                    batch_size=batch_size, trie_mode=trie_mode, normalizer=normalizer)
+                                    batch_size=batch_size, trie_mode=trie_mode, normalizer=normalizer,
+                                    length_penalty=length_penalty)
     run = retriever.search(queries, k)
     if run_path is not None:
         from npdecode.eval.runs import write_run

@@ -146,6 +146,7 @@ def _factory(kind: str):
             index_dir, kind=kind, model=options.get("gr_model"), device=resolve_device(options.get("device")),
             batch_size=options.get("batch_size"), beam=options.get("beam") or 10,
             normalizer=options.get("normalizer") or "exact", widen=options.get("widen", True),
+            length_penalty=options.get("length_penalty") or 0.0,
         )
         _warn_if_other_corpus(retriever.index, corpus_path)
         return retriever
