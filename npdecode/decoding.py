@@ -73,9 +73,37 @@ class _TokenOverCeScorer:
         return rows.gather(1, vals.argmax(dim=1, keepdim=True)).squeeze(1)
 
 
-def make_scorer(model: Any, trie: Trie) -> _IdScorer | _TokenOverCeScorer:
-    """Pick the scoring rule from the model kind and the trie's id space."""
+class _GroupScorer(_IdScorer):
+    """The authors' "group" mode: a token-id trie over an Np model where any CE row of an allowed
+    token may be emitted. Each token edge becomes one edge per CE row of the token (scored and fed
+    back as that row), so hypotheses are row sequences; several may spell one document, and the
+    document keeps the best of them (``duplicates``: merged when results are collected)."""
+
+    duplicates = True
+
+    def __init__(self, ce_token_ids: torch.Tensor):
+        grouped = _TokenOverCeScorer(ce_token_ids)
+        self.group_rows, self.token_to_group = grouped.group_rows, grouped.token_to_group
+
+    def expand(self, row: torch.Tensor, ids: torch.Tensor, child: torch.Tensor):
+        """Token edges ``(row, token, child)`` -> row edges ``(row, CE row, child)``."""
+        g = self.token_to_group[ids]
+        if bool((g < 0).any()):
+            raise NpdecodeError("the token trie holds a token with no CE row; rebuild the index (trie and CE disagree)")
+        rows = self.group_rows[g]  # (E, kmax), -1 pads
+        valid = rows >= 0
+        width = valid.sum(1)
+        return row.repeat_interleave(width), rows[valid], child.repeat_interleave(width)
+
+
+def make_scorer(model: Any, trie: Trie, *, group: bool = False) -> _IdScorer | _TokenOverCeScorer | _GroupScorer:
+    """Pick the scoring rule from the model kind and the trie's id space (``group``: the group
+    mode over a token trie, Np models only)."""
     is_np = hasattr(model, "ce_token_ids")
+    if group:
+        if trie.id_space != "token" or not is_np:
+            raise NpdecodeError("trie mode 'group' needs an Np model and the index's token trie")
+        return _GroupScorer(model.ce_token_ids)
     if trie.id_space == "token" and is_np:
         return _TokenOverCeScorer(model.ce_token_ids)
     if trie.id_space == "ce" and not is_np:
@@ -208,6 +236,8 @@ def beam_search(
     while len(node):
         step += 1
         row, ids, child = trie.expand(node)  # (E,) each: every allowed edge of every live row
+        if hasattr(scorer, "expand"):  # group mode: one edge per CE row of each allowed token
+            row, ids, child = scorer.expand(row, ids, child)
         if normalizer is not None and _sparse_pays(len(ids), len(node), vocab, scorer.width):
             logits, edge, state = _sparse_step(model, prev, state, normalizer, scorer, row, ids)
         else:
@@ -220,7 +250,9 @@ def beam_search(
         fin.score.append(cand[term] / (step**length_penalty) if length_penalty else cand[term])
         extendable = trie.indptr[child + 1] > trie.indptr[child]
         keep = _select_live(query, row, cand, extendable, len(node), beam)
-        if len(keep) and not length_penalty:  # scores only fall from here: drop what cannot reach the top-k
+        if len(keep) and not length_penalty and not getattr(scorer, "duplicates", False):
+            # scores only fall from here: drop what cannot reach the top-k (not in group mode, where
+            # several finished hypotheses may be one document and would overstate the k-th best)
             kth = _kth_best(torch.cat(fin.query), torch.cat(fin.score), n_q, k)
             keep = keep[~(kth[query[row[keep]]] >= cand[keep])]  # NaN (fewer than k finished) keeps all
         if len(keep) == 0:
@@ -242,8 +274,10 @@ def _collect(fin: _Finished, n_q: int, k: int) -> list[list[tuple[int, float]]]:
     n = torch.cat(fin.node).cpu().numpy()
     s = torch.cat(fin.score).float().cpu().numpy()
     out: list[list[tuple[int, float]]] = [[] for _ in range(n_q)]
+    seen: set[tuple[int, int]] = set()
     for i in np.lexsort((n, -np.nan_to_num(s, nan=-np.inf), q)):
-        if len(out[q[i]]) < k:
+        if len(out[q[i]]) < k and (q[i], n[i]) not in seen:  # a node reached twice keeps its best
+            seen.add((q[i], n[i]))
             out[q[i]].append((int(n[i]), float(s[i])))
     return out
 
@@ -269,7 +303,7 @@ def auto_batch_size(beam: int, vocab_size: int, *, max_queries: int = 64) -> int
 def search(
     model: Any, trie: Trie, queries: list[str], *, k: int = 10, beam: int = 10, batch_size: int | None = None,
     length_penalty: float = 0.0, max_query_length: int = 64, widen: bool = True, dtype: str | None = None,
-    normalizer: Any = None,
+    normalizer: Any = None, group: bool = False,
 ) -> list[list[tuple[int, float]]]:
     """Top-``k`` ``(value, score)`` per query (values = the trie's document group ids), best first.
 
@@ -282,6 +316,8 @@ def search(
     table included, in place first (see :func:`cast_for_decoding`); scores stay fp32.
     ``normalizer``: None (exact scores) or an :class:`~npdecode.normalizer.IvfNormalizer` built
     on the model's CE table (approximate normalizer, Np models only).
+    ``group``: the authors' group mode over a token trie (any CE row of an allowed token; a
+    document scores the best of the row sequences that spell it).
     """
     if k < 1 or beam < 1 or (batch_size is not None and batch_size < 1):
         raise NpdecodeError(f"k={k}, beam={beam}, batch_size={batch_size}: all must be at least 1")
@@ -290,7 +326,7 @@ def search(
     if dtype is not None:
         model = cast_for_decoding(model, dtype)
     ttrie = trie.to_torch(model.device)
-    scorer = make_scorer(model, trie)
+    scorer = make_scorer(model, trie, group=group)
     want = min(k, trie.n_sequences)
     results: list[list[tuple[int, float]]] = [[] for _ in queries]
     todo, width = list(range(len(queries))), beam

@@ -22,7 +22,7 @@ from npdecode.errors import NpdecodeError
 @click.option("--devices", type=int, help="Processes / GPUs per node for encoding.")
 @click.option("--num-nodes", type=int, help="Nodes for encoding (each runs this command).")
 @click.option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.")
-@click.option("--trie-mode", type=click.Choice(["ce", "token"]), help="Trie `npdecode search` decodes with.")
+@click.option("--trie-mode", type=click.Choice(["ce", "token", "group"]), help="Trie mode `npdecode search` decodes with.")
 def index_command(corpus, model, out, append_to, replace, config_path, k, raw_ce, factory, devices, num_nodes,
                   accelerator, trie_mode):
     """Build an index dir from CORPUS (or add CORPUS to one with --append)."""
@@ -60,7 +60,8 @@ def index_command(corpus, model, out, append_to, replace, config_path, k, raw_ce
 @click.option("-k", "--k", default=10, show_default=True, help="Documents per query.")
 @click.option("--beam", default=10, show_default=True, help="Beam size.")
 @click.option("--retriever", "kind", type=click.Choice(["np", "genre"]), default="np", show_default=True)
-@click.option("--trie-mode", type=click.Choice(["ce", "token"]), help="Np decoding over CE ids or token ids.")
+@click.option("--trie-mode", type=click.Choice(["ce", "token", "group"]),
+              help="Np decoding over CE ids, token ids (log-sum-exp over rows) or token groups (best row).")
 @click.option("--model", help="Decode with this checkpoint instead of the index's model.")
 @click.option("--batch-size", type=int, help="Queries decoded together (default: ~320 beam rows per step).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:n].")

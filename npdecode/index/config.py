@@ -46,8 +46,9 @@ class IndexConfig(BaseModel):
     raw_ce: bool = False
     # FAISS store (step 7): any index_factory string; inner product metric.
     factory: str = "Flat"
-    # Which trie `npdecode search` decodes with (step 6): CE ids or token ids (log-sum-exp).
-    trie_mode: Literal["ce", "token"] = "ce"
+    # Which trie mode `npdecode search` decodes with (step 6): CE ids, token ids (log-sum-exp
+    # over a token's rows) or group (token trie, any row of an allowed token; the authors' default).
+    trie_mode: Literal["ce", "token", "group"] = "ce"
 
 
 def load_index_config(path: str | Path | None = None, **overrides: object) -> IndexConfig:

@@ -34,9 +34,10 @@ class GenerativeRetriever:
             raise NpdecodeError(f"retriever kind {kind!r}: use 'np' or 'genre'")
         self.name, self.index = kind, load_index(index_dir)
         mode = "token" if kind == "genre" else (trie_mode or self.index.manifest["config"]["trie_mode"])
-        if mode not in ("ce", "token"):
-            raise NpdecodeError(f"trie mode {mode!r}: use 'ce' or 'token'")
-        self.trie = Trie.load(self.index.trie_path(mode))
+        if mode not in ("ce", "token", "group"):
+            raise NpdecodeError(f"trie mode {mode!r}: use 'ce', 'token' or 'group'")
+        self.group = mode == "group"  # the token trie; any CE row of an allowed token may be emitted
+        self.trie = Trie.load(self.index.trie_path("token" if self.group else mode))
         ref = str(model) if model is not None else decoding_model_ref(self.index)
         self.model = open_model(self.index, ref, kind, device)
         self.beam, self.batch_size, self.length_penalty = beam, batch_size, length_penalty
@@ -51,7 +52,7 @@ class GenerativeRetriever:
         qids = list(queries)
         hits = search(self.model, self.trie, [queries[q] for q in qids], k=k, beam=self.beam,
                       batch_size=self.batch_size, length_penalty=self.length_penalty, normalizer=self.normalizer,
-                      widen=self.widen)
+                      widen=self.widen, group=self.group)
         run: dict[str, dict[str, float]] = {}
         for qid, ranked in zip(qids, hits):
             docs: dict[str, float] = {}

@@ -163,3 +163,38 @@ def test_cuda_search_equals_cpu(t5_dir):
         assert [v for v, _ in a] == [v for v, _ in b]
         assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) < 1e-3
     model.to("cpu")
+
+
+def test_np_group_mode_equals_best_row_sequence_by_brute_force(t5_dir):
+    """Group mode (the authors' default): any CE row of an allowed token may be emitted and a
+    document scores its best row sequence. Brute force: every row choice, teacher-forced."""
+    import itertools
+
+    model = make_np_model(load_backbone(t5_dir), n_rows=30, seed=3)
+    tid = model.ce_token_ids.tolist()
+    rows_of = {t: [r for r, x in enumerate(tid) if x == t] for t in set(tid[2:])}
+    tokens = sorted(rows_of)
+    g = torch.Generator().manual_seed(5)
+    seqs: list[list[int]] = []
+    while len(seqs) < 7:
+        n = int(torch.randint(1, 4, (1,), generator=g))
+        s = [tokens[i] for i in torch.randint(0, len(tokens), (n,), generator=g).tolist()] + [tid[1]]
+        if s not in seqs:
+            seqs.append(s)
+    seqs.append([seqs[0][0], tid[1]] if len(seqs[0]) > 2 else seqs[0][:1] + [tokens[0], tid[1]])  # a shared prefix
+    trie = build_trie(seqs, id_space="token")
+    for query in QUERIES:
+        choices = [(i, list(rows) + [1]) for i, s in enumerate(seqs)
+                   for rows in itertools.product(*(rows_of[t] for t in s[:-1]))]
+        scored = exhaustive(model, query, [c for _, c in choices])
+        best: dict[int, float] = {}
+        for j, score in scored:
+            doc = choices[j][0]
+            best[doc] = max(best.get(doc, float("-inf")), score)
+        want = sorted(best.items(), key=lambda x: (-x[1], x[0]))
+        got = search(model, trie, [query], k=len(seqs), beam=10_000, group=True)[0]
+        _close_lists(got, want)
+        short = search(model, trie, [query], k=3, beam=10_000, group=True)[0]
+        _close_lists(short, want[:3])  # merged duplicates do not crowd out documents
+    with pytest.raises(NpdecodeError, match="group"):
+        search(model, build_trie([[c + 2 for c in s] for s in seqs]), ["q"], group=True)

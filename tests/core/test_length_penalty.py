@@ -62,7 +62,7 @@ def test_length_penalty_matches_hf_beam_scorer(t5_dir, length_penalty):
             assert score == pytest.approx(raw[value] / len(paths[value]) ** length_penalty, abs=1e-5)
 
 
-def test_search_and_eval_take_length_penalty(t5_dir, tmp_path, capsys):
+def test_search_and_eval_take_length_penalty_and_group_mode(t5_dir, tmp_path, capsys):
     from npdecode.cli import main
     from npdecode.index.builder import build_index
     from npdecode.index.layout import load_index
@@ -78,6 +78,10 @@ def test_search_and_eval_take_length_penalty(t5_dir, tmp_path, capsys):
         scores[lp] = {r[1]: float(r[2]) for r in rows}
     for doc, raw in scores["0"].items():
         assert scores["1.0"][doc] == pytest.approx(raw / lengths[doc], abs=2e-4)
+    capsys.readouterr()
+    main(["search", str(idx), "alpha river", "-k", "3", "--trie-mode", "group"])
+    group_rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(group_rows) == 3 and all(r[1] in lengths for r in group_rows)
     from npdecode.eval.retrievers import build_retriever
 
     retriever = build_retriever("np", tmp_path, {"index": idx, "length_penalty": 1.0, "device": "cpu", "beam": 8})
