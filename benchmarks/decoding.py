@@ -16,12 +16,18 @@ import datetime
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# the HF side's nested-dict trie, shared with the HF comparison tests
+from tests.core.helpers import dict_trie
 
 
 def synthetic_index(n_docs: int, n_rows: int, vocab: int, seed: int = 0):
@@ -65,14 +71,6 @@ def hf_np_model(np_model):
     return hf
 
 
-def dict_trie(paths):
-    root: dict = {}
-    for i, p in enumerate(paths):
-        node = root
-        for t in p:
-            node = node.setdefault(t, {})
-        node[-1] = i
-    return root
 
 
 def run_hf(hf, tok, trie, paths, queries, beam, k, batch, *, max_new_tokens=12, values=None):

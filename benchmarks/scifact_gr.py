@@ -50,16 +50,6 @@ def train(variant: str, runs: Path, data_dir: Path, minutes: float, threads: int
     return train_run(config, out, resume=out.exists(), say=print)
 
 
-class _Fixed:
-    """A built retriever under a given row name (the harness builds by name)."""
-
-    def __init__(self, name, retriever):
-        self.name, self.retriever = name, retriever
-
-    def search(self, queries, k):
-        return self.retriever.search(queries, k)
-
-
 def evaluate_all(runs: Path, data_dir: Path, k: int, done: dict | None = None) -> tuple[dict, dict]:
     """Every row's metrics and search seconds; rows in ``done`` (name -> row of an earlier
     results file) are taken from it instead of searched again."""

@@ -142,6 +142,11 @@ class Backbone:
         cfg = self.model.config.encoder if self.family == "bert2bert" else self.model.config
         return getattr(cfg, "max_position_embeddings", None)
 
+    def fit_length(self, max_length: int) -> int:
+        """``max_length`` cut to the positions the encoder has (unchanged for T5)."""
+        limit = self.max_input_length
+        return min(max_length, limit) if limit else max_length
+
     def keep_decoder_layers(self, n: int) -> None:
         """Keep only the first ``n`` decoder layers (a shallower, cheaper decoder); the config says
         so, so a saved checkpoint loads with ``n`` layers."""

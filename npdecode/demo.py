@@ -35,7 +35,7 @@ def _train(config_path: Path, out: Path, sets: tuple[str, ...], device: str, say
 
 def _register_vanilla(index_dir: Path) -> None:
     """The vanilla run as retriever ``vanilla`` (its own index and checkpoint)."""
-    from npdecode.eval.retrievers import _FACTORIES, register_retriever
+    from npdecode.eval.retrievers import register_retriever
 
     def build(corpus_path, options):
         from npdecode.device import resolve_device
@@ -44,8 +44,7 @@ def _register_vanilla(index_dir: Path) -> None:
         return GenerativeRetriever(index_dir, kind="genre", device=resolve_device(options.get("device")),
                                    widen=options.get("widen", True))
 
-    _FACTORIES.pop("vanilla", None)  # a second demo in one process points at its own run
-    register_retriever("vanilla", build)
+    register_retriever("vanilla", build, replace=True)  # a second demo in one process: its own run
 
 
 @click.command("demo")

@@ -80,10 +80,8 @@ class _Seq2Seq(nn.Module):
     def tokenize(self, texts: list[str], max_length: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded encoder inputs ``(B, T)`` for query strings, on the model's device (cut to
         ``max_length`` tokens, and to the positions the backbone has)."""
-        limit = self.backbone.max_input_length
-        max_length = min(max_length, limit) if limit else max_length
         enc = self.backbone.tokenizer(
-            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            texts, padding=True, truncation=True, max_length=self.backbone.fit_length(max_length), return_tensors="pt"
         )
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 

@@ -42,9 +42,10 @@ _BUILTIN: dict[str, str] = {
 _FACTORIES: dict[str, Factory] = {}
 
 
-def register_retriever(name: str, factory: Factory) -> None:
-    """Add a retriever factory; a name already taken is refused."""
-    if name in _FACTORIES or name in _BUILTIN:
+def register_retriever(name: str, factory: Factory, *, replace: bool = False) -> None:
+    """Add a retriever factory; a name already taken is refused (a built-in always; a registered
+    one unless ``replace``)."""
+    if name in _BUILTIN or (name in _FACTORIES and not replace):
         raise ValueError(f"retriever {name!r} is already registered")
     _FACTORIES[name] = factory
 

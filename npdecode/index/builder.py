@@ -82,8 +82,8 @@ def build_index(corpus: str | Path, model: str | Path, out: str | Path, config: 
 def fit_to_backbone(config: IndexConfig, backbone, model: str | Path) -> IndexConfig:
     """``config`` with ``max_length`` cut to the positions the backbone has (BART, BERT: learned
     positions); said once in the log, and the manifest records the value used."""
-    limit = backbone.max_input_length
-    if not limit or config.max_length <= limit:
+    limit = backbone.fit_length(config.max_length)
+    if limit == config.max_length:
         return config
     log.warning("%s takes at most %d input positions: CE contexts are cut to %d tokens (max_length was %d)",
                 model, limit, limit, config.max_length)

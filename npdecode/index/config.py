@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from npdecode.config import read_yaml
-from npdecode.errors import NpdecodeError
+from npdecode.config import read_mapping, validated
 
 
 class IndexConfig(BaseModel):
@@ -53,18 +52,6 @@ class IndexConfig(BaseModel):
 
 def load_index_config(path: str | Path | None = None, **overrides: object) -> IndexConfig:
     """Read ``path`` (YAML mapping; None = defaults) and apply non-None ``overrides``."""
-    data: dict = {}
-    if path is not None:
-        loaded = read_yaml(path, "index config")
-        if loaded is not None and not isinstance(loaded, dict):
-            raise NpdecodeError(f"{path}: expected a mapping of index settings at top level")
-        data = dict(loaded or {})
+    data = read_mapping(path, "index config")
     data.update({key: value for key, value in overrides.items() if value is not None})
-    try:
-        return IndexConfig(**data)
-    except ValidationError as err:
-        where = path if path is not None else "index options"
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise NpdecodeError(f"{where}: invalid index config ({problems})") from None
+    return validated(IndexConfig, data, path if path is not None else "index options", "index config")

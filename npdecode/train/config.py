@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from npdecode.config import read_yaml
+from npdecode.config import read_mapping, validated
 from npdecode.errors import NpdecodeError
 from npdecode.index.config import IndexConfig
 
@@ -161,12 +161,7 @@ def _set_key(data: dict, dotted: str, value: Any) -> None:
 def load_train_config(path: str | Path | None, sets: tuple[str, ...] = (), **overrides: Any) -> TrainConfig:
     """Read ``path`` (YAML), apply ``--set key.sub=value`` items (values parsed as YAML) and
     dotted ``overrides`` that are not None; validation errors are one line naming the file."""
-    data: dict = {}
-    if path is not None:
-        loaded = read_yaml(path, "training config")
-        if loaded is not None and not isinstance(loaded, dict):
-            raise NpdecodeError(f"{path}: expected a mapping of training settings at top level")
-        data = dict(loaded or {})
+    data = read_mapping(path, "training config")
     for item in sets:
         key, eq, raw = item.partition("=")
         if not eq or not key:
@@ -175,8 +170,4 @@ def load_train_config(path: str | Path | None, sets: tuple[str, ...] = (), **ove
     for key, value in overrides.items():
         if value is not None:
             _set_key(data, key, value)
-    try:
-        return TrainConfig(**data)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
-        raise NpdecodeError(f"{path or 'training options'}: invalid training config ({problems})") from None
+    return validated(TrainConfig, data, path or "training options", "training config")

@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from npdecode.errors import NpdecodeError
 from npdecode.model import NpModel, VanillaModel
 from npdecode.train.config import TrainConfig
 
@@ -100,8 +101,6 @@ class GRModule(pl.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         if not torch.isfinite(loss):
-            from npdecode.errors import NpdecodeError
-
             raise NpdecodeError(
                 f"the training loss became {loss.item()} at step {self.global_step}; lower optim.lr or "
                 "model.logit_scale (or use precision 32-true)"

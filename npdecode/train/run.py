@@ -119,12 +119,6 @@ def targets_of(index, variant: str) -> list[list[int]]:
     return [(g.ce + [index.eos_ce]) if mode == "ce" else (g.tokens + [index.eos_token]) for g in index.groups]
 
 
-def input_limit(config: TrainConfig, backbone) -> int:
-    """Encoder input length: the config's, clamped to what the backbone's positions allow."""
-    limit = backbone.max_input_length
-    return min(config.data.max_input_length, limit) if limit else config.data.max_input_length
-
-
 def prepare(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, say):
     """Model, Lightning module and data module of a run (everything but the fit)."""
     from npdecode.train.data import Collate, ExampleSet, TrainData
@@ -140,7 +134,7 @@ def prepare(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, ind
     if not examples.texts:
         raise NpdecodeError(f"{data.corpus_path}: no training examples could be made (empty texts?)")
     (out / "cache").mkdir(exist_ok=True)
-    tokens = tokenize_examples(model.backbone.tokenizer, examples.texts, input_limit(config, model.backbone),
+    tokens = tokenize_examples(model.backbone.tokenizer, examples.texts, model.backbone.fit_length(config.data.max_input_length),
                                out / "cache" / "examples.npz")
     say(f"examples: {examples.counts()}; validation: {len(validation.queries)} {validation.kind}")
     mode = "token" if config.model.variant == "vanilla" else "ce"

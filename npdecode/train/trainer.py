@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from npdecode.index.builder import resolve_strategy  # same fields: strategy, devices, num_nodes
 from npdecode.train.config import TrainConfig
 
 
@@ -25,17 +26,6 @@ def resolve_precision(config: TrainConfig) -> str:
     if t.accelerator != "cpu" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
-
-
-def resolve_strategy(config: TrainConfig) -> str:
-    """ddp_spawn for several processes on one node (the calling process writes the run dir),
-    ddp across nodes (the cluster launches the command on every node)."""
-    t = config.trainer
-    if t.strategy != "auto":
-        return t.strategy
-    if t.num_nodes > 1:
-        return "ddp"
-    return "ddp_spawn" if t.devices > 1 else "auto"
 
 
 @contextlib.contextmanager
@@ -66,7 +56,7 @@ def make_trainer(config: TrainConfig, out: Path, *, has_validation: bool) -> tup
                TensorBoardLogger(out / "logs", name="tensorboard", version="", default_hp_metric=False)]
     max_time = datetime.timedelta(minutes=t.max_minutes) if t.max_minutes else None
     trainer = pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=resolve_strategy(config),
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=resolve_strategy(config.trainer),
         precision=resolve_precision(config), max_epochs=t.max_epochs if t.max_epochs is not None else -1,
         max_steps=t.max_steps, max_time=max_time, gradient_clip_val=config.optim.grad_clip,
         accumulate_grad_batches=config.optim.accumulate, check_val_every_n_epoch=v.every_n_epochs,

@@ -16,6 +16,18 @@ def make_np_model(backbone, n_rows: int = 30, seed: int = 0, scale: float = 3.0)
     return NpModel(backbone, ce, token_ids, start_ce_id=0, eos_ce_id=1)
 
 
+def dict_trie(paths: list[list[int]]) -> dict:
+    """The nested-dict trie of HF constrained decoding (``node[-1]`` = the path's index): what a
+    ``prefix_allowed_tokens_fn`` walks, for comparisons with HF ``generate``."""
+    root: dict = {}
+    for i, p in enumerate(paths):
+        node = root
+        for t in p:
+            node = node.setdefault(t, {})
+        node[-1] = i
+    return root
+
+
 def random_sequences(n: int, vocab: int, eos: int, seed: int = 0, max_len: int = 3, lo: int = 2):
     """``n`` distinct random id sequences over ``[lo, vocab)`` (ids != eos), each ending with ``eos``."""
     g = torch.Generator().manual_seed(seed)

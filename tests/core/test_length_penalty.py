@@ -9,6 +9,7 @@ from npdecode.backbone import load_backbone
 from npdecode.decoding import search
 from npdecode.model import VanillaModel
 from npdecode.trie import build_trie
+from tests.core.helpers import dict_trie
 from tests.tiny_models import toy_corpus
 
 
@@ -16,12 +17,7 @@ def _hf_ranked(model: VanillaModel, paths: list[list[int]], query: str, length_p
     """HF generate + prefix callback over the same token paths, every path a beam (exhaustive).
     ``early_stopping="never"``: with fewer allowed tokens than beams, HF's default stop returns
     padding beams scored ~-1e9 instead of the remaining paths."""
-    trie: dict = {}
-    for i, p in enumerate(paths):
-        node = trie
-        for t in p:
-            node = node.setdefault(t, {})
-        node[-1] = i
+    trie = dict_trie(paths)
 
     def allowed(_, sent):
         node = trie

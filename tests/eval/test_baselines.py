@@ -127,3 +127,14 @@ def test_registry():
 
     register_retriever("fixed-test", lambda corpus, options: Fixed())
     assert build_retriever("fixed-test", None, {}).search({"q": "x"}, 1) == {"q": {"d1": 1.0}}
+
+
+def test_registry_replace_is_explicit_and_never_for_builtins():
+    first, second = (lambda corpus, options: "one"), (lambda corpus, options: "two")
+    register_retriever("replace-test", first)
+    with pytest.raises(ValueError, match="already registered"):
+        register_retriever("replace-test", second)
+    register_retriever("replace-test", second, replace=True)
+    assert get_factory("replace-test") is second
+    with pytest.raises(ValueError, match="already registered"):
+        register_retriever("bm25", second, replace=True)

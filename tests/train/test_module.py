@@ -43,19 +43,18 @@ def test_loss_is_cross_entropy_over_ce_ids_by_hand(t5_dir, t5_index, tmp_path):
     batch = _batch(model, t5_index, ["alpha river", "gamma star city"], [0, 3])
     loss = module.loss(batch)
     total, count = 0.0, 0
-    torch.set_grad_enabled(False)
-    for row in range(2):
-        target = [t for t in batch["labels"][row].tolist() if t != -100]
-        prev = [model.start_id] + target[:-1]
-        ids = batch["input_ids"][row : row + 1]
-        mask = batch["attention_mask"][row : row + 1]
-        enc = model.backbone.encode(ids, mask)
-        hidden, _ = model._decode(model.embed(torch.tensor([prev])), enc, mask)
-        logits = 0.3 * model.output_scale * hidden[0].double() @ model.ce.double().T  # (L, V_ce)
-        logp = torch.log_softmax(logits, -1)
-        total -= sum(float(logp[i, t]) for i, t in enumerate(target))
-        count += len(target)
-    torch.set_grad_enabled(True)
+    with torch.no_grad():
+        for row in range(2):
+            target = [t for t in batch["labels"][row].tolist() if t != -100]
+            prev = [model.start_id] + target[:-1]
+            ids = batch["input_ids"][row : row + 1]
+            mask = batch["attention_mask"][row : row + 1]
+            enc = model.backbone.encode(ids, mask)
+            hidden, _ = model._decode(model.embed(torch.tensor([prev])), enc, mask)
+            logits = 0.3 * model.output_scale * hidden[0].double() @ model.ce.double().T  # (L, V_ce)
+            logp = torch.log_softmax(logits, -1)
+            total -= sum(float(logp[i, t]) for i, t in enumerate(target))
+            count += len(target)
     assert target == t5_index.groups[3].ce + [t5_index.eos_ce]
     assert float(loss) == pytest.approx(total / count, rel=1e-5)
 
@@ -157,3 +156,18 @@ def test_tokenized_examples_are_cached(t5_dir, tmp_path):
     c = tokenize_examples(tok, ["alpha river", "beta"], 8, cache)  # other texts: not the stale cache
     assert list(c.row(1)) != list(a.row(1))
     assert list(a.row(0)) == tok("alpha river")["input_ids"]
+
+
+def test_replace_ce_swaps_the_table_the_logits_use(t5_dir, t5_index, tmp_path):
+    """The seam for CE-encoder variants that rebuild the table while training."""
+    module, _ = _module(t5_dir, t5_index, tmp_path)
+    model = module.model.eval()
+    ids, mask = model.tokenize(["alpha river"])
+    dec = torch.tensor([[model.start_id, 3]])
+    new_ce = torch.randn_like(model.ce)
+    module.replace_ce(new_ce, model.ce_token_ids.clone())
+    assert torch.equal(model.ce, new_ce) and not model.ce.requires_grad
+    with torch.no_grad():
+        hidden, _ = model._decode(model.embed(dec), *model.encode(ids, mask))
+        want = model.log_scale.exp() * model.output_scale * hidden @ new_ce.T
+        assert torch.allclose(model(ids, mask, dec), want, atol=1e-5)
