@@ -35,18 +35,22 @@ def read_occurrences(shard_dir: Path, ident_tokens: list[list[int]], shard_size:
     from npdecode.index.extraction import read_shards, shard_count
 
     occ = read_shards(shard_dir, shard_count(len(ident_tokens), shard_size))
+    check_occurrences(occ, ident_tokens, f"{shard_dir}: encoded shards")
+    return occ
+
+
+def check_occurrences(occ: dict[str, np.ndarray], ident_tokens: list[list[int]], what: str) -> None:
     expected = np.fromiter((t for toks in ident_tokens for t in toks), dtype=np.int64)
     if not np.array_equal(occ["groups"], np.arange(len(ident_tokens))) or not np.array_equal(
         occ["tokens"], expected
     ):
-        raise RuntimeError(f"{shard_dir}: encoded shards do not match the identifiers; delete it and rebuild")
-    return occ
+        raise RuntimeError(f"{what} do not match the identifiers; delete it and rebuild")
 
 
-def assemble_segment(backbone, groups: list[IdentifierGroup], ident_tokens: list[list[int]], shard_dir: Path,
-                     config: IndexConfig):
-    """The first segment of an index: (rows (R, d), row token ids (R,), documents, raw CE or None)."""
-    occ = read_occurrences(shard_dir, ident_tokens, config.shard_size)
+def assemble_segment(backbone, groups: list[IdentifierGroup], ident_tokens: list[list[int]],
+                     occ: dict[str, np.ndarray], config: IndexConfig):
+    """The first segment of an index from the occurrences' raw CE (:func:`read_occurrences`):
+    (rows (R, d), row token ids (R,), documents, raw CE or None)."""
     specials, special_tokens = special_rows(backbone)
     clustered = cluster_by_token(occ["vectors"], occ["tokens"], config.k,
                                  iterations=config.kmeans_iterations, seed=config.seed)

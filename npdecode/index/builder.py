@@ -25,13 +25,15 @@ log = logging.getLogger(__name__)
 _PLACEMENT_KEYS = {"devices", "num_nodes", "strategy", "accelerator", "progress"}
 
 
-def build_index(corpus: str | Path, model: str | Path, out: str | Path, config: IndexConfig | None = None) -> Path:
+def build_index(corpus: str | Path, model, out: str | Path, config: IndexConfig | None = None, *,
+                model_ref: str | None = None) -> Path:
     """Build INDEX_DIR ``out`` from ``corpus`` with the encoder of ``model``; returns ``out``.
 
+    ``model`` is a model path or hub id, or a loaded :class:`~npdecode.backbone.Backbone` (a
+    model in memory, e.g. one being trained; ``model_ref`` is then what the manifest names).
     User mistakes (unreadable corpus, missing model, a document without identifier, an
     existing ``out``) raise NpdecodeError before anything is written.
     """
-    from npdecode.backbone import load_backbone
     from npdecode.corpus import corpus_digest, load_corpus
 
     config = config or IndexConfig()
@@ -39,33 +41,59 @@ def build_index(corpus: str | Path, model: str | Path, out: str | Path, config: 
     if out.exists():
         raise NpdecodeError(f"{out} already exists; remove it, or add documents with --append {out}")
     docs = load_corpus(corpus)
-    backbone = load_backbone(model)
-    config = fit_to_backbone(config, backbone, model)
+    backbone, ref, digest = _open_backbone(model, model_ref)
+    config = fit_to_backbone(config, backbone, ref)
     groups = assign_identifiers(docs, config.max_identifier_words)
     ident_tokens = tokenize_identifiers(backbone, groups)
     plan = {
         # how the encoding is spread does not change the shards: a resume may use other devices
         "format": FORMAT, "config": config.model_dump(exclude=_PLACEMENT_KEYS), "corpus_digest": corpus_digest(corpus),
-        "model": str(model), "model_digest": model_digest(model), "groups": len(groups),
+        "model": ref, "model_digest": digest, "groups": len(groups),
     }
     partial = out.parent / f".{out.name}.partial"
     shard_dir = _prepare_partial(partial, plan)
     rank = encode_shards(backbone, groups, shard_dir, config)
     if rank != 0:
         return out  # other ddp ranks (multi-node runs) only encode
-    from npdecode.index.assembly import assemble_segment, write_first_generation
+    from npdecode.index.assembly import assemble_segment, read_occurrences
 
-    final = partial / "index"
+    occ = read_occurrences(shard_dir, ident_tokens, config.shard_size)
+    segment = assemble_segment(backbone, groups, ident_tokens, occ, config)
+    write_index(partial / "index", segment, config, corpus=corpus, model_ref=ref, model_digest=digest,
+                family=backbone.family, groups=groups, ident_tokens=ident_tokens)
+    os.replace(partial / "index", out)
+    shutil.rmtree(partial, ignore_errors=True)
+    return out
+
+
+def _open_backbone(model, model_ref: str | None):
+    """(backbone, the model's name in the manifest, its digest) for a path/hub id or a Backbone."""
+    from npdecode.backbone import Backbone, load_backbone
+    from npdecode.index.manifest import weights_digest
+
+    if isinstance(model, Backbone):
+        return model, model_ref or "<in memory>", weights_digest(model.model)
+    ref = model_ref or (str(Path(model).resolve()) if Path(model).exists() else str(model))
+    return load_backbone(model), ref, model_digest(model)
+
+
+def write_index(final: Path, segment, config: IndexConfig, *, corpus: str | Path, model_ref: str,
+                model_digest: str | None, family: str, groups: list[IdentifierGroup],
+                ident_tokens: list[list[int]]) -> Path:
+    """Write a complete one-segment index dir at ``final`` (replaced if there) from ``segment``
+    = (rows, row tokens, document records, raw CE or None), manifest last."""
+    from npdecode.corpus import corpus_digest
+    from npdecode.index.assembly import write_first_generation
+
+    rows, row_tokens, records, raw = segment
     shutil.rmtree(final, ignore_errors=True)
-    rows, row_tokens, records, raw = assemble_segment(backbone, groups, ident_tokens, shard_dir, config)
     write_segment(final / "segments" / "00000", rows, row_tokens, records, raw)
     files, counts = write_first_generation(final, rows, row_tokens, records, raw, config)
     manifest = {
         "format": FORMAT, "created": now(), "updated": now(), "config": config.model_dump(),
         "config_digest": config_digest(config.model_dump()),
-        "model": {"ref": str(Path(model).resolve()) if Path(model).exists() else str(model),
-                  "digest": plan["model_digest"], "family": backbone.family},
-        "corpus": [{"path": str(Path(corpus).resolve()), "digest": plan["corpus_digest"], "segment": "00000"}],
+        "model": {"ref": model_ref, "digest": model_digest, "family": family},
+        "corpus": [{"path": str(Path(corpus).resolve()), "digest": corpus_digest(corpus), "segment": "00000"}],
         "segments": [{"name": "00000", "rows": len(rows), "groups": len(records)}],
         "generation": 0, "files": files,
         "counts": {"documents": sum(len(g.doc_ids) for g in groups), "identifiers": len(groups),
@@ -74,9 +102,49 @@ def build_index(corpus: str | Path, model: str | Path, out: str | Path, config: 
         "versions": package_versions(),
     }
     write_manifest(final, manifest)
-    os.replace(final, out)
-    shutil.rmtree(partial, ignore_errors=True)
-    return out
+    return final
+
+
+class CERebuilder:
+    """CE, clustering and document targets of ``corpus`` from a model *in memory*, as
+    ``npdecode index`` would make them with that model's current weights (same batches, same
+    clustering): the async CE encoder calls it while the model trains.
+
+    ``rebuild(backbone, rank, world_size)`` returns the segment (rows, row tokens, records, None);
+    under ddp every rank encodes its share of the shards and every rank gets the whole result.
+    """
+
+    def __init__(self, corpus: str | Path, config: IndexConfig, backbone) -> None:
+        from npdecode.corpus import load_corpus
+
+        self.corpus = Path(corpus)
+        self.config = fit_to_backbone(config, backbone, "the model")
+        self.groups = assign_identifiers(load_corpus(corpus), self.config.max_identifier_words)
+        self.ident_tokens = tokenize_identifiers(backbone, self.groups)
+
+    def rebuild(self, backbone, rank: int = 0, world_size: int = 1):
+        c = self.config
+        encoder = backbone.encoder
+        was_training = encoder.training
+        encoder.eval()  # no dropout in the special rows either
+        try:
+            return self._rebuild(backbone, rank, world_size)
+        finally:
+            encoder.train(was_training)
+
+    def _rebuild(self, backbone, rank: int, world_size: int):
+        from npdecode.index.assembly import assemble_segment, check_occurrences
+        from npdecode.index.extraction import ShardBatches, encode_in_memory, shard_count
+
+        c = self.config
+        data = ShardBatches([(g.identifier, g.text) for g in self.groups], range(shard_count(len(self.groups), c.shard_size)),
+                            backbone.tokenize_with_identifier, backbone.pad_token_id, shard_size=c.shard_size,
+                            max_length=c.max_length, batch_tokens=c.batch_tokens, batch_size=c.batch_size)
+        occ = encode_in_memory(backbone.encoder, data, precision=resolve_precision(c), rank=rank, world_size=world_size)
+        check_occurrences(occ, self.ident_tokens, "the in-memory encoding")
+        rows, row_tokens, records, _ = assemble_segment(backbone, self.groups, self.ident_tokens, occ,
+                                                        c.model_copy(update={"raw_ce": False}))
+        return rows, row_tokens, records, None
 
 
 def fit_to_backbone(config: IndexConfig, backbone, model: str | Path) -> IndexConfig:

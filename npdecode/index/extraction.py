@@ -121,15 +121,53 @@ class CEExtractor(pl.LightningModule):
         self.encoder = encoder.eval()
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> dict:
-        out = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        hidden = out.last_hidden_state  # (B, T, d)
-        picked = hidden[batch["rows"], batch["cols"]].float()  # (N, d) identifier positions
-        counts = torch.bincount(batch["rows"], minlength=len(batch["groups"]))
-        return {
-            "groups": batch["groups"].cpu(), "counts": counts.cpu(),
-            "tokens": batch["input_ids"][batch["rows"], batch["cols"]].cpu(),
-            "vectors": picked.cpu(),
-        }
+        return pick_ce(self.encoder, batch)
+
+
+def pick_ce(encoder: torch.nn.Module, batch: dict) -> dict:
+    """One batch's raw CE: the encoder's last hidden state at the identifier positions (on CPU)."""
+    out = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hidden = out.last_hidden_state  # (B, T, d)
+    picked = hidden[batch["rows"], batch["cols"]].float()  # (N, d) identifier positions
+    counts = torch.bincount(batch["rows"], minlength=len(batch["groups"]))
+    return {
+        "groups": batch["groups"].cpu(), "counts": counts.cpu(),
+        "tokens": batch["input_ids"][batch["rows"], batch["cols"]].cpu(),
+        "vectors": picked.cpu(),
+    }
+
+
+def encode_in_memory(encoder: torch.nn.Module, data: ShardBatches, *, precision: str = "32-true",
+                     rank: int = 0, world_size: int = 1) -> dict[str, np.ndarray]:
+    """What :func:`run_extraction` + :func:`read_shards` give, without files or a Trainer: the
+    same shards and batches, encoded in this process by ``encoder`` as it is now (a model being
+    trained: its mode is restored afterwards). Under ddp each rank encodes every
+    ``world_size``-th shard and the shards are exchanged, so every rank returns all of them."""
+    device = next(encoder.parameters()).device
+    mine = [s for s in data.shards if s % world_size == rank]
+    shards: dict[int, dict[str, torch.Tensor]] = {}
+    parts: list[dict] = []
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+        with torch.inference_mode(), autocast:
+            for batch in ShardBatches(data.docs, mine, data.tokenize, data.pad_id, shard_size=data.shard_size,
+                                      max_length=data.max_length, batch_tokens=data.batch_tokens,
+                                      batch_size=data.batch_size):
+                moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                parts.append(pick_ce(encoder, moved))
+                if batch["last"]:
+                    shards[batch["shard"]] = shard_payload(parts)
+                    parts = []
+    finally:
+        encoder.train(was_training)
+    if world_size > 1:
+        gathered: list = [None] * world_size
+        torch.distributed.all_gather_object(gathered, shards)
+        shards = {s: p for g in gathered for s, p in g.items()}
+    ordered = [shards[s] for s in sorted(shards)]
+    return {key: np.concatenate([p[key].numpy() for p in ordered]) for key in ("groups", "counts", "tokens", "vectors")}
 
 
 class ShardWriter(BasePredictionWriter):
@@ -166,6 +204,12 @@ def write_shard(path: Path, parts: list[dict]) -> None:
     """Write one shard's predictions, documents sorted by group index (atomically)."""
     from safetensors.torch import save
 
+    with atomic_file(path, "wb") as fh:
+        fh.write(save(shard_payload(parts)))
+
+
+def shard_payload(parts: list[dict]) -> dict[str, torch.Tensor]:
+    """One shard's batch predictions in group order (batches ran by length)."""
     groups = torch.cat([p["groups"] for p in parts])
     counts = torch.cat([p["counts"] for p in parts])
     tokens = torch.cat([p["tokens"] for p in parts])
@@ -174,10 +218,8 @@ def write_shard(path: Path, parts: list[dict]) -> None:
     starts = torch.cumsum(counts, 0) - counts
     order = torch.argsort(groups)
     take = torch.cat([torch.arange(int(starts[i]), int(starts[i] + counts[i])) for i in order.tolist()])
-    payload = {"groups": groups[order].contiguous(), "counts": counts[order].contiguous(),
-               "tokens": tokens[take].contiguous(), "vectors": vectors[take].contiguous()}
-    with atomic_file(path, "wb") as fh:
-        fh.write(save(payload))
+    return {"groups": groups[order].contiguous(), "counts": counts[order].contiguous(),
+            "tokens": tokens[take].contiguous(), "vectors": vectors[take].contiguous()}
 
 
 def read_shards(shard_dir: Path, n_shards: int) -> dict[str, np.ndarray]:

@@ -38,6 +38,18 @@ def model_digest(model: str | Path) -> str | None:
     return digest.hexdigest()
 
 
+def weights_digest(module: Any) -> str:
+    """sha256 over a model in memory: its state dict's names, dtypes, shapes and bytes."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def config_digest(config: dict[str, Any]) -> str:
     """sha256 of the config's canonical JSON."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()

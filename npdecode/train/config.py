@@ -57,8 +57,12 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     # vanilla: GENRE-style over the backbone's vocabulary; np: Np Decoding over the CE table.
     variant: Literal["np", "vanilla"] = "np"
-    # Which encoder makes the CE: base = the backbone's (the paper's default).
-    ce_encoder: Literal["base"] = "base"
+    # Which encoder makes the CE (DESIGN.md, Np Decoding point 5): base = the backbone's as it is;
+    # async = rebuilt from the model's own encoder while it trains (every async_every_n_epochs);
+    # contrastive = the `contrastive` stage trains the query side against the base CE first, CE is
+    # re-extracted with that encoder and GR training starts from the stage's weights.
+    ce_encoder: Literal["base", "async", "contrastive"] = "base"
+    async_every_n_epochs: int = Field(1, ge=1)
     # Train the CE table too (ablation; the paper keeps it frozen).
     train_ce: bool = False
     # Keep the encoder's weights as they are. With cache_encoder_states its outputs are computed
@@ -70,6 +74,24 @@ class ModelConfig(_Strict):
     # logits = scale * h . CE^T. ~0.1 puts the first loss of a MiniLM bert2bert near ln V_ce.
     logit_scale: float = Field(1.0, gt=0)
     learn_scale: bool = False
+
+
+class ContrastiveConfig(_Strict):
+    """Stage 1 of ``ce_encoder: contrastive``: the first decoder state of an example is pulled to
+    the CE rows of its gold identifier's tokens (token level, softmax over the candidates)."""
+
+    # Candidates of the softmax: every CE row (all_ce) or the gold rows of the batch (in_batch).
+    negatives: Literal["all_ce", "in_batch"] = "all_ce"
+    # Positives: the CE rows of every token of the gold identifier, or of its first token only.
+    positives: Literal["identifier", "first"] = "identifier"
+    scale: float = Field(0.1, gt=0)  # similarity = scale * h . ce (as model.logit_scale)
+    optimizer: Literal["adafactor", "adamw"] = "adamw"
+    lr: float = Field(5e-5, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int | None = Field(1, ge=1)
+    max_steps: int = Field(-1, ge=-1)
+    max_minutes: float | None = Field(None, gt=0)
 
 
 class OptimConfig(_Strict):
@@ -135,11 +157,19 @@ class TrainConfig(_Strict):
     trainer: TrainerConfig = TrainerConfig(max_epochs=10)
     validation: ValidationConfig = ValidationConfig()
     index: IndexConfig = IndexConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.model.variant == "vanilla" and (self.model.train_ce or self.model.learn_scale):
-            raise ValueError("model.train_ce and model.learn_scale apply to the np variant only")
+        m = self.model
+        if m.variant == "vanilla" and (m.train_ce or m.learn_scale or m.ce_encoder != "base"):
+            raise ValueError("model.train_ce, model.learn_scale and model.ce_encoder apply to the np variant only")
+        if m.ce_encoder == "async" and (m.freeze_encoder or m.train_ce):
+            raise ValueError("ce_encoder async rebuilds CE from the encoder being trained: set "
+                             "model.freeze_encoder and model.train_ce to false")
+        if m.ce_encoder == "async" and self.index.raw_ce:
+            raise ValueError("ce_encoder async: index.raw_ce is not kept (the table changes while training); "
+                             "index the trained checkpoint with raw_ce instead")
         if not self.data.index_examples and self.data.query_repeat == 0 and not self.data.pseudo_queries.per_document:
             raise ValueError("no training examples: enable data.index_examples, queries or pseudo_queries")
         return self

@@ -68,11 +68,19 @@ class GRModule(pl.LightningModule):
     on each validation batch of query ids; the run builds it over the run's trie and index.
     """
 
-    def __init__(self, model: NpModel | VanillaModel, config: TrainConfig, validator: Any = None):
+    def __init__(self, model: NpModel | VanillaModel, config: TrainConfig, validator: Any = None,
+                 group_ce: list[list[int]] | None = None):
         super().__init__()
         self.model = model
         self.config = config
         self.validator = validator
+        # The documents' CE ids travel with the weights when the table is rebuilt while training
+        # (checkpoints, best-model selection, ddp_spawn): flat, in group order, and the epoch of
+        # the table (0 = the run's index).
+        self.group_lengths = [len(g) for g in group_ce] if group_ce is not None else None
+        if group_ce is not None:
+            self.register_buffer("group_ce", torch.tensor([c for g in group_ce for c in g], dtype=torch.long))
+            self.register_buffer("ce_epoch", torch.tensor(0, dtype=torch.long))
         self.cache = EncoderStateCache() if config.model.freeze_encoder and config.model.cache_encoder_states else None
         if config.model.freeze_encoder:
             for p in model.backbone.encoder.parameters():
@@ -117,6 +125,9 @@ class GRModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "npdecode_rng" in checkpoint:
             torch.set_rng_state(checkpoint["npdecode_rng"])
+        state = checkpoint.get("state_dict", {})
+        if self.group_lengths is not None and "model.ce" in state:  # a rebuilt table may have another row count
+            self.replace_ce(state["model.ce"], state["model.ce_token_ids"])
 
     # ---- validation ----------------------------------------------------------------------
     def validation_step(self, batch: list[str], batch_idx: int) -> None:
@@ -129,12 +140,34 @@ class GRModule(pl.LightningModule):
                      batch_size=len(per_query), sync_dist=True)
 
     # ---- CE table (CE-encoder variants) --------------------------------------------------
-    def replace_ce(self, ce: torch.Tensor, ce_token_ids: torch.Tensor) -> None:
-        """Swap in a rebuilt CE table (same row layout: special rows first); optimizer state of a
-        trainable table is reset by the caller."""
+    def replace_ce(self, ce: torch.Tensor, ce_token_ids: torch.Tensor, group_ce: torch.Tensor | None = None,
+                   epoch: int | None = None) -> None:
+        """Swap in a rebuilt CE table (same row layout: special rows first) and, for a run that
+        tracks them, the documents' new CE ids; optimizer state of a trainable table is reset by
+        the caller. Same-shape tensors are copied in place (ddp keeps references to buffers)."""
         with torch.no_grad():
-            self.model.ce.data = ce.to(self.model.ce.device, self.model.ce.dtype).clone()
-            self.model.ce_token_ids = ce_token_ids.to(self.model.ce_token_ids.device)
+            ce = ce.to(self.model.ce.device, self.model.ce.dtype)
+            if ce.shape == self.model.ce.shape:
+                self.model.ce.copy_(ce)
+            else:
+                self.model.ce.data = ce.clone()
+            ids = ce_token_ids.to(self.model.ce_token_ids.device, torch.long)
+            if ids.shape == self.model.ce_token_ids.shape:
+                self.model.ce_token_ids.copy_(ids)
+            else:
+                self.model.ce_token_ids = ids.clone()
+            if group_ce is not None:
+                self.group_ce.copy_(group_ce.to(self.group_ce.device))
+            if epoch is not None:
+                self.ce_epoch.fill_(epoch)
+
+    def targets(self) -> list[list[int]]:
+        """Each group's decoder target under the current table: CE ids + the EOS row."""
+        flat, out, start = self.group_ce.tolist(), [], 0
+        for n in self.group_lengths:
+            out.append(flat[start : start + n] + [self.model.eos_id])
+            start += n
+        return out
 
     # ---- optimizer and schedule ----------------------------------------------------------
     def configure_optimizers(self) -> dict:
@@ -144,17 +177,19 @@ class GRModule(pl.LightningModule):
         groups = [{"params": main, "lr": opt_cfg.lr, "weight_decay": opt_cfg.weight_decay}]
         if scale is not None and scale.requires_grad:
             groups.append({"params": [scale], "lr": opt_cfg.scale_lr, "weight_decay": 0.0})
-        if opt_cfg.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=opt_cfg.lr)
-        else:
-            from transformers.optimization import Adafactor
-
-            # the paper's setting: a fixed learning rate, no relative step or parameter scaling
-            optimizer = Adafactor(groups, lr=opt_cfg.lr, scale_parameter=False, relative_step=False,
-                                  warmup_init=False)
+        optimizer = make_optimizer(opt_cfg.optimizer, groups, opt_cfg.lr)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(opt_cfg.schedule, opt_cfg.warmup_steps, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """AdamW, or Adafactor as the paper ran it (a fixed rate, no relative step or parameter scaling)."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    from transformers.optimization import Adafactor
+
+    return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
 
 
 def lr_factor(schedule: str, warmup: int, total: float):

@@ -5,7 +5,10 @@ The run dir::
     RUN_DIR/
       config.yml        the resolved config (a resume must use the same)
       backbone/         only when the backbone was merged from a recipe or made from MiniLM
-      index/            the index of the run (for ce_encoder base: built from the backbone);
+      contrastive/      ce_encoder contrastive only: stage 1 (base-index/, lightning/, logs/ and
+                        backbone/, the stage-1 weights stage 2 starts from)
+      index/            the index of the run: built from the backbone (base), from the stage-1
+                        backbone (contrastive), or the table last rebuilt while training (async);
                         its manifest names ../checkpoint, so `npdecode search RUN_DIR/index` decodes
                         with the trained model
       cache/            tokenized examples
@@ -60,7 +63,11 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, say
             shutil.rmtree(out, ignore_errors=True)
         raise
     (out / "config.yml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    index = _run_index(data.corpus_path, backbone_ref, out / "index", config, say)
+    if config.model.ce_encoder == "contrastive":  # stage 1; CE and stage 2 come from its weights
+        from npdecode.train.contrastive import run_stage
+
+        backbone_ref = run_stage(config, out, backbone_ref, data, corpus, resume=resume, say=say)
+    index = run_index(data.corpus_path, backbone_ref, out / "index", config, say)
     return _fit_and_save(config, out, backbone_ref, data, corpus, index, resume=resume, say=say)
 
 
@@ -81,7 +88,7 @@ def _backbone(config: TrainConfig, out: Path) -> str:
     return resolve_backbone(config.backbone, out, seed=config.trainer.seed)
 
 
-def _run_index(corpus_path: Path, backbone_ref: str, index_dir: Path, config: TrainConfig, say):
+def run_index(corpus_path: Path, backbone_ref: str, index_dir: Path, config: TrainConfig, say):
     """The run's index: built from the backbone (resumable), reused when it is already there."""
     from npdecode.corpus import corpus_digest
     from npdecode.index.builder import build_index
@@ -119,15 +126,11 @@ def targets_of(index, variant: str) -> list[list[int]]:
     return [(g.ce + [index.eos_ce]) if mode == "ce" else (g.tokens + [index.eos_token]) for g in index.groups]
 
 
-def prepare(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, say):
-    """Model, Lightning module and data module of a run (everything but the fit)."""
-    from npdecode.train.data import Collate, ExampleSet, TrainData
+def make_examples(config: TrainConfig, out: Path, model, data, corpus, index, say):
+    """Training examples (validation queries held out), the validation set and the tokenized
+    inputs (cached in ``out/cache``)."""
     from npdecode.train.examples import build_examples, doc_groups, tokenize_examples
-    from npdecode.train.module import GRModule
-    from npdecode.train.validate import Validator
-    from npdecode.trie import Trie
 
-    model = build_model(config, backbone_ref, index)
     group_of = doc_groups(index.members)
     examples, validation = build_examples(corpus, group_of, data.queries, data.qrels, config.data,
                                           n_validation=config.validation.queries, seed=config.trainer.seed)
@@ -137,11 +140,24 @@ def prepare(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, ind
     tokens = tokenize_examples(model.backbone.tokenizer, examples.texts, model.backbone.fit_length(config.data.max_input_length),
                                out / "cache" / "examples.npz")
     say(f"examples: {examples.counts()}; validation: {len(validation.queries)} {validation.kind}")
+    return examples, validation, tokens
+
+
+def prepare(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, say):
+    """Model, Lightning module and data module of a run (everything but the fit)."""
+    from npdecode.train.data import Collate, ExampleSet, TrainData
+    from npdecode.train.module import GRModule
+    from npdecode.train.validate import Validator
+    from npdecode.trie import Trie
+
+    model = build_model(config, backbone_ref, index)
+    examples, validation, tokens = make_examples(config, out, model, data, corpus, index, say)
     mode = "token" if config.model.variant == "vanilla" else "ce"
     trie = Trie.load(index.trie_path(mode))
     validator = Validator(trie, [index.live_doc_ids(g) for g in range(len(index.groups))], validation.queries,
                           validation.qrels, beam=config.validation.beam)
-    module = GRModule(model, config, validator if validation.queries else None)
+    tracked = [g.ce for g in index.groups] if config.model.ce_encoder == "async" else None
+    module = GRModule(model, config, validator if validation.queries else None, group_ce=tracked)
     datamodule = TrainData(ExampleSet(tokens, targets_of(index, config.model.variant), examples.groups),
                            Collate(model.backbone.pad_token_id, model.start_id), batch_size=config.data.batch_size,
                            seed=config.trainer.seed, val_qids=sorted(validation.queries),
@@ -175,9 +191,17 @@ def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index,
     if ckpt_path:
         _check_resumable(last, module)
         say(f"resuming from {last}")
+    callbacks, rebuilder = [], None
+    if config.model.ce_encoder == "async":
+        from npdecode.index.builder import CERebuilder
+        from npdecode.train.async_ce import AsyncCE
+
+        rebuilder = CERebuilder(data.corpus_path, config.index, module.model.backbone)
+        callbacks.append(AsyncCE(rebuilder, config.model.async_every_n_epochs, say=say))
     start = time.perf_counter()
     with quiet_fit(config):
-        trainer, checkpoint_cb = make_trainer(config, out, has_validation=module.validator is not None)
+        trainer, checkpoint_cb = make_trainer(config, out, has_validation=module.validator is not None,
+                                              callbacks=callbacks)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
     if trainer.interrupted:
@@ -190,6 +214,13 @@ def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index,
         module.load_state_dict(state)
         score = checkpoint_cb.best_model_score  # None in the launching process of a ddp_spawn run
         say(f"selected {Path(best).name}" + (f" (val {config.validation.metric} {float(score):.4f})" if score is not None else ""))
+    if rebuilder is not None:  # the run's index becomes the table the selected model trained with
+        from npdecode.index.layout import load_index
+        from npdecode.train.async_ce import apply_targets, write_final_index
+
+        write_final_index(module, rebuilder, out / "index", out / "checkpoint")
+        apply_targets(None, module)
+        index = load_index(out / "index")
     return _save_run(config, out, backbone_ref, data, corpus, index, module, trainer, examples, validation, seconds, say)
 
 

@@ -36,18 +36,26 @@ def quiet_fit(config: TrainConfig) -> Iterator[None]:
 
     with quiet_lightning(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*have no `validation_step`.*")  # contrastive stage 1
         if config.model.freeze_encoder:
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
         yield
 
 
-def make_trainer(config: TrainConfig, out: Path, *, has_validation: bool) -> tuple[pl.Trainer, ModelCheckpoint]:
-    """The Trainer and its checkpoint callback (best on the validation metric, and last)."""
+def make_trainer(config: TrainConfig, out: Path, *, has_validation: bool,
+                 callbacks: list | None = None) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """The Trainer and its checkpoint callback (best on the validation metric, and last), with
+    the run's own ``callbacks`` (e.g. the async CE rebuild) before it."""
     t, v = config.trainer, config.validation
     monitor = f"val/{v.metric}" if has_validation else None
-    checkpoint = ModelCheckpoint(dirpath=out / "lightning", filename="best", monitor=monitor, mode="max",
-                                 save_top_k=1 if has_validation else 0, save_last=True, enable_version_counter=False)
-    callbacks: list = [checkpoint]
+    if has_validation:
+        checkpoint = ModelCheckpoint(dirpath=out / "lightning", filename="best", monitor=monitor, mode="max",
+                                     save_top_k=1, save_last=True, enable_version_counter=False)
+    else:  # no metric to select on: last.ckpt only, written at each epoch's end (Lightning writes
+        # "last" only beside a top-k save, so the one top-k file is named last)
+        checkpoint = ModelCheckpoint(dirpath=out / "lightning", filename="last", monitor=None, save_top_k=1,
+                                     save_last=False, enable_version_counter=False, save_on_train_epoch_end=True)
+    callbacks = [*(callbacks or []), checkpoint]
     if has_validation and v.patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=v.patience))
     if t.progress:
