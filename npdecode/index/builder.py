@@ -123,7 +123,6 @@ class CERebuilder:
         self.ident_tokens = tokenize_identifiers(backbone, self.groups)
 
     def rebuild(self, backbone, rank: int = 0, world_size: int = 1):
-        c = self.config
         encoder = backbone.encoder
         was_training = encoder.training
         encoder.eval()  # no dropout in the special rows either
