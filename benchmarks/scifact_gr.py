@@ -30,24 +30,53 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "train-scifact-cpu.yml"
-SETS = {"np": (), "vanilla": ("model.variant=vanilla", "model.learn_scale=false")}
-NP_ROWS = {"np/base": ("ce", 0.0), "np/base token-trie": ("token", 0.0), "np/base group-trie": ("group", 0.0),
-           "np/base lp1": ("ce", 1.0), "np/base token-trie lp1": ("token", 1.0),
-           "np/base group-trie lp1": ("group", 1.0)}
+# variant -> (run dir, --set items); every np variant trains with the same recipe otherwise.
+VARIANTS = {
+    "np/base": ("np", ()),
+    "np/async": ("np-async", ("model.ce_encoder=async", "model.freeze_encoder=false",
+                              "model.cache_encoder_states=false", "optim.encoder_lr=5e-5")),
+    "np/contrastive": ("np-contrastive", ("model.ce_encoder=contrastive",)),
+    "vanilla": ("vanilla", ("model.variant=vanilla", "model.learn_scale=false", "model.sampled_negatives=null")),
+}
+CONTRASTIVE_SHARE = 0.3  # of the budget, for stage 1 (stage 2 gets the rest)
+DECODINGS = {"": ("ce", 0.0), " token-trie": ("token", 0.0), " group-trie": ("group", 0.0),
+             " lp1": ("ce", 1.0), " token-trie lp1": ("token", 1.0), " group-trie lp1": ("group", 1.0)}
 
 
 def train(variant: str, runs: Path, data_dir: Path, minutes: float, threads: int | None) -> dict:
     from npdecode.train.config import load_train_config
     from npdecode.train.run import MANIFEST, train_run
 
-    out = runs / variant
+    name, sets = VARIANTS[variant]
+    out = runs / name
     if (out / MANIFEST).is_file():
         return json.loads((out / MANIFEST).read_text())
-    sets = (*SETS[variant], f"trainer.max_minutes={minutes}", "trainer.progress=false")
-    if threads:
-        sets += (f"trainer.threads={threads}",)
+    if variant == "np/contrastive":  # one budget for both stages
+        sets += (f"contrastive.max_minutes={minutes * CONTRASTIVE_SHARE}",
+                 f"trainer.max_minutes={minutes * (1 - CONTRASTIVE_SHARE)}")
+    else:
+        sets += (f"trainer.max_minutes={minutes}",)
+    sets += ("trainer.progress=false",) + ((f"trainer.threads={threads}",) if threads else ())
     config = load_train_config(CONFIG, sets, **{"data.data_dir": str(data_dir)})
-    return train_run(config, out, resume=out.exists(), say=print)
+    start = time.perf_counter()
+    run = train_run(config, out, resume=out.exists(), say=print)
+    run["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
+    (out / "bench.json").write_text(json.dumps({"wall_minutes": run["wall_minutes"]}))
+    return run
+
+
+def train_minutes(run_dir: Path, run: dict) -> float:
+    """Minutes of training: the fit, plus stage 1 for contrastive (from its Lightning timer)."""
+    minutes = run["training"]["seconds"] / 60
+    stage1 = run_dir / "contrastive" / "lightning" / "last.ckpt"
+    if stage1.is_file():
+        import torch
+
+        saved = torch.load(stage1, map_location="cpu", weights_only=False)
+        timers = [v for k, v in saved.get("callbacks", {}).items() if k.startswith("Timer")]
+        if timers:
+            minutes += timers[0]["time_elapsed"]["train"] / 60
+    return round(minutes, 1)
 
 
 def evaluate_all(runs: Path, data_dir: Path, k: int, done: dict | None = None) -> tuple[dict, dict]:
@@ -64,9 +93,12 @@ def evaluate_all(runs: Path, data_dir: Path, k: int, done: dict | None = None) -
         "dense": lambda: build_retriever("dense", ds.corpus_path, {"cache_dir": runs / "cache"}),
         "vanilla": lambda: GenerativeRetriever(runs / "vanilla" / "index", kind="genre", widen=False),
     }
-    for name, (mode, lp) in NP_ROWS.items():
-        builders[name] = (lambda mode=mode, lp=lp: GenerativeRetriever(runs / "np" / "index", kind="np", trie_mode=mode,
-                                                                       length_penalty=lp, widen=False))
+    for variant, (run_name, _) in VARIANTS.items():
+        if not variant.startswith("np") or not (runs / run_name / "manifest.json").is_file():
+            continue
+        for suffix, (mode, lp) in DECODINGS.items():
+            builders[variant + suffix] = (lambda d=runs / run_name / "index", mode=mode, lp=lp: GenerativeRetriever(
+                d, kind="np", trie_mode=mode, length_penalty=lp, widen=False))
     metrics, seconds = {}, {}
     for name, build in builders.items():
         if done and name in done:
@@ -81,14 +113,14 @@ def evaluate_all(runs: Path, data_dir: Path, k: int, done: dict | None = None) -
 
 
 def write(metrics: dict, seconds: dict, trained: dict, args) -> None:
-    variant_of = {"bm25": "bm25", "dense": "dense", "vanilla": "vanilla", **{n: "np/base" for n in NP_ROWS}}
     machine = f"{platform.machine()} {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = {}
     for name, m in metrics.items():
-        run = trained.get("np" if name.startswith("np") else name)
-        minutes = round(run["training"]["seconds"] / 60, 1) if run else 0
-        rows[name] = {"variant": variant_of[name], "train_minutes": minutes, "metrics": m,
+        variant = name.split(" ")[0]
+        run = trained.get(variant)
+        minutes = train_minutes(args.runs / VARIANTS[variant][0], run) if run else 0
+        rows[name] = {"variant": variant, "train_minutes": minutes, "metrics": m,
                       "search_seconds": round(seconds[name], 1)}
         if run:
             rows[name]["training"] = run["training"]
@@ -125,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="Holds scifact/ in BEIR layout.")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "scifact-gr")
-    parser.add_argument("--variants", nargs="+", default=["np", "vanilla"], choices=sorted(SETS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--k", type=int, default=100)
@@ -140,9 +172,9 @@ def main() -> None:
     trained = {v: train(v, args.runs, args.data_dir, args.minutes, args.threads) for v in args.variants}
     if args.skip_eval:
         return
-    for v in SETS:
-        if v not in trained and (args.runs / v / "manifest.json").is_file():
-            trained[v] = json.loads((args.runs / v / "manifest.json").read_text())
+    for v, (run_name, _) in VARIANTS.items():
+        if v not in trained and (args.runs / run_name / "manifest.json").is_file():
+            trained[v] = json.loads((args.runs / run_name / "manifest.json").read_text())
     done = None
     previous = ROOT / "benchmarks" / "results" / "scifact_gr.json"
     if args.only_missing and previous.is_file():

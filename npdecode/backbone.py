@@ -128,9 +128,26 @@ class Backbone:
     def special_ce_inputs(self) -> dict[str, list[int]]:
         """Encoder inputs for the two special CE rows: each token encoded alone (row = position 0).
 
-        ``"eos"``: the end-of-sequence token; ``"bos"``: the decoder start token.
+        ``"eos"``: the end-of-sequence token; ``"bos"``: :attr:`start_row_token_id`.
         """
-        return {"eos": [self.eos_token_id], "bos": [self.decoder_start_token_id]}
+        return {"eos": [self.eos_token_id], "bos": [self.start_row_token_id]}
+
+    @property
+    def start_row_token_id(self) -> int:
+        """The token whose encoding alone is the CE row of the decoder start (row 0).
+
+        The decoder start token (T5: pad; bert2bert: [CLS]) unless that is the EOS token too
+        (BART starts the decoder at ``</s>``): then the tokenizer's BOS (``<s>``), so the start
+        and EOS rows always differ — with equal rows their logits tie and p(EOS) could never
+        pass 0.5.
+        """
+        if self.decoder_start_token_id != self.eos_token_id:
+            return self.decoder_start_token_id
+        for candidate in (self.tokenizer.bos_token_id, self.tokenizer.cls_token_id, self.pad_token_id):
+            if candidate is not None and candidate != self.eos_token_id:
+                return int(candidate)
+        raise NpdecodeError("the model's decoder starts at its EOS token and the tokenizer has no other "
+                            "BOS/CLS/pad token for the start row; add a bos_token to the tokenizer")
 
     def to(self, device: Any) -> Backbone:
         self.model.to(device)

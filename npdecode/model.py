@@ -231,10 +231,11 @@ class NpModel(_Seq2Seq):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return nn.functional.embedding(ids, self.ce)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``(..., d) -> (..., V_ce)``, or over the CE rows ``rows`` only (a sampled softmax)."""
         # scale the (N, d) states, not the (N, V_ce) product: one pass over the big matrix less
         scale = (self.log_scale.exp() * self.output_scale).to(hidden.dtype)
-        return _ce_logits(hidden * scale, self.ce)
+        return _ce_logits(hidden * scale, self.ce if rows is None else self.ce.index_select(0, rows))
 
     def step_scaled_hidden(self, prev_ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """The decoder part of a step with the output scale applied: ``logits = h · CEᵀ`` for the

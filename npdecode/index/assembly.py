@@ -20,7 +20,7 @@ def special_rows(backbone) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
     inputs = backbone.special_ce_inputs()
-    token_of = {"bos": backbone.decoder_start_token_id, "eos": backbone.eos_token_id}
+    token_of = {"bos": backbone.start_row_token_id, "eos": backbone.eos_token_id}
     vectors = []
     with torch.inference_mode():
         for name in SPECIAL_ROWS:

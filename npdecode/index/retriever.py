@@ -95,12 +95,33 @@ def open_model(index: Index, ref: str, kind: str, device: str):
     start, eos = index.bos_ce, index.eos_ce
     if trained:
         loaded = load_model(ref, device=device)
+        if isinstance(loaded, NpModel) and _built_from(index, ref) and not _same_rows(loaded, ce, token_ids):
+            # an index made from this checkpoint's encoder (another corpus): its own table, the
+            # checkpoint's weights and logit scale
+            model = NpModel(loaded.backbone, ce, token_ids, start_ce_id=start, eos_ce_id=eos)
+            with torch.no_grad():
+                model.log_scale.copy_(loaded.log_scale)
+            return model.eval()
         if isinstance(loaded, NpModel):
             return _with_index_rows(loaded, ce, token_ids).eval()
         backbone = loaded.backbone
     else:
         backbone = load_backbone(ref, device=device)
     return NpModel(backbone, ce, token_ids, start_ce_id=start, eos_ce_id=eos).eval()
+
+
+def _built_from(index: Index, ref: str) -> bool:
+    """Whether the index's CE was extracted with the model at ``ref`` (its manifest names it)."""
+    built = index.manifest["model"].get("ref")
+    return built is not None and Path(built).exists() and Path(built).resolve() == Path(ref).resolve()
+
+
+def _same_rows(model, ce, token_ids) -> bool:
+    import torch
+
+    have = model.vocab_size
+    return have <= len(ce) and torch.equal(model.ce_token_ids.cpu(), token_ids[:have]) and torch.equal(
+        model.ce.detach().float().cpu(), ce[:have])
 
 
 def _with_index_rows(model, ce, token_ids):

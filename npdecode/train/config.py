@@ -71,6 +71,9 @@ class ModelConfig(_Strict):
     cache_encoder_states: bool = True
     # Keep only the first N decoder layers (None: all): a shallower decoder is a cheaper step.
     decoder_layers: int | None = Field(None, ge=1)
+    # Training softmax over the whole CE table (None), or over the batch's gold rows, every row of
+    # their tokens and this many random rows: a cheaper step where the CE table is large.
+    sampled_negatives: int | None = Field(None, ge=0)
     # logits = scale * h . CE^T. ~0.1 puts the first loss of a MiniLM bert2bert near ln V_ce.
     logit_scale: float = Field(1.0, gt=0)
     learn_scale: bool = False
@@ -99,7 +102,10 @@ class OptimConfig(_Strict):
     lr: float = Field(1e-4, gt=0)  # the paper's Adafactor rate
     # Learned logit scale: its own rate (at the model's rate it barely moves).
     scale_lr: float = Field(1e-2, gt=0)
+    # The encoder's own rate when it trains (None: lr); a pretrained encoder wants a lower one.
+    encoder_lr: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    # Decay to 0 at the last step, or at the end of trainer.max_minutes if that comes first.
     schedule: Literal["constant", "linear", "cosine"] = "linear"
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
@@ -162,8 +168,10 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         m = self.model
-        if m.variant == "vanilla" and (m.train_ce or m.learn_scale or m.ce_encoder != "base"):
-            raise ValueError("model.train_ce, model.learn_scale and model.ce_encoder apply to the np variant only")
+        if m.variant == "vanilla" and (m.train_ce or m.learn_scale or m.ce_encoder != "base"
+                                       or m.sampled_negatives is not None):
+            raise ValueError("model.train_ce, learn_scale, ce_encoder and sampled_negatives apply to the np "
+                             "variant only")
         if m.ce_encoder == "async" and (m.freeze_encoder or m.train_ce):
             raise ValueError("ce_encoder async rebuilds CE from the encoder being trained: set "
                              "model.freeze_encoder and model.train_ce to false")

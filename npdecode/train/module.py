@@ -15,7 +15,7 @@ CE-encoder variants that rebuild the table while training call :meth:`GRModule.r
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -103,8 +103,25 @@ class GRModule(pl.LightningModule):
         """Mean cross-entropy over the output vocabulary (CE ids or tokens) at every target position."""
         enc, enc_mask = self.encoder_states(batch)
         hidden, _ = self.model._decode(self.model.embed(batch["decoder_input_ids"]), enc, enc_mask)  # (B, L, d)
-        logits = self.model.logits(hidden)  # (B, L, V_out)
-        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
+        labels = batch["labels"]
+        sampled = self.config.model.sampled_negatives
+        if sampled is not None and self.training and isinstance(self.model, NpModel) and sampled < self.model.vocab_size:
+            rows = self.candidate_rows(labels, sampled)
+            logits = self.model.logits(hidden, rows)  # (B, L, |rows|)
+            labels = torch.where(labels >= 0, torch.searchsorted(rows, labels.clamp(min=0)), labels)
+        else:
+            logits = self.model.logits(hidden)  # (B, L, V_out)
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+    def candidate_rows(self, labels: torch.Tensor, n_random: int) -> torch.Tensor:
+        """Sorted CE rows a sampled softmax runs over: the batch's gold rows, every row of their
+        tokens (the rows a gold row really competes with: same token, other contexts) and
+        ``n_random`` rows drawn uniformly (the global generator: checkpointed, so resumable)."""
+        token_of = self.model.ce_token_ids
+        gold = torch.unique(labels[labels >= 0])
+        same_token = torch.isin(token_of, token_of[gold]).nonzero().flatten()
+        drawn = torch.randint(len(token_of), (n_random,), device=token_of.device)
+        return torch.unique(torch.cat([gold, same_token, drawn]))
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
@@ -177,10 +194,28 @@ class GRModule(pl.LightningModule):
         groups = [{"params": main, "lr": opt_cfg.lr, "weight_decay": opt_cfg.weight_decay}]
         if scale is not None and scale.requires_grad:
             groups.append({"params": [scale], "lr": opt_cfg.scale_lr, "weight_decay": 0.0})
+        if opt_cfg.encoder_lr is not None:  # the (pretrained) encoder at its own, usually lower, rate
+            encoder = {id(p) for p in self.model.backbone.encoder.parameters()}
+            groups[0]["params"] = [p for p in main if id(p) not in encoder]
+            groups.append({"params": [p for p in main if id(p) in encoder], "lr": opt_cfg.encoder_lr,
+                           "weight_decay": opt_cfg.weight_decay})
         optimizer = make_optimizer(opt_cfg.optimizer, groups, opt_cfg.lr)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(opt_cfg.schedule, opt_cfg.warmup_steps, total))
+        factor = lr_factor(opt_cfg.schedule, opt_cfg.warmup_steps, total, time_done(self._trainer))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def time_done(trainer) -> Callable[[], float] | None:
+    """Fraction of the wall-clock budget (trainer.max_minutes) spent, from Lightning's Timer (its
+    elapsed time survives a resume); None without a time budget."""
+    from pytorch_lightning.callbacks import Timer
+
+    timer = next((c for c in (trainer.callbacks if trainer is not None else []) if isinstance(c, Timer)), None)
+    if timer is None or timer._duration is None:
+        return None
+    budget = float(timer._duration)
+    return lambda: min(1.0, timer.time_elapsed("train") / budget)
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
@@ -192,16 +227,19 @@ def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Opti
     return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
 
 
-def lr_factor(schedule: str, warmup: int, total: float):
+def lr_factor(schedule: str, warmup: int, total: float, time_done: Callable[[], float] | None = None):
     """Multiplier of the learning rate at a step: linear warm-up, then constant / linear / cosine
-    decay to 0 at ``total`` steps (constant when the total is unknown, e.g. a time budget only)."""
+    decay to 0 at ``total`` steps or, with a time budget (``time_done``: fraction spent), at the
+    end of the budget, whichever comes first."""
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if schedule == "constant" or not math.isfinite(total) or total <= warmup:
+        if schedule == "constant":
             return 1.0
-        done = min(1.0, (step - warmup) / max(1.0, total - warmup))
+        done = min(1.0, (step - warmup) / max(1.0, total - warmup)) if math.isfinite(total) and total > warmup else 0.0
+        if time_done is not None:
+            done = max(done, time_done())
         return 1.0 - done if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
 
     return factor

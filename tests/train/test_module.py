@@ -59,6 +59,41 @@ def test_loss_is_cross_entropy_over_ce_ids_by_hand(t5_dir, t5_index, tmp_path):
     assert float(loss) == pytest.approx(total / count, rel=1e-5)
 
 
+def test_sampled_softmax_by_hand_and_its_candidate_rows(t5_dir, t5_index, tmp_path):
+    """The sampled loss is the cross-entropy over the candidate rows only (float64 by hand); the
+    candidates hold every gold row and every row of a gold row's token."""
+    module, _ = _module(t5_dir, t5_index, tmp_path, logit_scale=0.3, sampled_negatives=3)
+    model = module.model
+    module.train()
+    batch = _batch(model, t5_index, ["alpha river", "gamma star city"], [0, 3])
+    torch.manual_seed(5)
+    rows = module.candidate_rows(batch["labels"], 3)
+    gold = set(batch["labels"][batch["labels"] >= 0].tolist())
+    tokens = model.ce_token_ids
+    same = {r for r in range(model.vocab_size) if int(tokens[r]) in {int(tokens[g]) for g in gold}}
+    assert rows.tolist() == sorted(set(rows.tolist())) and gold | same <= set(rows.tolist())
+    assert len(rows) < model.vocab_size
+    torch.manual_seed(5)
+    loss = module.loss(batch)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        enc = model.backbone.encode(batch["input_ids"], batch["attention_mask"])
+        hidden, _ = model._decode(model.embed(batch["decoder_input_ids"]), enc, batch["attention_mask"])
+        logits = 0.3 * model.output_scale * hidden.double() @ model.ce[rows].double().T
+        logp = torch.log_softmax(logits, -1)
+        for b in range(2):
+            for i, t in enumerate(batch["labels"][b].tolist()):
+                if t != -100:
+                    total -= float(logp[b, i, rows.tolist().index(t)])
+                    count += 1
+    assert float(loss) == pytest.approx(total / count, rel=1e-5)
+    module.eval()  # validation loss: the whole table
+    full, _ = _module(t5_dir, t5_index, tmp_path, logit_scale=0.3)
+    full.model.load_state_dict(model.state_dict())
+    full.eval()
+    assert float(module.loss(batch)) == pytest.approx(float(full.loss(batch)), rel=1e-6)
+
+
 def test_frozen_ce_stays_bit_identical_trainable_ce_changes(t5_dir, t5_index, tmp_path):
     for train_ce in (False, True):
         module, _ = _module(t5_dir, t5_index, tmp_path, train_ce=train_ce)
@@ -105,6 +140,16 @@ def test_logit_scale_round_trips_with_identical_logits(t5_dir, t5_index, tmp_pat
     dec = torch.tensor([[model.start_id, 5, 7]])
     with torch.no_grad():
         assert torch.equal(model(ids, mask, dec), back(ids, mask, dec))
+    # npdecode index with the checkpoint, then the search path: the same scale and logits, for
+    # the corpus of its table and for another corpus (that index's own table, the same scale)
+    from npdecode.index.retriever import GenerativeRetriever
+
+    same = build_index(t5_index.manifest["corpus"][0]["path"], tmp_path / "ckpt", tmp_path / "same", fast_index_config())
+    other = build_index(toy_corpus_file(tmp_path, 6, seed=9), tmp_path / "ckpt", tmp_path / "other", fast_index_config())
+    searched = GenerativeRetriever(same, kind="np").model
+    with torch.no_grad():
+        assert torch.equal(searched(ids, mask, dec), back(ids, mask, dec))
+        assert torch.equal(GenerativeRetriever(other, kind="np").model.log_scale, back.log_scale)
 
 
 def test_collate_teacher_forcing_layout(t5_dir, t5_index, tmp_path):
@@ -140,7 +185,12 @@ def test_learning_rate_schedules():
     assert [lr_factor("linear", 2, 10)(s) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
     cosine = lr_factor("cosine", 0, 10)
     assert cosine(0) == 1.0 and cosine(5) == pytest.approx(0.5) and cosine(10) == pytest.approx(0.0)
-    assert lr_factor("linear", 0, float("inf"))(1000) == 1.0  # time budget only: constant
+    assert lr_factor("linear", 0, float("inf"))(1000) == 1.0  # no total, no time budget: constant
+    spent = [0.0]
+    timed = lr_factor("linear", 0, 100, lambda: spent[0])  # the budget's end comes first: decay by time
+    assert timed(10) == pytest.approx(0.9)
+    spent[0] = 0.5
+    assert timed(10) == pytest.approx(0.5) and lr_factor("linear", 0, float("inf"), lambda: 0.75)(3) == 0.25
     assert lr_factor("constant", 3, 10)(9) == 1.0
 
 
