@@ -28,8 +28,12 @@ RUNTIME_KEYS = {"batch_tokens", "batch_size", "shard_size", "precision", "accele
 
 
 def append_to_index(corpus: str | Path, index_dir: str | Path, *, replace: bool = False,
-                    runtime: dict | None = None) -> dict:
-    """Add the documents of ``corpus`` to ``index_dir``; returns the new manifest."""
+                    runtime: dict | None = None, allow_mixed_precision: bool = False) -> dict:
+    """Add the documents of ``corpus`` to ``index_dir``; returns the new manifest.
+
+    Each segment records the precision its CE was computed in (``32-true``, ``bf16-mixed``);
+    an append that would compute in another one is refused unless ``allow_mixed_precision``
+    (bf16 CE sit ~1e-2 away from fp32 CE of the same text: nearest rows and scores shift)."""
     from npdecode.backbone import load_backbone
     from npdecode.corpus import corpus_digest, load_corpus
     from npdecode.index.assembly import make_records, read_occurrences
@@ -45,6 +49,7 @@ def append_to_index(corpus: str | Path, index_dir: str | Path, *, replace: bool 
     model_ref = manifest["model"]["ref"]
     if manifest["model"]["digest"] is not None and model_digest(model_ref) != manifest["model"]["digest"]:
         raise NpdecodeError(f"{model_ref}: the model changed since {index_dir} was built; rebuild the index")
+    precision = _check_precision(manifest, config, allow_mixed_precision, index_dir)
     backbone = load_backbone(model_ref)
     config = fit_to_backbone(config, backbone, model_ref)
 
@@ -70,7 +75,7 @@ def append_to_index(corpus: str | Path, index_dir: str | Path, *, replace: bool 
     raw = {"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids} if config.raw_ce else None
     write_segment(index_dir / "segments" / name, rows, row_tokens, records, raw)
 
-    entry = {"name": name, "rows": len(rows), "groups": len(records), "removed": sorted(removed),
+    entry = {"name": name, "rows": len(rows), "groups": len(records), "precision": precision, "removed": sorted(removed),
              "joins": {str(g): ids for g, ids in sorted(joins.items())}}
     new_manifest = _next_generation(index, entry, rows, row_tokens, records, raw)
     new_manifest["corpus"].append({"path": str(Path(corpus).resolve()), "digest": plan["corpus_digest"],
@@ -84,25 +89,66 @@ def append_to_index(corpus: str | Path, index_dir: str | Path, *, replace: bool 
 
 
 def place_occurrences(index: Index, vectors: np.ndarray, tokens: np.ndarray, config: IndexConfig):
-    """Rows to add and the global CE id of each new occurrence.
+    """Rows to add and the global CE id of each new occurrence, as close to a rebuild as an
+    append can get without rewriting existing rows.
 
-    ``k = 0``: one new row per occurrence. Otherwise: nearest existing row of the same token
-    (special rows excluded); occurrences of unseen tokens are clustered into new rows.
-    Returns (new rows (r, d), their token ids (r,), CE ids (N,)).
+    ``k = 0``: one new row per occurrence. Otherwise, per token: a known token with fewer than
+    ``k`` rows first gets new rows up to ``k`` (its new occurrences clustered into at most the
+    spare count, as a build clusters); then every occurrence of a known token goes to the
+    nearest row of that token, old or new (special rows excluded); occurrences of unseen tokens
+    are clustered into new rows. Returns (new rows (r, d), their token ids (r,), CE ids (N,)).
     """
     from npdecode.index.clustering import assign_to_existing, cluster_by_token
 
     base = len(index.vectors)
+    dim = index.vectors.shape[1]
+    if config.k == 0 or not len(tokens):
+        clustered = cluster_by_token(vectors, tokens, config.k, iterations=config.kmeans_iterations, seed=config.seed)
+        return clustered.rows, clustered.row_tokens, base + clustered.assignment
+    n_special = len(SPECIAL_ROWS)
+    old_rows, old_tokens = index.vectors[n_special:], index.token_ids[n_special:]
+    have = dict(zip(*np.unique(old_tokens, return_counts=True)))
+    spare_rows, spare_tokens = [np.zeros((0, dim), np.float32)], [np.zeros(0, np.int64)]
+    by_spare: dict[int, list[int]] = {}
+    for token in np.unique(tokens):
+        spare = config.k - int(have.get(int(token), 0))
+        if int(token) in have and spare > 0:
+            by_spare.setdefault(spare, []).append(int(token))
+    for spare, spare_set in sorted(by_spare.items()):
+        members = np.flatnonzero(np.isin(tokens, spare_set))
+        grown = cluster_by_token(vectors[members], tokens[members], spare, iterations=config.kmeans_iterations,
+                                 seed=config.seed)
+        spare_rows.append(grown.rows)
+        spare_tokens.append(grown.row_tokens)
+    spare_rows, spare_tokens = np.concatenate(spare_rows), np.concatenate(spare_tokens)
+    # nearest row of the same token among the old rows and the spare-capacity rows
+    candidates = np.concatenate([old_rows, spare_rows])
+    candidate_tokens = np.concatenate([old_tokens, spare_tokens])
+    nearest = assign_to_existing(vectors, tokens, candidates, candidate_tokens)
     ce_ids = np.full(len(tokens), -1, dtype=np.int64)
-    if config.k > 0:
-        n_special = len(SPECIAL_ROWS)
-        existing = assign_to_existing(vectors, tokens, index.vectors[n_special:], index.token_ids[n_special:])
-        ce_ids[existing >= 0] = existing[existing >= 0] + n_special
-    unseen = np.flatnonzero(ce_ids < 0)
+    known = nearest >= 0
+    ce_ids[known] = np.where(nearest[known] < len(old_rows), nearest[known] + n_special,
+                             base + nearest[known] - len(old_rows))
+    unseen = np.flatnonzero(~known)
     clustered = cluster_by_token(vectors[unseen], tokens[unseen], config.k,
                                  iterations=config.kmeans_iterations, seed=config.seed)
-    ce_ids[unseen] = base + clustered.assignment
-    return clustered.rows, clustered.row_tokens, ce_ids
+    ce_ids[unseen] = base + len(spare_rows) + clustered.assignment
+    return (np.concatenate([spare_rows, clustered.rows]).astype(np.float32),
+            np.concatenate([spare_tokens, clustered.row_tokens]), ce_ids)
+
+
+def _check_precision(manifest: dict, config: IndexConfig, allow_mixed: bool, index_dir: Path) -> str:
+    """The precision this append computes CE in; refused if the index's segments used another."""
+    from npdecode.index.builder import resolve_precision
+
+    precision = resolve_precision(config)
+    used = sorted({s["precision"] for s in manifest["segments"] if s.get("precision")})
+    if used and precision not in used and not allow_mixed:
+        flag = {"32-true": "32", "bf16-mixed": "bf16"}.get(used[0], used[0])
+        raise NpdecodeError(f"{index_dir} holds CE computed in {', '.join(used)}; this append would use {precision}. "
+                            f"Pass --precision {flag} (or --accelerator matching the build), or "
+                            "--allow-mixed-precision to mix them")
+    return precision
 
 
 def _append_config(manifest: dict, runtime: dict) -> IndexConfig:

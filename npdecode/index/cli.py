@@ -23,22 +23,27 @@ from npdecode.errors import NpdecodeError
 @click.option("--num-nodes", type=int, help="Nodes for encoding (each runs this command).")
 @click.option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.")
 @click.option("--trie-mode", type=click.Choice(["ce", "token", "group"]), help="Trie mode `npdecode search` decodes with.")
+@click.option("--precision", type=click.Choice(["auto", "32", "bf16"]),
+              help="CE precision (auto: bf16 on a CUDA GPU with bf16, fp32 elsewhere).")
+@click.option("--allow-mixed-precision", is_flag=True,
+              help="With --append: allow CE in another precision than the index's segments.")
 def index_command(corpus, model, out, append_to, replace, config_path, k, raw_ce, factory, devices, num_nodes,
-                  accelerator, trie_mode):
+                  accelerator, trie_mode, precision, allow_mixed_precision):
     """Build an index dir from CORPUS (or add CORPUS to one with --append)."""
-    runtime = {"devices": devices, "num_nodes": num_nodes, "accelerator": accelerator}
+    runtime = {"devices": devices, "num_nodes": num_nodes, "accelerator": accelerator, "precision": precision}
     if append_to is not None:
         if out is not None or model is not None or config_path is not None:
             raise NpdecodeError("--append uses the index's model and settings; drop --out, --model and --config")
         from npdecode.index.appender import append_to_index
 
         settings = {"k": k, "raw_ce": raw_ce, "factory": factory, "trie_mode": trie_mode, **runtime}
-        manifest = append_to_index(corpus, append_to, replace=replace, runtime=settings)
+        manifest = append_to_index(corpus, append_to, replace=replace, runtime=settings,
+                                   allow_mixed_precision=allow_mixed_precision)
         click.echo(f"{append_to}: {manifest['counts']['documents']} documents, "
                    f"{manifest['counts']['ce_rows']} CE rows (segment {manifest['segments'][-1]['name']})")
         return
-    if replace:
-        raise NpdecodeError("--replace only applies with --append INDEX_DIR")
+    if replace or allow_mixed_precision:
+        raise NpdecodeError("--replace and --allow-mixed-precision only apply with --append INDEX_DIR")
     if model is None or out is None:
         raise NpdecodeError("building an index needs --model MODEL and --out INDEX_DIR")
     from npdecode.index.builder import build_index

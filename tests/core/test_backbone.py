@@ -21,7 +21,9 @@ def test_families_and_ids(backbone_dir):
     expected = {"t5": (1, 0), "bart": (bb.tokenizer.eos_token_id, bb.tokenizer.eos_token_id),
                 "bert2bert": (bb.tokenizer.sep_token_id, bb.tokenizer.cls_token_id)}[bb.family]
     assert (bb.eos_token_id, bb.decoder_start_token_id) == expected
-    assert bb.special_ce_inputs() == {"eos": [bb.eos_token_id], "bos": [bb.decoder_start_token_id]}
+    start_row = bb.tokenizer.bos_token_id if bb.family == "bart" else bb.decoder_start_token_id  # never EOS
+    assert bb.start_row_token_id == start_row != bb.eos_token_id
+    assert bb.special_ce_inputs() == {"eos": [bb.eos_token_id], "bos": [start_row]}
 
 
 def test_identifier_positions(backbone_dir):

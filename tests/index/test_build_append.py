@@ -69,8 +69,9 @@ def test_appended_without_clustering_equals_scratch_build(t5_dir, tmp_path):
     assert not list(tmp_path.glob("grown/*-00000*"))  # the superseded generation is gone
 
 
-def test_append_with_clustering_uses_nearest_existing_centroid(t5_dir, tmp_path):
-    build_index(write_jsonl(FIRST, tmp_path / "a.jsonl"), t5_dir, tmp_path / "idx", fast_config(k=2, raw_ce=True))
+def test_append_with_clustering_fills_spare_capacity_then_nearest_row(t5_dir, tmp_path):
+    k = 2
+    build_index(write_jsonl(FIRST, tmp_path / "a.jsonl"), t5_dir, tmp_path / "idx", fast_config(k=k, raw_ce=True))
     before = load_index(tmp_path / "idx")
     seg0 = (tmp_path / "idx" / "segments" / "00000" / "ce.safetensors").read_bytes()
     append_to_index(write_jsonl(SECOND, tmp_path / "b.jsonl"), tmp_path / "idx")
@@ -78,16 +79,38 @@ def test_append_with_clustering_uses_nearest_existing_centroid(t5_dir, tmp_path)
     assert (tmp_path / "idx" / "segments" / "00000" / "ce.safetensors").read_bytes() == seg0  # not rewritten
     raw = load_file(str(tmp_path / "idx" / "segments" / "00001" / "raw.safetensors"))
     n_old = len(before.vectors)
+    filled = 0
     for vector, token, row in zip(raw["vectors"], raw["tokens"], raw["rows"]):
         assert after.token_ids[row] == token
         old_rows = np.flatnonzero(before.token_ids[2:] == token) + 2
-        if len(old_rows):  # brute force: nearest existing row of the same token (float64)
+        rows_now = np.flatnonzero(after.token_ids[2:] == token) + 2
+        assert len(rows_now) <= max(k, len(old_rows))  # never more than k rows, as a rebuild
+        if len(old_rows) >= k:  # no spare capacity: brute force nearest existing row (float64)
             dist = ((before.vectors[old_rows].astype(np.float64) - vector) ** 2).sum(1)
-            assert row == old_rows[dist.argmin()]
-        else:
-            assert row >= n_old  # an unseen token got a new row
+            assert row == old_rows[dist.argmin()] and len(rows_now) == len(old_rows)
+        else:  # the nearest of the token's rows, old and new; new rows fill it up to k
+            dist = ((after.vectors[rows_now].astype(np.float64) - vector) ** 2).sum(1)
+            assert row == rows_now[dist.argmin()]
+            filled += int(len(old_rows) > 0 and len(rows_now) > len(old_rows))
+    assert filled > 0  # the probe has known tokens with spare capacity
     new_tokens = set(raw["tokens"].tolist()) - set(before.token_ids.tolist())
-    assert set(after.token_ids[n_old:].tolist()) == new_tokens
+    assert new_tokens <= set(after.token_ids[n_old:].tolist())
+
+
+def test_append_with_room_for_every_occurrence_equals_scratch_build(t5_dir, tmp_path):
+    """k above every token's count: a rebuild keeps each distinct occurrence as a row, and so
+    does an append that fills spare capacity first."""
+    config = fast_config(k=64)
+    build_index(write_jsonl(FIRST, tmp_path / "a.jsonl"), t5_dir, tmp_path / "grown", config)
+    append_to_index(write_jsonl(SECOND, tmp_path / "b.jsonl"), tmp_path / "grown")
+    build_index(write_jsonl({**FIRST, **SECOND}, tmp_path / "u.jsonl"), t5_dir, tmp_path / "scratch", config)
+    grown, scratch = load_index(tmp_path / "grown"), load_index(tmp_path / "scratch")
+    key = lambda ix: sorted(zip(ix.token_ids.tolist(), map(tuple, np.round(ix.vectors, 4))))
+    assert key(grown) == key(scratch)
+    a, b = _doc_rows(grown), _doc_rows(scratch)
+    for doc in a:
+        assert a[doc][:2] == b[doc][:2]
+        np.testing.assert_allclose(a[doc][2], b[doc][2], rtol=1e-5, atol=1e-5)
 
 
 def test_append_then_search_finds_the_new_documents(t5_dir, tmp_path):
@@ -239,3 +262,21 @@ def test_max_length_is_cut_to_the_backbone_positions(bart_dir, tmp_path, caplog)
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["config"]["max_length"] == 128
     assert sum("at most 128 input positions" in r.message for r in caplog.records) == 1
+
+
+def test_segments_record_precision_and_an_append_in_another_is_refused(t5_dir, tmp_path, capsys):
+    from npdecode.cli import main
+
+    build_index(write_jsonl(FIRST, tmp_path / "a.jsonl"), t5_dir, tmp_path / "idx", fast_config())
+    assert [s["precision"] for s in load_index(tmp_path / "idx").manifest["segments"]] == ["32-true"]
+    second = write_jsonl(SECOND, tmp_path / "b.jsonl")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        main(["index", str(second), "--append", str(tmp_path / "idx"), "--precision", "bf16"])
+    message = capsys.readouterr().err.strip()
+    assert err.value.code == 2 and "32-true" in message and "--allow-mixed-precision" in message and "\n" not in message
+    assert len(load_index(tmp_path / "idx").manifest["segments"]) == 1  # nothing written
+    main(["index", str(second), "--append", str(tmp_path / "idx"), "--precision", "bf16", "--allow-mixed-precision"])
+    index = load_index(tmp_path / "idx")
+    assert [s["precision"] for s in index.manifest["segments"]] == ["32-true", "bf16-mixed"]
+    assert len(index.live_doc_set()) == len(FIRST) + len(SECOND)

@@ -47,7 +47,10 @@ def test_ce_rows_are_encoder_states_at_identifier_positions(family, request, tmp
     assert start == len(occ["vectors"])
     # special rows: each token encoded alone
     vectors, tokens = special_rows(backbone)
-    assert tokens.tolist() == [backbone.decoder_start_token_id, backbone.eos_token_id]
+    # the start row: the decoder start token, or BOS where that is EOS too (BART)
+    start = backbone.decoder_start_token_id if backbone.family != "bart" else backbone.tokenizer.bos_token_id
+    assert tokens.tolist() == [start, backbone.eos_token_id] and start != backbone.eos_token_id
     with torch.no_grad():
-        eos = backbone.encode(torch.tensor([[backbone.eos_token_id]]), torch.ones(1, 1, dtype=torch.long))[0, 0]
-    np.testing.assert_allclose(vectors[1], eos.numpy(), rtol=1e-6, atol=1e-6)
+        for row, token in enumerate((start, backbone.eos_token_id)):
+            alone = backbone.encode(torch.tensor([[token]]), torch.ones(1, 1, dtype=torch.long))[0, 0]
+            np.testing.assert_allclose(vectors[row], alone.numpy(), rtol=1e-6, atol=1e-6)
