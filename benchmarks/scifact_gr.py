@@ -112,7 +112,30 @@ def evaluate_all(runs: Path, data_dir: Path, k: int, done: dict | None = None) -
     return metrics, seconds
 
 
-def write(metrics: dict, seconds: dict, trained: dict, args) -> None:
+def validation_length_penalty(run_dir: Path, data_dir: Path) -> dict[str, float]:
+    """nDCG@10 of the run's held-out *training* queries (its validation set, never the test
+    split) decoded with length penalty 0 and 1: the data the default is picked on."""
+    from npdecode.corpus import load_corpus
+    from npdecode.eval.metrics import evaluate
+    from npdecode.index.layout import load_index
+    from npdecode.index.retriever import GenerativeRetriever
+    from npdecode.train.config import TrainConfig
+    from npdecode.train.examples import build_examples, doc_groups
+    from npdecode.train.sources import load_training_data
+
+    config = TrainConfig(**json.loads((run_dir / "manifest.json").read_text())["config"])
+    data = load_training_data(config.data.dataset, str(data_dir), config.data.train_split)
+    index = load_index(run_dir / "index")
+    _, validation = build_examples(load_corpus(data.corpus_path), doc_groups(index.members), data.queries, data.qrels,
+                                   config.data, n_validation=config.validation.queries, seed=config.trainer.seed)
+    out = {}
+    for lp in (0.0, 1.0):
+        run = GenerativeRetriever(run_dir / "index", kind="np", length_penalty=lp, widen=False).search(validation.queries, 100)
+        out[str(lp)] = evaluate(validation.qrels, run, queries=validation.queries).mean["ndcg_cut_10"]
+    return out
+
+
+def write(metrics: dict, seconds: dict, trained: dict, args, by_lp: dict | None = None) -> None:
     machine = f"{platform.machine()} {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = {}
@@ -128,13 +151,14 @@ def write(metrics: dict, seconds: dict, trained: dict, args) -> None:
             rows[name]["memorisation_success_1"] = run["metrics"]["memorisation_success_1"]
     out = {"machine": machine, "date": date, "load_average": [round(x, 2) for x in os.getloadavg()],
            "command": "benchmarks/scifact_gr.py " + " ".join(sys.argv[1:]), "config": str(CONFIG.relative_to(ROOT)),
-           "rows": rows}
+           "rows": rows, "validation_ndcg_cut_10_by_length_penalty": by_lp or {}}
     results = ROOT / "benchmarks" / "results"
     (results / "scifact_gr.json").write_text(json.dumps(out, indent=2) + "\n")
     lines = ["# Generative retrieval on BEIR SciFact (test, 300 queries)", "",
-             (f"{date}, {machine}. Training: `{out['config']}` (bert2bert from all-MiniLM-L6-v2, frozen cached "
-              "encoder, 1 decoder layer), same wall-clock budget per variant, training qrels + indexing + "
-              "pseudo-query examples; generative retrievers decode with beam 10 (one beam, no widening)."), "",
+             (f"{date}, {machine}. Training: `{out['config']}` (bert2bert from all-MiniLM-L6-v2, 1 decoder "
+              "layer; np/base and np/contrastive stage 2 with the encoder frozen and cached, np/async with it "
+              "training), same wall-clock budget per variant, training qrels + indexing + pseudo-query "
+              "examples; generative retrievers decode with beam 10 (one beam, no widening)."), "",
              "| row | variant | train min | steps | nDCG@10 | Hits@1 | Hits@10 | R@100 | MRR@10 | memorisation Hits@1 | search s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, row in rows.items():
@@ -144,8 +168,12 @@ def write(metrics: dict, seconds: dict, trained: dict, args) -> None:
         lines.append(f"| {name} | {row['variant']} | {row['train_minutes']} | {steps} | {m['ndcg_cut_10']:.4f} | "
                      f"{m['success_1']:.4f} | {m['success_10']:.4f} | {m['recall_100']:.4f} | "
                      f"{m['recip_rank_cut_10']:.4f} | {'' if memo is None else f'{memo:.3f}'} | {row['search_seconds']} |")
-    lines += ["", ("Each variant trained by its own invocation with `--variants V --skip-eval` (np and vanilla "
-                   "at the same time here, one torch thread each on the 2 cores); this command evaluated them."),
+    lines += ["", ("Each variant trained by its own invocation with `--variants V --skip-eval` (two at a "
+                   "time, one torch thread each on the 2 cores); this command evaluated them. np/contrastive's "
+                   f"budget is split {CONTRASTIVE_SHARE:.0%} stage 1 / the rest stage 2; train min counts both "
+                   "stages (not the indexing between them)."),
+              "", "Length penalty picked on validation data (each run's held-out training queries, nDCG@10): "
+              + "; ".join(f"{v}: lp0 {d['0.0']:.4f}, lp1 {d['1.0']:.4f}" for v, d in (by_lp or {}).items()),
               "", ("Rows `lp1`: length penalty 1.0 (a finished hypothesis scores sum / length); `token-trie`: "
                    "the trie over token ids, a token's score the log-sum-exp over its CE rows; `group-trie`: the token "
                    "trie, any CE row of an allowed token may be emitted, a document scores its best row sequence."), "",
@@ -180,7 +208,10 @@ def main() -> None:
     if args.only_missing and previous.is_file():
         done = json.loads(previous.read_text())["rows"]
     metrics, seconds = evaluate_all(args.runs, args.data_dir, args.k, done)
-    write(metrics, seconds, trained, args)
+    by_lp = {v: validation_length_penalty(args.runs / VARIANTS[v][0], args.data_dir)
+             for v in trained if v.startswith("np")}
+    print("validation nDCG@10 by length penalty:", json.dumps(by_lp), flush=True)
+    write(metrics, seconds, trained, args, by_lp)
 
 
 if __name__ == "__main__":

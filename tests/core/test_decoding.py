@@ -198,3 +198,44 @@ def test_np_group_mode_equals_best_row_sequence_by_brute_force(t5_dir):
         _close_lists(short, want[:3])  # merged duplicates do not crowd out documents
     with pytest.raises(NpdecodeError, match="group"):
         search(model, build_trie([[c + 2 for c in s] for s in seqs]), ["q"], group=True)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_early_stop_with_k_below_the_corpus_equals_exhaustive_top_k(seed):
+    """k < #docs with a full beam: the only thing that can differ from exhaustive top-k is the
+    early stop (live hypotheses dropped once they cannot beat the k-th finished score). Short
+    identifiers finish early and long ones share long prefixes, so it fires on most seeds."""
+    rng = np.random.default_rng(seed)
+    vocab = 12
+    stems = [rng.integers(2, vocab, 4).tolist() for _ in range(3)]
+    seqs = []
+    for i in range(18):
+        stem = stems[i % 3]
+        length = int(rng.integers(1, 7))
+        seqs.append((stem + rng.integers(2, vocab, 4).tolist())[:length] + [1])
+    seqs = [list(s) for s in dict.fromkeys(map(tuple, seqs))]  # distinct paths
+    model = FakeModel(vocab, seed=seed)
+    trie = build_trie(seqs, id_space="token")
+    brute = sorted(((i, model.score("q", s)) for i, s in enumerate(seqs)), key=lambda x: (-x[1], x[0]))
+    for k in (1, 2, 3):
+        got = search(model, trie, ["q"], k=k, beam=len(seqs))[0]
+        assert [v for v, _ in got] == [v for v, _ in brute[:k]]
+        assert max(abs(a - b) for (_, a), (_, b) in zip(got, brute)) < 1e-4
+
+
+def test_early_stop_fires_in_the_k_below_corpus_cases(monkeypatch):
+    """The cases above do exercise the pruning: some live hypotheses are dropped by it."""
+    import npdecode.decoding as decoding
+
+    dropped = []
+    real = decoding._kth_best
+
+    def spy(query, score, n_queries, k):
+        kth = real(query, score, n_queries, k)
+        dropped.append(bool(torch.isfinite(kth).any()))
+        return kth
+
+    monkeypatch.setattr(decoding, "_kth_best", spy)
+    for seed in range(24):
+        test_early_stop_with_k_below_the_corpus_equals_exhaustive_top_k(seed)
+    assert sum(dropped) > 10

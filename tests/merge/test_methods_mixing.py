@@ -275,3 +275,30 @@ def test_cpu_merge_runs_ops_single_threaded_and_restores_torch_threads(threads, 
     assert torch.get_num_threads() == before
     assert seen and set(seen) == {1}
     torch.testing.assert_close(out["w0"], (sds["a"]["w0"] + sds["b"]["w0"]) / 2)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.2, 0.7, 1.0])
+def test_slerp_nearly_colinear_branch_against_float64(t):
+    """Fine-tunes of one base are nearly parallel (cos > 0.9995): the linear fallback must put
+    weight 1-t on v0 and t on v1 (a swapped t would pass every other test), and agree with an
+    exact float64 slerp there, where lerp and slerp differ by far less than the gap between them."""
+    import math
+
+    import numpy as np
+
+    from npdecode.merge.methods._geometry import slerp
+    from tests.merge import method_refs as ref
+
+    g = torch.Generator().manual_seed(0)
+    v0 = torch.randn(64, 33, generator=g)
+    v1 = v0 + 0.01 * torch.randn(64, 33, generator=g)
+    a, b = v0.double().numpy(), v1.double().numpy()
+    cos = float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+    assert 0.9995 < cos < 1.0
+    theta = math.acos(cos)
+    exact = (math.sin((1 - t) * theta) * a + math.sin(t * theta) * b) / math.sin(theta)
+    got = slerp(t, v0, v1).double().numpy()
+    np.testing.assert_allclose(got, ref.slerp(t, a, b), atol=1e-6)
+    np.testing.assert_allclose(got, exact, atol=1e-4)
+    if 0 < t < 1 and t != 0.5:  # the swapped weights are measurably elsewhere
+        assert np.abs(slerp(1 - t, v0, v1).double().numpy() - exact).max() > 1e-3
