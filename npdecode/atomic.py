@@ -49,3 +49,12 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def stale_temp_dirs(path: str | Path) -> list[Path]:
+    """The hidden ``.<name>.tmp-*`` directories :func:`atomic_dir` left beside ``path`` when its
+    process was killed before it could remove them (SIGKILL, power loss)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.glob(f".{path.name}.tmp-*") if p.is_dir())

@@ -7,6 +7,9 @@ model names the recipe uses. Both validate everything before computing anything.
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,7 +18,7 @@ from typing import Any
 
 import torch
 
-from npdecode.atomic import atomic_dir
+from npdecode.atomic import atomic_dir, stale_temp_dirs
 from npdecode.errors import NpdecodeError
 from npdecode.merge.config import MergeRecipe, load_recipe
 from npdecode.merge.executor import run_tasks
@@ -76,10 +79,16 @@ def merge_models(
     trust_remote_code, copy_tokenizer, threads, out_shard_size, progress).
     """
     opts = MergeOptions(**options)
+    if opts.random_seed is None:  # drawn once, used for every tensor, recorded with the output
+        opts = dataclasses.replace(opts, random_seed=secrets.randbelow(2**31))
     recipe = load_recipe(recipe)
     out = Path(out)
     if out.exists() and not overwrite and not dry_run:
         raise NpdecodeError(f"output directory {out} already exists; remove it or choose another")
+    if not dry_run:
+        for stale in stale_temp_dirs(out):  # a merge killed before it could clean up (SIGKILL, power loss)
+            shutil.rmtree(stale, ignore_errors=True)
+            print(f"removed {stale}, left by an interrupted merge into {out}", file=sys.stderr)
     plan = build_plan(recipe, opts)
     device = resolve_device(opts.device)
     specs = _specs(plan)
@@ -109,7 +118,7 @@ def _write_metadata(plan: MergePlan, tmp: Path, opts: MergeOptions) -> None:
         plan.vocab.tokenizer.save_pretrained(str(tmp))
     method = plan.recipe.merge_method or "per-module"
     dump = plan.recipe.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
-    write_recipe_and_card(tmp, _plain(dump), method, list(plan.sources))
+    write_recipe_and_card(tmp, _plain(dump), method, list(plan.sources), random_seed=opts.random_seed)
 
 
 def _plain(value: Any) -> Any:

@@ -75,3 +75,54 @@ def test_cli_is_registered():
 
     result = CliRunner().invoke(cli, ["merge", "--help"])
     assert result.exit_code == 0 and "--out-shard-size" in result.output and "--allow-crimes" in result.output
+
+
+def test_a_merge_without_seed_records_the_seed_it_drew_and_reproduces_from_it(checkpoints, tmp_path):
+    import re
+
+    a, b, c = (str(checkpoints("llama", s)) for s in (0, 1, 2))
+    recipe = _recipe(tmp_path, {"merge_method": "dare_ties", "base_model": a,
+                                "models": [{"model": m, "parameters": {"weight": 0.5, "density": 0.5}} for m in (b, c)]})  # fmt: skip
+    result = CliRunner().invoke(merge_command, [recipe, str(tmp_path / "drawn"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    copy = (tmp_path / "drawn" / "mergekit_config.yml").read_text()
+    seed = re.match(r"# npdecode merge --random-seed (\d+)\n", copy).group(1)
+    assert yaml.safe_load(copy)["merge_method"] == "dare_ties"  # still a plain MergeKit recipe
+    again = CliRunner().invoke(merge_command, [recipe, str(tmp_path / "again"), "--random-seed", seed, "--no-progress"])
+    assert again.exit_code == 0, again.output
+    first, second = read_tensors(tmp_path / "drawn"), read_tensors(tmp_path / "again")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_leftovers_of_a_killed_merge_are_removed_by_the_next_run(checkpoints, tmp_path):
+    """SIGKILL in the middle of writing: the hidden temp dir stays; the next merge into the same
+    output removes it and says so."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    a, b = str(checkpoints("t5", 0)), str(checkpoints("t5", 1))
+    recipe = _recipe(tmp_path, {"merge_method": "linear", "models": [{"model": m, "parameters": {"weight": 0.5}}
+                                                                      for m in (a, b)]})  # fmt: skip
+    out = tmp_path / "out"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import npdecode.merge.writer as writer
+        real = writer.SafetensorsSink.write
+        def write(self, *args, **kwargs):
+            real(self, *args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+        writer.SafetensorsSink.write = write
+        import npdecode.merge.api as api
+        api.SafetensorsSink = writer.SafetensorsSink
+        api.merge_models({recipe!r}, {str(out)!r})
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True, timeout=300)
+    assert killed.returncode == -9
+    left = list(tmp_path.glob(".out.tmp-*"))
+    assert len(left) == 1 and not out.exists()
+    result = CliRunner().invoke(merge_command, [recipe, str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert not left[0].exists() and (out / "config.json").is_file()
+    assert f"removed {left[0]}" in result.output
