@@ -225,7 +225,7 @@ def test_early_stop_with_k_below_the_corpus_equals_exhaustive_top_k(seed):
 
 def test_early_stop_fires_in_the_k_below_corpus_cases(monkeypatch):
     """The cases above do exercise the pruning: some live hypotheses are dropped by it."""
-    import npdecode.decoding as decoding
+    from npdecode import decoding
 
     dropped = []
     real = decoding._kth_best
