@@ -25,12 +25,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import random
 import shutil
 import sys
 import time
 from pathlib import Path
+
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -158,9 +159,9 @@ def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_ru
 
 
 def write(result: dict, stats: dict, trained: dict, args) -> None:
-    machine = f"{platform.machine()} {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
+    machine = f"{conditions.cpu_name()}, {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    out = {"machine": machine, "date": date, "command": "benchmarks/append_zero_shot.py " + " ".join(sys.argv[1:]),
+    out = {"machine": machine, "date": date, "conditions": conditions.measured(), "command": "benchmarks/append_zero_shot.py " + " ".join(sys.argv[1:]),
            "held_out_fraction": args.fraction, "seed": args.seed, "np_variant": args.np_variant,
            "training": {v: {"steps": r["training"]["steps"], "minutes": round(r["training"]["seconds"] / 60, 1)}
                         for v, r in trained.items()},

@@ -15,12 +15,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
 import numpy as np
 import torch
 
@@ -191,8 +191,7 @@ def main() -> None:
     trie = build_trie(paths, id_space="ce")
     queries = toy_sentences(args.queries, seed=7)
     k = 10
-    res = {"machine": {"processor": platform.processor(), "cpu": _cpu_name(), "nproc": os.cpu_count(),
-                       "device": str(device), "torch": torch.__version__,
+    res = {"machine": {**conditions.measured(), "device": str(device),
                        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                        "bf16_native": decoding.bf16_supported(device),
                        "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
@@ -337,16 +336,6 @@ def compare_approx(model, trie, queries, k, args, exact_ids) -> list[dict]:
         print("approx", json.dumps(row), flush=True)
         out.append(row)
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def _overlap(a, b) -> float:

@@ -19,18 +19,17 @@ import argparse
 import copy
 import datetime
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decoding import _cpu_name, _overlap, alternate, compare_approx, dict_trie, run_hf  # shared HF-side code
+from decoding import _overlap, alternate, compare_approx, dict_trie, run_hf  # shared HF-side code
 
 
 def prepare(work: Path, data: Path, max_length: int) -> tuple[Path, dict]:
@@ -133,9 +132,7 @@ def main() -> None:
     tokens, offsets, values = trie.sequences()
     paths = [tokens[offsets[i] : offsets[i + 1]].tolist() for i in range(len(values))]
     max_len = max(len(p) for p in paths)
-    res = {"machine": {"processor": platform.processor(), "cpu": _cpu_name(), "nproc": os.cpu_count(),
-                       "device": args.device, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                       "note": "2 cores shared with other engineers' jobs during the run: absolute times are noisy"},
+    res = {"machine": conditions.measured(device=args.device),
            "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "command": "python " + " ".join(sys.argv),
            "settings": {"queries": len(queries), "split": "test (first N in qrels order)", "beam": args.beam,

@@ -10,12 +10,12 @@ import argparse
 import copy
 import datetime as dt
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
 
 from npdecode.eval.datasets import load_dataset
 from npdecode.eval.experiment import run_experiment
@@ -69,7 +69,7 @@ def main() -> None:
         "benchmark": "eval_baselines",
         "dataset": "beir/scifact test (300 queries, 5,183 docs)",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {platform.processor()} {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": conditions.measured(),
         "command": "python benchmarks/eval_baselines.py",
         "results": rows,
     }

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import random
 import shutil
 import statistics
@@ -31,6 +29,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -176,9 +176,8 @@ def main() -> None:
     result = {
         "benchmark": "indexing throughput: build_index vs bare encoder forward over the same batches",
         "date": datetime.date.today().isoformat(),
-        "machine": {"processor": platform.processor() or platform.machine(), "nproc": os.cpu_count(),
-                    "device": args.device, "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+        "machine": conditions.measured(device=args.device, gpu=torch.cuda.get_device_name()
+                                       if args.device.startswith("cuda") else None),
         "model": "random T5, t5-small encoder shape (d_model 512, 6 layers), fp32",
         "corpus": {"documents": args.docs, "tokens": tokens, "ce_rows": manifest["counts"]["ce_rows"],
                    "occurrences": manifest["counts"]["occurrences"]},

@@ -31,9 +31,9 @@ import datetime as dt
 import glob
 import json
 import os
-import platform
 from pathlib import Path
 
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
 import torch
 from safetensors import safe_open
 
@@ -153,7 +153,7 @@ def main() -> None:
                 row[f"{tool}_untied_over_1e-5"] = int((over & ~tied).sum())
         rows.append(row)
     rows.sort(key=lambda r: -max(r["ours_max_abs_err"], r["mergekit_max_abs_err"]))
-    res = {"machine": {"processor": platform.machine(), "nproc": os.cpu_count(), "torch": torch.__version__},
+    res = {"machine": conditions.measured(),
            "date": dt.datetime.now().isoformat(timespec="seconds"), "method": args.method, "inputs": args.inputs,
            "weights": args.weights, "max_iter": args.max_iter if args.method == "karcher" else None,
            "tol": args.tol if args.method == "karcher" else None,

@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ import time
 import zlib
 from pathlib import Path
 
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
 import torch
 import yaml
 
@@ -366,9 +366,7 @@ def _loads(out: Path) -> bool | str:
 
 
 def machine() -> dict:
-    return {"processor": platform.processor() or platform.machine(), "nproc": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+    return {**conditions.measured(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 RANDOM_METHODS = ("dare_ties", "dare_linear", "della", "della_linear")

@@ -21,10 +21,11 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -136,7 +137,7 @@ def validation_length_penalty(run_dir: Path, data_dir: Path) -> dict[str, float]
 
 
 def write(metrics: dict, seconds: dict, trained: dict, args, by_lp: dict | None = None) -> None:
-    machine = f"{platform.machine()} {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
+    machine = f"{conditions.cpu_name()}, {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = {}
     for name, m in metrics.items():
@@ -149,7 +150,7 @@ def write(metrics: dict, seconds: dict, trained: dict, args, by_lp: dict | None 
             rows[name]["training"] = run["training"]
             rows[name]["validation"] = run["metrics"]["validation"]
             rows[name]["memorisation_success_1"] = run["metrics"]["memorisation_success_1"]
-    out = {"machine": machine, "date": date, "load_average": [round(x, 2) for x in os.getloadavg()],
+    out = {"machine": machine, "date": date, "conditions": conditions.measured(),
            "command": "benchmarks/scifact_gr.py " + " ".join(sys.argv[1:]), "config": str(CONFIG.relative_to(ROOT)),
            "rows": rows, "validation_ndcg_cut_10_by_length_penalty": by_lp or {}}
     results = ROOT / "benchmarks" / "results"

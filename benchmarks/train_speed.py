@@ -23,12 +23,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,7 +37,7 @@ import pytorch_lightning as pl
 import torch
 
 from npdecode.train.config import load_train_config
-from npdecode.train.run import _run_index, prepare
+from npdecode.train.run import prepare, run_index
 from npdecode.train.sources import load_training_data, resolve_backbone
 
 FULL = "full fine-tune, 6 decoder layers"
@@ -127,7 +128,7 @@ def build(config, run_dir: Path, say):
 
     corpus = load_corpus(data.corpus_path)
     ref = resolve_backbone(config.backbone, run_dir)
-    index = _run_index(data.corpus_path, ref, run_dir / "index", config, say)
+    index = run_index(data.corpus_path, ref, run_dir / "index", config, say)
     module, datamodule, _, _ = prepare(config, run_dir, ref, data, corpus, index, say)
     datamodule.trainer = None
     return module, datamodule
@@ -177,7 +178,7 @@ def main() -> None:
     for row in results["levers"].values():
         row["speedup_vs_full"] = round(row["examples_per_second"] / base, 2)
     results.update({
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}",
+        "machine": conditions.measured(threads=args.threads),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_before": load_before, "load_average_after": load_average(),
         "command": " ".join(["benchmarks/train_speed.py", *sys.argv[1:]]),

@@ -11,10 +11,10 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
 import numpy as np
 
 
@@ -69,7 +69,7 @@ def main() -> None:
             node = node[t]
         assert i in node[-1] and i in trie.values(trie.walk(seqs[i]))
     res = {
-        "machine": {"processor": platform.processor(), "nproc": os.cpu_count(), "python": platform.python_version()},
+        "machine": conditions.measured(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "n_identifiers": args.n, "n_tokens": n_tokens, "n_nodes": trie.n_nodes,
         "csr": {"build_s": round(csr_s, 3), "bytes": trie.nbytes(), "bytes_per_token": round(trie.nbytes() / n_tokens, 2)},
