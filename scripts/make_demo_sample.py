@@ -1,6 +1,6 @@
 """Rebuild the bundled demo sample npdecode/data/scifact-sample from BEIR SciFact.
 
-Usage: python scripts/make_demo_sample.py ../shared/data/scifact npdecode/data/scifact-sample
+Usage: python scripts/make_demo_sample.py DIR/scifact npdecode/data/scifact-sample   (DIR: a BEIR SciFact copy)
 
 Selection (deterministic): every document judged for a test query, then documents judged
 for training queries (seeded shuffle) and then unjudged ones (seeded shuffle) until 1,000

@@ -8,9 +8,14 @@ INDEX_DIR/
     documents.jsonl             one identifier group per line (identifier, doc_ids, digest,
                                 tokens = identifier token ids, ce = CE ids of those tokens)
     raw.safetensors             optional raw CE: vectors (N, d), tokens (N,), rows (N,)
-  trie-ce.<gen>/ trie-token.<gen>/   tries over targets (CE ids / token ids, + EOS)
-  store.<gen>.faiss|pt          FAISS store of the whole CE table
+  trie-ce-<gen>.npz             trie over the targets in CE ids (+ EOS row), CSR arrays
+  trie-token-<gen>.npz          trie over the targets in token ids (+ EOS token)
+  store-<gen>.faiss             FAISS store of the whole CE table (store-<gen>.pt without faiss)
+  raw-store-<gen>.faiss         with raw_ce: a store over the raw CE vectors
 ```
+
+``<gen>`` is the generation, five digits (``00000`` for a build); the manifest's ``files``
+names the current ones.
 
 Segments are append-only: CE row ids of a segment continue after the previous one's, so
 existing targets never change. The trie and store of generation ``<gen>`` cover all segments;
