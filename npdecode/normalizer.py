@@ -17,7 +17,9 @@ the exact dense step instead. CPU only (faiss-cpu); on a GPU the exact product i
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -62,16 +64,16 @@ class IvfNormalizer:
         if not 1 <= nlist <= v or nprobe < 1 or topk < 1:
             raise NpdecodeError(f"nlist={nlist}, nprobe={nprobe}, topk={topk}: need 1 <= nlist <= {v} CE rows, "
                                 "nprobe >= 1, topk >= 1")
-        if threads:
-            faiss.omp_set_num_threads(threads)
+        self.threads = threads
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
         sample = rows
         if v > 64 * nlist:  # enough for k-means (FAISS warns below 39 per centroid); the rest is added
             sample = rows[np.random.default_rng(seed).choice(v, 64 * nlist, replace=False)]
-        index.train(sample)
-        index.add(rows)
+        with faiss_threads(threads):
+            index.train(sample)
+            index.add(rows)
         index.nprobe = min(nprobe, nlist)
         self.index, self.ce = index, ce
         self.nlist, self.nprobe, self.topk = nlist, index.nprobe, min(topk, v)
@@ -79,13 +81,31 @@ class IvfNormalizer:
     def lse(self, hidden: torch.Tensor) -> torch.Tensor:
         """Approximate ``logsumexp(hidden · CEᵀ)`` per row: (N, d) scaled states -> (N,) fp32."""
         q = np.ascontiguousarray(hidden.detach().float().cpu().numpy())
-        scores, ids = self.index.search(q, self.topk)
+        with faiss_threads(self.threads):
+            scores, ids = self.index.search(q, self.topk)
         s = torch.from_numpy(scores)
         s = s.masked_fill(torch.from_numpy(ids) < 0, float("-inf"))  # fewer than topk rows in the probed lists
         return torch.logsumexp(s, dim=1).to(hidden.device)
 
     def settings(self) -> dict[str, Any]:
         return {"kind": "ivf", "nlist": self.nlist, "nprobe": self.nprobe, "topk": self.topk}
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int | None) -> Iterator[None]:
+    """FAISS's OpenMP thread count set to ``n`` for the block (None: unchanged), then restored:
+    a process-wide setting, so a library call must not leave it changed."""
+    if not n:
+        yield
+        return
+    import faiss
+
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def parse_normalizer(spec: str) -> dict[str, int] | None:

@@ -100,3 +100,13 @@ def test_parse_normalizer():
     for bad in ("ivf:0", "ivf:a", "flat", "exact:3", "ivf:1:2:3:4"):
         with pytest.raises(NpdecodeError, match="ivf"):
             parse_normalizer(bad)
+
+
+def test_thread_setting_is_restored_after_building_and_searching(t5_dir):
+    faiss = pytest.importorskip("faiss")
+    model = make_np_model(load_backbone(t5_dir), n_rows=N_ROWS)
+    before = faiss.omp_get_max_threads()
+    norm = IvfNormalizer(model.ce, nlist=4, nprobe=2, topk=8, threads=1 if before != 1 else 2)
+    assert faiss.omp_get_max_threads() == before
+    norm.lse(torch.randn(3, model.ce.shape[1]))
+    assert faiss.omp_get_max_threads() == before
