@@ -120,8 +120,8 @@ def rebuilt_index(run_dir: Path, full_corpus: Path) -> Path:
 def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_run: str, k: int) -> dict:
     from npdecode.eval.datasets import load_dataset
     from npdecode.eval.metrics import evaluate
-    from npdecode.eval.retrievers import build_retriever
-    from npdecode.index.retriever import GenerativeRetriever
+    from npdecode.search.registry import build_retriever
+    from npdecode.search.retrievers.generative import GenerativeRetriever
 
     ds = load_dataset("beir/scifact", "test", data_dir)
     qrels = {q: {d: g for d, g in docs.items() if d in held and g > 0} for q, docs in ds.qrels.judgments.items()}

@@ -116,7 +116,7 @@ def main() -> None:
     from npdecode import decoding
     from npdecode.eval.datasets.beir import load_beir_folder
     from npdecode.eval.metrics import evaluate
-    from npdecode.index.retriever import GenerativeRetriever
+    from npdecode.search.retrievers.generative import GenerativeRetriever
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -85,8 +85,8 @@ def evaluate_all(runs: Path, data_dir: Path, k: int, done: dict | None = None) -
     results file) are taken from it instead of searched again."""
     from npdecode.eval.datasets import load_dataset
     from npdecode.eval.metrics import evaluate
-    from npdecode.eval.retrievers import build_retriever
-    from npdecode.index.retriever import GenerativeRetriever
+    from npdecode.search.registry import build_retriever
+    from npdecode.search.retrievers.generative import GenerativeRetriever
 
     ds = load_dataset("beir/scifact", "test", data_dir)
     builders = {
@@ -119,7 +119,7 @@ def validation_length_penalty(run_dir: Path, data_dir: Path) -> dict[str, float]
     from npdecode.corpus import load_corpus
     from npdecode.eval.metrics import evaluate
     from npdecode.index.layout import load_index
-    from npdecode.index.retriever import GenerativeRetriever
+    from npdecode.search.retrievers.generative import GenerativeRetriever
     from npdecode.train.config import TrainConfig
     from npdecode.train.examples import build_examples, doc_groups
     from npdecode.train.sources import load_training_data

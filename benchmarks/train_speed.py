@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytorch_lightning as pl
 import torch
 
+from npdecode.train.components import run_index
 from npdecode.train.config import load_train_config
-from npdecode.train.run import prepare, run_index
+from npdecode.train.run import prepare
 from npdecode.train.sources import load_training_data, resolve_backbone
 
 FULL = "full fine-tune, 6 decoder layers"

@@ -35,14 +35,12 @@ def _train(config_path: Path, out: Path, sets: tuple[str, ...], device: str, say
 
 def _register_vanilla(index_dir: Path) -> None:
     """The vanilla run as retriever ``vanilla`` (its own index and checkpoint)."""
-    from npdecode.eval.retrievers import register_retriever
+    from npdecode.search.registry import register_retriever
 
     def build(corpus_path, options):
-        from npdecode.device import resolve_device
-        from npdecode.index.retriever import GenerativeRetriever
+        from npdecode.search.retrievers.generative import GenerativeRetriever
 
-        return GenerativeRetriever(index_dir, kind="genre", device=resolve_device(options.get("device")),
-                                   widen=options.get("widen", True))
+        return GenerativeRetriever(index_dir, kind="genre", options=options)
 
     register_retriever("vanilla", build, replace=True)  # a second demo in one process: its own run
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from npdecode.corpus import iter_corpus
-from npdecode.eval.topics import load_qrels, load_queries
+from npdecode.topics import load_qrels, load_queries
 
 SIZE = 1000
 

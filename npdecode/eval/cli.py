@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from npdecode.deprecation import deprecated_alias
 from npdecode.errors import NpdecodeError
 
 
@@ -23,7 +24,7 @@ def evaluate_and_report(
     split: str,
     data_dir: Path | None,
     retrievers: list[str],
-    options: dict,
+    options,
     k: int,
     json_path: Path | None,
     run_path: Path | None,
@@ -31,22 +32,25 @@ def evaluate_and_report(
     ignore_identical_ids: bool | None = None,
     per_query: bool = True,
 ) -> dict:
-    """Load, retrieve, evaluate, print the table and write the requested files."""
+    """Load, retrieve, evaluate, print the table and write the requested files; ``options``
+    is a :class:`~npdecode.search.options.SearchOptions` or a mapping of its fields."""
     from rich.console import Console
 
-    from npdecode.eval.cache import cache_root
+    from npdecode.cache import cache_root
     from npdecode.eval.datasets import load_dataset
     from npdecode.eval.experiment import run_experiment
     from npdecode.eval.report import plot_curves, print_table, to_json
-    from npdecode.eval.retrievers import get_factory
-    from npdecode.eval.runs import write_metrics, write_run
+    from npdecode.runs import write_metrics, write_run
+    from npdecode.search.options import SearchOptions
+    from npdecode.search.registry import get_factory
 
+    options = SearchOptions.of(options)  # unknown or bad options fail before any work
     if len(set(retrievers)) != len(retrievers):
         raise NpdecodeError(f"--retriever given twice: {', '.join(retrievers)}")
     for name in retrievers:
         get_factory(name)  # unknown names fail before any work
     console = Console(stderr=True)
-    ds = load_dataset(dataset, split=split, data_dir=data_dir, cache=cache_root(options))
+    ds = load_dataset(dataset, split=split, data_dir=data_dir, cache=cache_root(options.cache_dir))
     console.print(f"[bold]{ds.name}[/bold] {ds.split}: {len(ds.queries)} queries, corpus {ds.corpus_path}")
     experiment = run_experiment(ds, retrievers, options, k=k, ignore_identical_ids=ignore_identical_ids, progress=console.print)
     out = Console() if Console().is_terminal else Console(width=150)
@@ -71,7 +75,8 @@ def evaluate_and_report(
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Local copies: DIR/<name>/ in BEIR layout.")
 @click.option("--retriever", "-r", "retrievers", multiple=True, default=("bm25",), show_default=True,
               help="Repeat to compare; the first is the reference of the significance tests.")  # fmt: skip
-@click.option("--k", default=1000, show_default=True, help="Documents retrieved per query.")
+@click.option("-k", "--top-k", "top_k", default=1000, show_default=True, help="Documents retrieved per query.")
+@click.option("--k", "old_k", type=int, hidden=True, help="Deprecated spelling of --top-k.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write metrics JSON here.")
 @click.option("--run", "run_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the TREC run here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Recall@k / nDCG@k curves (png, pdf, svg).")
@@ -81,18 +86,19 @@ def evaluate_and_report(
 @click.option("--beam", type=int, help="Beam size of the np / genre retrievers (default 10).")
 @click.option("--normalizer", help="np retriever: exact (default) or ivf[:NPROBE[:TOPK[:NLIST]]] (approximate, CPU).")
 @click.option("--length-penalty", type=float, help="np / genre: score sum / length**L as HF's beam scorer (default 0).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:n].")
+@click.option("--device", help="auto (default), cpu or cuda[:n].")
 @click.option("--batch-size", type=int, help="Encoding / decoding batch size.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Downloads and baseline indexes (default ~/.cache/npdecode).")
 @click.option("--ignore-identical-ids/--keep-identical-ids", default=None,
               help="Drop a retrieved document whose id equals the query id (default: on for BEIR, as BEIR).")  # fmt: skip
 @click.option("--per-query/--no-per-query", default=True, show_default=True, help="Keep per-query values in the JSON.")
-def eval_command(dataset, split, data_dir, retrievers, k, json_path, run_path, plot_path, model, index_dir, gr_model,
-                 beam, normalizer, length_penalty, device, batch_size, cache_dir, ignore_identical_ids,
+def eval_command(dataset, split, data_dir, retrievers, top_k, old_k, json_path, run_path, plot_path, model, index_dir,
+                 gr_model, beam, normalizer, length_penalty, device, batch_size, cache_dir, ignore_identical_ids,
                  per_query):  # fmt: skip
     """Evaluate retrievers on a dataset and print a comparison table."""
+    k = deprecated_alias("--k", "-k/--top-k", old_k, top_k)
     if k < 1:
-        raise NpdecodeError(f"--k {k}: must be at least 1")
+        raise NpdecodeError(f"-k {k}: must be at least 1")
     options = {"model": model, "index": index_dir, "gr_model": gr_model, "beam": beam, "device": device,
                "batch_size": batch_size, "cache_dir": cache_dir, "normalizer": normalizer,
                "length_penalty": length_penalty}  # fmt: skip

@@ -13,13 +13,15 @@ from typing import Any
 
 from npdecode.eval.datasets import Dataset
 from npdecode.eval.metrics import Evaluation, evaluate, paired_pvalue
-from npdecode.eval.retrievers import build_retriever
+from npdecode.runs import Run
+from npdecode.search.options import SearchOptions
+from npdecode.search.registry import build_retriever
 
 
 @dataclass
 class RetrieverResult:
     name: str
-    run: dict[str, dict[str, float]]
+    run: Run
     evaluation: Evaluation
     seconds: float
     pvalues: dict[str, float] = field(default_factory=dict)  # vs the first retriever
@@ -35,13 +37,14 @@ class Experiment:
 def run_experiment(
     dataset: Dataset,
     retrievers: Sequence[str],
-    options: Mapping[str, Any],
+    options: SearchOptions | Mapping[str, Any],
     k: int = 1000,
     ignore_identical_ids: bool | None = None,
     progress=None,
 ) -> Experiment:
     """Build each retriever, search the split's queries, evaluate; ``progress(msg)`` logs steps."""
     log = progress or (lambda msg: None)
+    options = SearchOptions.of(options)
     ignore = dataset.ignore_identical_ids if ignore_identical_ids is None else ignore_identical_ids
     results: list[RetrieverResult] = []
     for name in retrievers:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import pytrec_eval
 
 from npdecode.errors import NpdecodeError
-from npdecode.eval.runs import truncate_run
+from npdecode.runs import truncate_run
 
 DEFAULT_MEASURES = (
     "ndcg_cut.1,3,5,10,100",

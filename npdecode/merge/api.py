@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from npdecode.atomic import atomic_dir, stale_temp_dirs
+from npdecode.device import resolve_device
 from npdecode.errors import NpdecodeError
 from npdecode.merge.config import MergeRecipe, load_recipe
 from npdecode.merge.executor import run_tasks
@@ -42,18 +43,6 @@ class MergeReport:
     bytes: int
     shards: int
     warnings: list[str]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda[:n]`` or ``auto`` (CUDA when available) -> a torch device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NpdecodeError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise NpdecodeError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto") from None
 
 
 def plan_merge(recipe: str | Path | Mapping[str, Any] | MergeRecipe, **options: Any) -> MergePlan:
@@ -90,7 +79,7 @@ def merge_models(
             shutil.rmtree(stale, ignore_errors=True)
             print(f"removed {stale}, left by an interrupted merge into {out}", file=sys.stderr)
     plan = build_plan(recipe, opts)
-    device = resolve_device(opts.device)
+    device = torch.device(resolve_device(opts.device))
     specs = _specs(plan)
     if dry_run:
         shards = len(assign_shards(specs, opts.out_shard_size))
@@ -169,5 +158,5 @@ def merge_state_dicts(
     }
     plan = build_plan(recipe, opts, sources)
     sink = DictSink()
-    run_tasks(plan, sink.write, resolve_device(opts.device), opts.threads)
+    run_tasks(plan, sink.write, torch.device(resolve_device(opts.device)), opts.threads)
     return {t.out_name: sink.tensors[t.out_name] for t in plan.tasks}

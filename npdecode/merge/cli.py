@@ -43,7 +43,7 @@ def _return_large_frees_to_os() -> None:
 @click.command("merge")
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when available), cpu or cuda[:n].")
 @click.option("--out-shard-size", default="5G", show_default=True, help="Max bytes per shard (K/M/G suffixes).")
 @click.option("--dtype", default=None, help="Computation dtype (overrides the recipe's 'dtype').")
 @click.option("--random-seed", type=int, default=None, help="Seed for random methods (DARE, DELLA).")

@@ -32,7 +32,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class MergeOptions:
     """Run options (the CLI flags); ``dtype`` overrides the recipe's computation dtype."""
 
-    device: str = "cpu"
+    device: str = "auto"  # auto: CUDA when available, else CPU (as every other command)
     dtype: str | None = None
     random_seed: int | None = None
     allow_crimes: bool = False

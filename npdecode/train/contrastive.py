@@ -122,8 +122,8 @@ def stage_config(config: TrainConfig) -> TrainConfig:
 def run_stage(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, *, resume: bool, say) -> str:
     """Stage 1 into ``out/contrastive``; returns the stage-1 backbone dir (stage 2 starts from it)."""
     from npdecode.atomic import atomic_dir
+    from npdecode.train.components import build_model, make_examples, run_index, targets_of
     from npdecode.train.data import Collate, ExampleSet, TrainData
-    from npdecode.train.run import build_model, make_examples, run_index, targets_of
     from npdecode.train.trainer import make_trainer, quiet_fit
 
     stage = out / "contrastive"

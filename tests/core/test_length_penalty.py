@@ -78,7 +78,7 @@ def test_search_and_eval_take_length_penalty_and_group_mode(t5_dir, tmp_path, ca
     main(["search", str(idx), "alpha river", "-k", "3", "--trie-mode", "group"])
     group_rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
     assert len(group_rows) == 3 and all(r[1] in lengths for r in group_rows)
-    from npdecode.eval.retrievers import build_retriever
+    from npdecode.search.registry import build_retriever
 
     retriever = build_retriever("np", tmp_path, {"index": idx, "length_penalty": 1.0, "device": "cpu", "beam": 8})
-    assert retriever.length_penalty == 1.0  # what `npdecode eval --length-penalty 1.0` passes
+    assert retriever.options.length_penalty == 1.0  # what `npdecode eval --length-penalty 1.0` passes

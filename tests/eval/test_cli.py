@@ -6,7 +6,7 @@ import pytest
 
 from npdecode import __version__
 from npdecode.cli import main
-from npdecode.eval.runs import read_run
+from npdecode.runs import read_run
 
 
 def _fail(argv, capsys) -> str:

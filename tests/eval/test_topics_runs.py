@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from npdecode.errors import NpdecodeError
-from npdecode.eval.runs import ranked, read_run, truncate_run, write_metrics, write_run
-from npdecode.eval.topics import load_qrels, load_queries
+from npdecode.runs import ranked, read_run, truncate_run, write_metrics, write_run
+from npdecode.topics import load_qrels, load_queries
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -13,7 +13,7 @@ from npdecode.index import extraction
 from npdecode.index.appender import append_to_index
 from npdecode.index.builder import build_index
 from npdecode.index.layout import load_index
-from npdecode.index.retriever import GenerativeRetriever
+from npdecode.search.retrievers.generative import GenerativeRetriever
 from npdecode.trie import Trie
 from tests.index.helpers import fast_config, write_jsonl
 from tests.tiny_models import toy_corpus

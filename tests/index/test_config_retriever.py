@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-import npdecode.eval.retrievers as registry
 from npdecode.errors import NpdecodeError
 from npdecode.index.builder import build_index
 from npdecode.index.config import IndexConfig, load_index_config
+from npdecode.search import registry
 from tests.index.helpers import fast_config, write_jsonl
 from tests.tiny_models import toy_corpus
 

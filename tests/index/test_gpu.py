@@ -7,8 +7,8 @@ import pytest
 
 from npdecode.index.builder import build_index
 from npdecode.index.layout import load_index
-from npdecode.index.retriever import GenerativeRetriever
 from npdecode.index.store import load_store
+from npdecode.search.retrievers.generative import GenerativeRetriever
 from tests.index.helpers import fast_config, write_jsonl
 from tests.tiny_models import toy_corpus
 

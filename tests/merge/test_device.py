@@ -25,10 +25,12 @@ def test_cuda_merge_matches_cpu(checkpoints, tmp_path):
 
 
 def test_auto_device_resolves_without_cuda(checkpoints, tmp_path):
-    from npdecode.merge.api import resolve_device
+    """One resolver for every command; merge defaults to auto like the others."""
+    from npdecode.device import resolve_device
+    from npdecode.merge.plan import MergeOptions
 
-    assert resolve_device("auto").type in ("cpu", "cuda")
-    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") in ("cpu", "cuda") and resolve_device("cpu") == "cpu"
+    assert MergeOptions().device == "auto"
 
 
 @pytest.mark.gpu

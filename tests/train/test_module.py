@@ -10,10 +10,10 @@ import torch
 from npdecode.index.builder import build_index
 from npdecode.index.layout import load_index
 from npdecode.model import NpModel, load_model, save_model
+from npdecode.train.components import build_model, targets_of
 from npdecode.train.data import Collate, EpochShuffle, ExampleSet
 from npdecode.train.examples import tokenize_examples
 from npdecode.train.module import GRModule, lr_factor
-from npdecode.train.run import build_model, targets_of
 from tests.index.helpers import fast_config as fast_index_config
 from tests.index.helpers import toy_corpus_file
 from tests.train.helpers import fast_config, load
@@ -142,7 +142,7 @@ def test_logit_scale_round_trips_with_identical_logits(t5_dir, t5_index, tmp_pat
         assert torch.equal(model(ids, mask, dec), back(ids, mask, dec))
     # npdecode index with the checkpoint, then the search path: the same scale and logits, for
     # the corpus of its table and for another corpus (that index's own table, the same scale)
-    from npdecode.index.retriever import GenerativeRetriever
+    from npdecode.search.retrievers.generative import GenerativeRetriever
 
     same = build_index(t5_index.manifest["corpus"][0]["path"], tmp_path / "ckpt", tmp_path / "same", fast_index_config())
     other = build_index(toy_corpus_file(tmp_path, 6, seed=9), tmp_path / "ckpt", tmp_path / "other", fast_index_config())

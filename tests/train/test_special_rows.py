@@ -8,8 +8,8 @@ import torch
 
 from npdecode.index.builder import build_index
 from npdecode.index.layout import load_index
+from npdecode.train.components import build_model, targets_of
 from npdecode.train.module import GRModule
-from npdecode.train.run import build_model, targets_of
 from tests.index.helpers import fast_config as fast_index_config
 from tests.index.helpers import toy_corpus_file
 from tests.train.helpers import fast_config, load

@@ -21,7 +21,7 @@ SPLITS = ("test", "dev", "train")
 
 def load_dataset(name: str, split: str = "test", data_dir: str | Path | None = None, cache: Path | None = None) -> Dataset:
     """Resolve ``name`` to a :class:`Dataset` (downloading into ``cache`` when needed)."""
-    from npdecode.eval.cache import cache_root
+    from npdecode.cache import cache_root
 
     cache = Path(cache) if cache is not None else cache_root()
     data_dir = Path(data_dir) if data_dir is not None else None

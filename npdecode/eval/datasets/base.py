@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npdecode.eval.topics import Qrels
+from npdecode.topics import Qrels
 
 
 @dataclass

@@ -14,7 +14,7 @@ from npdecode.atomic import atomic_dir
 from npdecode.errors import NpdecodeError
 from npdecode.eval.datasets.base import Dataset
 from npdecode.eval.datasets.download import DownloadError, fetch_zip
-from npdecode.eval.topics import load_qrels, load_queries
+from npdecode.topics import load_qrels, load_queries
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 # Public BEIR datasets (downloadable) and the ones BEIR cannot redistribute (local copy only).

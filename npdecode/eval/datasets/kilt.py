@@ -23,7 +23,7 @@ from npdecode.atomic import atomic_file
 from npdecode.corpus import read_jsonl
 from npdecode.errors import NpdecodeError
 from npdecode.eval.datasets.base import Dataset
-from npdecode.eval.topics import Qrels
+from npdecode.topics import Qrels
 
 SPLIT_FILES = {"train": "nq-train-kilt.jsonl", "dev": "nq-dev-kilt.jsonl"}
 HF_SPLITS = {"train": "train", "dev": "validation"}

@@ -16,7 +16,7 @@ from npdecode.atomic import atomic_file
 from npdecode.corpus import read_jsonl
 from npdecode.errors import NpdecodeError
 from npdecode.eval.datasets.base import Dataset
-from npdecode.eval.topics import Qrels
+from npdecode.topics import Qrels
 
 HF_ID = "dqmis/NQ320K-NCI"
 SPLIT_FILES = {"train": "train.jsonl", "dev": "valid.jsonl", "test": "valid.jsonl"}

@@ -1,4 +1,4 @@
-"""Generative retrievers over an index dir, for ``npdecode search`` and ``npdecode eval``.
+"""Generative retrievers (``np``, ``genre``) over an index dir, for ``npdecode search`` and ``eval``.
 
 ``np``: the Np model (decoder vocabulary = the index's CE table) with the index's CE-id trie
 (or its token-id trie, scores log-sum-exp over a token's CE rows). ``genre``: the vanilla model
@@ -17,43 +17,50 @@ from typing import Any
 
 from npdecode.errors import NpdecodeError
 from npdecode.index.layout import Index, load_index
+from npdecode.runs import Run
+from npdecode.search.options import SearchOptions
+from npdecode.search.registry import register_retriever
 
 log = logging.getLogger(__name__)
 UNREACHABLE = -1e30  # stands for a -inf score in runs (TREC files need finite numbers)
 
 
 class GenerativeRetriever:
-    """Retriever interface of the evaluation harness: ``search(queries, k) -> run``."""
+    """The generative retriever over an index dir: ``search(queries, k) -> run``.
 
-    def __init__(self, index_dir: str | Path, *, kind: str = "np", model: str | Path | None = None,
-                 device: str = "cpu", beam: int = 10, batch_size: int | None = None, trie_mode: str | None = None,
-                 length_penalty: float = 0.0, normalizer: str = "exact", widen: bool = True) -> None:
+    ``options`` (:class:`~npdecode.search.options.SearchOptions`, or its fields as keywords:
+    ``beam``, ``trie_mode``, ``length_penalty``, ``normalizer``, ``widen``, ``batch_size``,
+    ``device``, and ``gr_model`` (or ``model``) for another checkpoint) say how it decodes.
+    """
+
+    def __init__(self, index_dir: str | Path, *, kind: str = "np", options: SearchOptions | None = None,
+                 model: str | Path | None = None, **overrides: Any) -> None:
+        from npdecode.device import resolve_device
         from npdecode.trie import Trie
 
         if kind not in ("np", "genre"):
             raise NpdecodeError(f"retriever kind {kind!r}: use 'np' or 'genre'")
-        self.name, self.index = kind, load_index(index_dir)
-        mode = "token" if kind == "genre" else (trie_mode or self.index.manifest["config"]["trie_mode"])
+        opts = SearchOptions.of(options, **overrides, **({"gr_model": str(model)} if model is not None else {}))
+        self.name, self.index, self.options = kind, load_index(index_dir), opts
+        mode = "token" if kind == "genre" else (opts.trie_mode or self.index.manifest["config"]["trie_mode"])
         if mode not in ("ce", "token", "group"):
             raise NpdecodeError(f"trie mode {mode!r}: use 'ce', 'token' or 'group'")
         self.group = mode == "group"  # the token trie; any CE row of an allowed token may be emitted
         self.trie = Trie.load(self.index.trie_path("token" if self.group else mode))
-        ref = str(model) if model is not None else decoding_model_ref(self.index)
-        self.model = open_model(self.index, ref, kind, device)
-        self.beam, self.batch_size, self.length_penalty = beam, batch_size, length_penalty
-        self.widen = widen  # False: return what one beam search finds, even when fewer than k
-        self.normalizer = _build_normalizer(normalizer, self.model, kind)
+        ref = opts.gr_model if opts.gr_model is not None else decoding_model_ref(self.index)
+        self.model = open_model(self.index, ref, kind, resolve_device(opts.device))
+        self.normalizer = _build_normalizer(opts.normalizer, self.model, kind)
 
-    def search(self, queries: Mapping[str, str], k: int) -> dict[str, dict[str, float]]:
+    def search(self, queries: Mapping[str, str], k: int) -> Run:
         """Top ``k`` documents per query: identifier groups decoded best first, each group
         standing for all its documents (same score), cut to ``k`` documents."""
         from npdecode.decoding import search
 
         qids = list(queries)
-        hits = search(self.model, self.trie, [queries[q] for q in qids], k=k, beam=self.beam,
-                      batch_size=self.batch_size, length_penalty=self.length_penalty, normalizer=self.normalizer,
-                      widen=self.widen, group=self.group)
-        run: dict[str, dict[str, float]] = {}
+        o = self.options
+        hits = search(self.model, self.trie, [queries[q] for q in qids], k=k, beam=o.beam, batch_size=o.batch_size,
+                      length_penalty=o.length_penalty, normalizer=self.normalizer, widen=o.widen, group=self.group)
+        run: Run = {}
         for qid, ranked in zip(qids, hits):
             docs: dict[str, float] = {}
             for group, score in ranked:
@@ -158,18 +165,10 @@ def _build_normalizer(spec: str, model: Any, kind: str) -> Any:
 
 
 def _factory(kind: str):
-    def build(corpus_path: Path, options: Mapping[str, Any]) -> GenerativeRetriever:
-        from npdecode.device import resolve_device
-
-        index_dir = options.get("index")
-        if not index_dir:
+    def build(corpus_path: Path | None, options: SearchOptions) -> GenerativeRetriever:
+        if options.index is None:
             raise NpdecodeError(f"--retriever {kind} needs --index INDEX_DIR (build one with `npdecode index`)")
-        retriever = GenerativeRetriever(
-            index_dir, kind=kind, model=options.get("gr_model"), device=resolve_device(options.get("device")),
-            batch_size=options.get("batch_size"), beam=options.get("beam") or 10,
-            normalizer=options.get("normalizer") or "exact", widen=options.get("widen", True),
-            length_penalty=options.get("length_penalty") or 0.0,
-        )
+        retriever = GenerativeRetriever(options.index, kind=kind, options=options)
         _warn_if_other_corpus(retriever.index, corpus_path)
         return retriever
 
@@ -179,6 +178,8 @@ def _factory(kind: str):
 
 build_np_retriever = _factory("np")
 build_genre_retriever = _factory("genre")
+register_retriever("np", build_np_retriever, builtin=True)
+register_retriever("genre", build_genre_retriever, builtin=True)
 
 
 def _warn_if_other_corpus(index: Index, corpus_path: Path | None) -> None:

@@ -14,11 +14,12 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from npdecode.atomic import atomic_dir
+from npdecode.cache import cache_root
 from npdecode.corpus import corpus_digest, iter_corpus
-from npdecode.eval.cache import cache_root
+from npdecode.search.options import SearchOptions
+from npdecode.search.registry import register_retriever
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,13 @@ def _stemmer(settings: BM25Settings):
     return Stemmer.Stemmer(settings.stemmer).stemWords
 
 
-def build_bm25(corpus_path: Path, options: Mapping[str, Any]) -> BM25Retriever:
-    """Factory for the harness: reuse the cached index of this corpus or build it."""
-    settings = BM25Settings(**{k: options[k] for k in ("k1", "b") if options.get(k) is not None})
-    index_dir = cache_root(options) / "bm25" / f"{corpus_digest(corpus_path)[:16]}-{settings.key()}"
+def build_bm25(corpus_path: Path, options: SearchOptions) -> BM25Retriever:
+    """Factory: reuse the cached index of this corpus (``options.cache_dir``) or build it."""
+    settings = BM25Settings()
+    index_dir = cache_root(options.cache_dir) / "bm25" / f"{corpus_digest(corpus_path)[:16]}-{settings.key()}"
     if not (index_dir / "doc_ids.json").is_file():
         BM25Retriever.build(corpus_path, index_dir, settings)
     return BM25Retriever(index_dir, settings)
+
+
+register_retriever("bm25", build_bm25, builtin=True)

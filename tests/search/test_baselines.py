@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from npdecode.errors import NpdecodeError
-from npdecode.eval import bm25 as bm25_module
-from npdecode.eval.bm25 import BM25Settings, build_bm25
-from npdecode.eval.dense import DenseEncoder, build_dense, exact_search, torch_exact_search
-from npdecode.eval.retrievers import Retriever, build_retriever, get_factory, register_retriever
+from npdecode.search.options import SearchOptions
+from npdecode.search.registry import Retriever, build_retriever, get_factory, register_retriever
+from npdecode.search.retrievers import bm25 as bm25_module
+from npdecode.search.retrievers.bm25 import BM25Settings, build_bm25
+from npdecode.search.retrievers.dense import DenseEncoder, build_dense, exact_search, torch_exact_search
 from tests.eval.conftest import DOCS
 
 
@@ -31,7 +32,7 @@ def test_bm25_matches_brute_force_lucene_formula(beir_dir, tmp_path):
     import bm25s
     import Stemmer
 
-    retriever = build_bm25(beir_dir / "corpus.jsonl", {"cache_dir": tmp_path})
+    retriever = build_bm25(beir_dir / "corpus.jsonl", SearchOptions(cache_dir=tmp_path))
     assert isinstance(retriever, Retriever)
     stem = Stemmer.Stemmer("english").stemWords
     ids = list(DOCS)
@@ -47,9 +48,9 @@ def test_bm25_matches_brute_force_lucene_formula(beir_dir, tmp_path):
 
 
 def test_bm25_index_is_saved_and_reloaded(beir_dir, tmp_path, monkeypatch):
-    first = build_bm25(beir_dir, {"cache_dir": tmp_path}).search({"q": "warm windows"}, 3)
+    first = build_bm25(beir_dir, SearchOptions(cache_dir=tmp_path)).search({"q": "warm windows"}, 3)
     monkeypatch.setattr(bm25_module.BM25Retriever, "build", staticmethod(lambda *a: pytest.fail("rebuilt")))
-    assert build_bm25(beir_dir, {"cache_dir": tmp_path}).search({"q": "warm windows"}, 3) == first
+    assert build_bm25(beir_dir, SearchOptions(cache_dir=tmp_path)).search({"q": "warm windows"}, 3) == first
     assert BM25Settings().key() != BM25Settings(k1=0.9).key()
 
 
@@ -71,7 +72,7 @@ def _reference_embeddings(model_dir, texts):
 
 
 def test_dense_scores_equal_float64_reference(beir_dir, tmp_path, tiny_bert_dir):
-    retriever = build_dense(beir_dir, {"model": str(tiny_bert_dir), "device": "cpu", "cache_dir": tmp_path, "batch_size": 2, "max_length": 64})
+    retriever = build_dense(beir_dir, SearchOptions(model=str(tiny_bert_dir), device="cpu", cache_dir=tmp_path, batch_size=2, max_length=64))
     texts = [f"{t} {x}".strip() for t, x in DOCS.values()]
     docs = _reference_embeddings(tiny_bert_dir, texts)
     query = _reference_embeddings(tiny_bert_dir, ["cats purr"])[0]
@@ -83,7 +84,7 @@ def test_dense_scores_equal_float64_reference(beir_dir, tmp_path, tiny_bert_dir)
 
 
 def test_dense_cache_reused_and_resumed(beir_dir, tmp_path, tiny_bert_dir, monkeypatch):
-    options = {"model": str(tiny_bert_dir), "device": "cpu", "cache_dir": tmp_path, "max_length": 64}
+    options = SearchOptions(model=str(tiny_bert_dir), device="cpu", cache_dir=tmp_path, max_length=64)
     first = build_dense(beir_dir, options).search({"q": "dogs"}, 5)
     calls = []
     original = DenseEncoder.encode
@@ -110,7 +111,7 @@ def test_faiss_and_torch_exact_search_agree():
 
 def test_missing_model_is_a_clear_error(beir_dir, tmp_path):
     with pytest.raises(NpdecodeError, match="cannot load encoder"):
-        build_dense(beir_dir, {"model": str(tmp_path / "no-model"), "device": "cpu", "cache_dir": tmp_path})
+        build_dense(beir_dir, SearchOptions(model=str(tmp_path / "no-model"), device="cpu", cache_dir=tmp_path))
 
 
 def test_registry():

@@ -14,15 +14,16 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from npdecode.atomic import atomic_file
+from npdecode.cache import cache_root
 from npdecode.corpus import corpus_digest, iter_corpus
 from npdecode.device import resolve_device
 from npdecode.errors import NpdecodeError
-from npdecode.eval.cache import cache_root
+from npdecode.search.options import SearchOptions
+from npdecode.search.registry import register_retriever
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CHUNK = 2048  # documents per cached chunk: the unit of resumption
@@ -165,14 +166,13 @@ def encode_corpus(encoder: DenseEncoder, corpus_path: Path, cache_dir: Path) -> 
     return doc_ids, np.concatenate(chunks)
 
 
-def build_dense(corpus_path: Path, options: Mapping[str, Any]) -> DenseRetriever:
-    """Factory for the harness: options ``model``, ``device``, ``batch_size``, ``max_length``."""
-    encoder = DenseEncoder(
-        resolve_model(options.get("model")),
-        device=resolve_device(options.get("device", "auto")),
-        max_length=options.get("max_length"),
-        batch_size=options.get("batch_size") or 64,
-    )
+def build_dense(corpus_path: Path, options: SearchOptions) -> DenseRetriever:
+    """Factory: options ``model``, ``device``, ``batch_size`` (default 64), ``max_length``, ``cache_dir``."""
+    encoder = DenseEncoder(resolve_model(options.model), device=resolve_device(options.device),
+                           max_length=options.max_length, batch_size=options.batch_size or 64)
     key = f"{encoder.digest()}-{corpus_digest(corpus_path)[:16]}"
-    doc_ids, emb = encode_corpus(encoder, corpus_path, cache_root(options) / "dense" / key)
+    doc_ids, emb = encode_corpus(encoder, corpus_path, cache_root(options.cache_dir) / "dense" / key)
     return DenseRetriever(encoder, doc_ids, emb)
+
+
+register_retriever("dense", build_dense, builtin=True)

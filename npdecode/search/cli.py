@@ -1,0 +1,61 @@
+"""``npdecode search``: decode queries over an index dir with its generative model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from npdecode.deprecation import deprecated_alias
+from npdecode.errors import NpdecodeError
+
+
+@click.command("search")
+@click.argument("index_dir", type=click.Path(path_type=Path))
+@click.argument("query", required=False)
+@click.option("--queries", "queries_path", type=click.Path(path_type=Path), help="Queries file (.jsonl or .tsv).")
+@click.option("--run", "run_path", type=click.Path(path_type=Path), help="Write a TREC run here.")
+@click.option("-k", "--top-k", "top_k", default=10, show_default=True, help="Documents per query.")
+@click.option("--k", "old_k", type=int, hidden=True, help="Deprecated spelling of --top-k.")
+@click.option("--beam", type=int, help="Beam size (default 10).")
+@click.option("--retriever", "kind", type=click.Choice(["np", "genre"]), default="np", show_default=True)
+@click.option("--trie-mode", type=click.Choice(["ce", "token", "group"]),
+              help="Np decoding over CE ids, token ids (log-sum-exp over rows) or token groups (best row).")
+@click.option("--model", help="Decode with this checkpoint instead of the index's model.")
+@click.option("--batch-size", type=int, help="Queries decoded together (default: ~320 beam rows per step).")
+@click.option("--device", help="auto (default), cpu or cuda[:n].")
+@click.option("--normalizer", help="exact (default), or ivf[:NPROBE[:TOPK[:NLIST]]]: approximate (FAISS top-k) normalizer, CPU.")
+@click.option("--length-penalty", type=float,
+              help="Finished hypotheses score sum / length**L, as HF's beam scorer (default 0: the raw sum).")
+def search_command(index_dir, query, queries_path, run_path, top_k, old_k, beam, kind, trie_mode, model, batch_size,
+                   device, normalizer, length_penalty):
+    """Search INDEX_DIR for QUERY (or every query of --queries, written to --run)."""
+    from npdecode.search.options import SearchOptions
+    from npdecode.search.retrievers.generative import GenerativeRetriever
+
+    k = deprecated_alias("--k", "-k/--top-k", old_k, top_k)
+    if (query is None) == (queries_path is None):
+        raise NpdecodeError("give either a QUERY or --queries FILE")
+    if k < 1:
+        raise NpdecodeError(f"-k {k}: must be at least 1")
+    options = SearchOptions.of(beam=beam, trie_mode=trie_mode, gr_model=model, batch_size=batch_size, device=device,
+                               normalizer=normalizer, length_penalty=length_penalty)
+    if queries_path is not None:
+        from npdecode.topics import load_queries
+
+        queries = load_queries(queries_path)
+    else:
+        queries = {"query": query}
+    retriever = GenerativeRetriever(index_dir, kind=kind, options=options)
+    run = retriever.search(queries, k)
+    if run_path is not None:
+        from npdecode.runs import write_run
+
+        write_run(run, run_path, tag=f"npdecode-{kind}")
+        click.echo(f"{run_path}: {len(run)} queries")
+        return
+    identifiers = {d: g.identifier for i, g in enumerate(retriever.index.groups)
+                   for d in retriever.index.live_doc_ids(i)}
+    for docs in run.values():
+        for rank, (doc_id, score) in enumerate(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0])), 1):
+            click.echo(f"{rank}\t{doc_id}\t{score:.4f}\t{identifiers[doc_id]}")

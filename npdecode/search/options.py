@@ -1,0 +1,46 @@
+"""How a retriever searches: one frozen, strictly validated options object.
+
+``npdecode search``, ``npdecode eval`` and the Python API (:func:`~npdecode.search.build_retriever`,
+:class:`~npdecode.search.GenerativeRetriever`) all read these fields, and each default is written
+here only. An unknown or mistyped option is an error, never a silent default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from npdecode.config import validated
+
+
+class SearchOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # np / genre: the index dir to search, and a checkpoint to decode with instead of the one
+    # the index records
+    index: Path | None = None
+    gr_model: str | None = None
+    # dense: the encoder (hub id or path; None: all-MiniLM-L6-v2) and its input cut (None: the model's)
+    model: str | None = None
+    max_length: int | None = Field(None, ge=8)
+    # np / genre decoding
+    beam: int = Field(10, ge=1)
+    trie_mode: Literal["ce", "token", "group"] | None = None  # None: the index config's
+    length_penalty: float = 0.0  # finished hypotheses score sum / length**L (HF's beam scorer)
+    normalizer: str = "exact"  # or ivf[:NPROBE[:TOPK[:NLIST]]] (approximate, CPU)
+    widen: bool = True  # widen the beam until k documents are found
+    # every retriever
+    batch_size: int | None = Field(None, ge=1)
+    device: str = "auto"  # auto, cpu or cuda[:n]
+    cache_dir: Path | None = None  # baseline indexes and encoded corpora
+
+    @classmethod
+    def of(cls, options: SearchOptions | Mapping[str, Any] | None = None, **overrides: Any) -> SearchOptions:
+        """``options`` (an object or a mapping whose None values mean "the default") with
+        ``overrides`` applied; unknown keys and bad values are one-line errors."""
+        data = options.model_dump() if isinstance(options, SearchOptions) else dict(options or {})
+        data.update(overrides)
+        return validated(cls, {k: v for k, v in data.items() if v is not None}, "search options", "search options")

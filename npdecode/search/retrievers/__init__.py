@@ -1,0 +1,1 @@
+"""The built-in retrievers; each module registers its factory (``register_retriever``) on import."""

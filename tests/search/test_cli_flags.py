@@ -1,0 +1,26 @@
+"""One meaning per flag: -k/--top-k is documents per query (search, eval), --centroids is CE rows
+per token (index); the old spellings still work for one release, with a warning."""
+
+from __future__ import annotations
+
+import json
+
+from npdecode.cli import main
+from tests.index.helpers import toy_corpus_file
+
+
+def test_top_k_centroids_and_the_deprecated_k(t5_dir, tmp_path, capsys):
+    corpus = toy_corpus_file(tmp_path, 8, seed=1)
+    main(["index", str(corpus), "--model", str(t5_dir), "--out", str(tmp_path / "a"), "--centroids", "2"])
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["config"]["k"] == 2
+    capsys.readouterr()
+    main(["index", str(corpus), "--model", str(t5_dir), "--out", str(tmp_path / "b"), "--k", "3"])
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["config"]["k"] == 3
+    assert "--k is deprecated" in capsys.readouterr().err
+    for flags in (["-k", "2"], ["--top-k", "2"]):
+        main(["search", str(tmp_path / "a"), "alpha river", *flags, "--beam", "4", "--device", "cpu"])
+        captured = capsys.readouterr()
+        assert len(captured.out.strip().splitlines()) == 2 and "deprecated" not in captured.err
+    main(["search", str(tmp_path / "a"), "alpha river", "--k", "3"])
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 3 and "use -k/--top-k" in captured.err
