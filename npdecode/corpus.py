@@ -158,10 +158,16 @@ def load_corpus(path: str | Path) -> dict[str, Document]:
 def corpus_digest(path: str | Path) -> str:
     """sha256 of the corpus bytes (of every .txt for a folder), for manifests and caches."""
     source = corpus_file(path)
-    digest = hashlib.sha256()
     files = sorted(source.glob("*.txt")) if source.is_dir() else [source]
-    for file in files:
-        digest.update(file.name.encode())
+    return files_digest([(file.name, file) for file in files])
+
+
+def files_digest(named_files: list[tuple[str, Path]]) -> str:
+    """sha256 over (name, bytes) of each file in the given order, streamed: the one file hash of
+    the package (corpora, model directories)."""
+    digest = hashlib.sha256()
+    for name, file in named_files:
+        digest.update(name.encode())
         with open(file, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)

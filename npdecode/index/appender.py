@@ -18,13 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from npdecode.errors import NpdecodeError
-from npdecode.index.config import IndexConfig
+from npdecode.index.config import APPEND_KEYS, IndexConfig
 from npdecode.index.layout import SPECIAL_ROWS, Index, load_index, write_segment
 from npdecode.index.manifest import model_digest, now, package_versions, write_manifest
-
-# Settings an append may change: how the work runs, not what the index contains.
-RUNTIME_KEYS = {"batch_tokens", "batch_size", "shard_size", "precision", "accelerator", "devices",
-                "num_nodes", "strategy", "progress"}
 
 
 def append_to_index(corpus: str | Path, index_dir: str | Path, *, replace: bool = False,
@@ -152,7 +148,7 @@ def _check_precision(manifest: dict, config: IndexConfig, allow_mixed: bool, ind
 
 
 def _append_config(manifest: dict, runtime: dict) -> IndexConfig:
-    fixed = {k: v for k, v in runtime.items() if v is not None and k not in RUNTIME_KEYS}
+    fixed = {k: v for k, v in runtime.items() if v is not None and k not in APPEND_KEYS}
     if fixed:
         raise NpdecodeError(f"--append keeps the index's settings; {', '.join(sorted(fixed))} cannot change "
                             "(rebuild the index to change them)")
@@ -206,7 +202,7 @@ def _next_generation(index: Index, entry: dict, rows, row_tokens, records, raw) 
     if was_live == still_live:
         tries = {}
         for mode in ("ce", "token"):
-            seqs = [(r.ce + [updated.eos_ce]) if mode == "ce" else (r.tokens + [updated.eos_token]) for r in records]
+            seqs = [r.target(mode, updated.eos_ce, updated.eos_token) for r in records]
             tries[mode] = Trie.load(index.trie_path(mode)).extend(seqs, list(range(first_new, first_new + len(records))))
     else:
         seqs, which = {}, None

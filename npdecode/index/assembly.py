@@ -79,7 +79,7 @@ def write_first_generation(index_dir: Path, rows: np.ndarray, row_tokens: np.nda
 
     eos_ce = SPECIAL_ROWS.index("eos")
     eos_token = int(row_tokens[eos_ce])
-    targets = {"ce": [r.ce + [eos_ce] for r in records], "token": [r.tokens + [eos_token] for r in records]}
+    targets = {mode: [r.target(mode, eos_ce, eos_token) for r in records] for mode in ("ce", "token")}
     tries = build_tries(targets, list(range(len(records))))
     raw_store = new_store(raw["vectors"], config) if raw is not None else None
     files = save_generation(index_dir, 0, tries, new_store(rows, config), raw_store)

@@ -16,13 +16,12 @@ import shutil
 from pathlib import Path
 
 from npdecode.errors import NpdecodeError
-from npdecode.index.config import IndexConfig
+from npdecode.index.config import PLACEMENT_KEYS, IndexConfig
 from npdecode.index.identifiers import IdentifierGroup, assign_identifiers
 from npdecode.index.layout import write_segment
 from npdecode.index.manifest import FORMAT, config_digest, model_digest, now, package_versions, write_manifest
 
 log = logging.getLogger(__name__)
-_PLACEMENT_KEYS = {"devices", "num_nodes", "strategy", "accelerator", "progress"}
 
 
 def build_index(corpus: str | Path, model, out: str | Path, config: IndexConfig | None = None, *,
@@ -47,7 +46,7 @@ def build_index(corpus: str | Path, model, out: str | Path, config: IndexConfig 
     ident_tokens = tokenize_identifiers(backbone, groups)
     plan = {
         # how the encoding is spread does not change the shards: a resume may use other devices
-        "format": FORMAT, "config": config.model_dump(exclude=_PLACEMENT_KEYS), "corpus_digest": corpus_digest(corpus),
+        "format": FORMAT, "config": config.model_dump(exclude=set(PLACEMENT_KEYS)), "corpus_digest": corpus_digest(corpus),
         "model": ref, "model_digest": digest, "groups": len(groups),
     }
     partial = out.parent / f".{out.name}.partial"

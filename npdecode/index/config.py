@@ -55,3 +55,11 @@ def load_index_config(path: str | Path | None = None, **overrides: object) -> In
     data = read_mapping(path, "index config")
     data.update({key: value for key, value in overrides.items() if value is not None})
     return validated(IndexConfig, data, path if path is not None else "index options", "index config")
+
+
+# How the work is spread over processes and shown: never changes what is computed, so a resumed
+# build may use other values.
+PLACEMENT_KEYS = frozenset({"devices", "num_nodes", "strategy", "accelerator", "progress"})
+# What an append may set differently from the build: placement, batching and precision (each
+# segment records its precision); every other key defines the index's content.
+APPEND_KEYS = PLACEMENT_KEYS | {"batch_tokens", "batch_size", "shard_size", "precision"}

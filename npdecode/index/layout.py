@@ -47,6 +47,11 @@ class DocumentGroup:
     tokens: list[int]  # identifier token ids (no EOS)
     ce: list[int]  # CE row ids of those tokens (no EOS)
 
+    def target(self, mode: str, eos_ce: int, eos_token: int) -> list[int]:
+        """The decoder's target for this identifier: its CE ids + the EOS row (``mode="ce"``), or
+        its token ids + the EOS token (``"token"``). The one place a target is spelled out."""
+        return self.ce + [eos_ce] if mode == "ce" else self.tokens + [eos_token]
+
     def to_json(self) -> str:
         return json.dumps({"identifier": self.identifier, "doc_ids": self.doc_ids, "digest": self.digest,
                            "tokens": self.tokens, "ce": self.ce}, ensure_ascii=False)
@@ -113,7 +118,7 @@ class Index:
         seqs, which = [], []
         for i, group in enumerate(self.groups):
             if self.live_doc_ids(i):
-                seqs.append((group.ce + [self.eos_ce]) if mode == "ce" else (group.tokens + [self.eos_token]))
+                seqs.append(group.target(mode, self.eos_ce, self.eos_token))
                 which.append(i)
         return seqs, which
 

@@ -26,16 +26,12 @@ FORMAT = "npdecode-index/1"
 
 def model_digest(model: str | Path) -> str | None:
     """sha256 over a local model dir's files (names and bytes); None for a hub id."""
+    from npdecode.corpus import files_digest
+
     path = Path(model)
     if not path.is_dir():
         return None
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_digest([(str(f.relative_to(path)), f) for f in sorted(p for p in path.rglob("*") if p.is_file())])
 
 
 def weights_digest(module: Any) -> str:

@@ -44,7 +44,7 @@ def build_model(config: TrainConfig, backbone_ref: str, index):
 def targets_of(index, variant: str) -> list[list[int]]:
     """Each identifier group's decoder target: CE ids + EOS row (np) or tokens + EOS (vanilla)."""
     mode = "token" if variant == "vanilla" else "ce"
-    return [(g.ce + [index.eos_ce]) if mode == "ce" else (g.tokens + [index.eos_token]) for g in index.groups]
+    return [g.target(mode, index.eos_ce, index.eos_token) for g in index.groups]
 
 
 def make_examples(config: TrainConfig, out: Path, model, data, corpus, index, say):

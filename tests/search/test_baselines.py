@@ -8,7 +8,7 @@ from npdecode.search.options import SearchOptions
 from npdecode.search.registry import Retriever, build_retriever, get_factory, register_retriever
 from npdecode.search.retrievers import bm25 as bm25_module
 from npdecode.search.retrievers.bm25 import BM25Settings, build_bm25
-from npdecode.search.retrievers.dense import DenseEncoder, build_dense, exact_search, torch_exact_search
+from npdecode.search.retrievers.dense import DenseEncoder, build_dense, exact_search
 from tests.eval.conftest import DOCS
 
 
@@ -102,7 +102,7 @@ def test_faiss_and_torch_exact_search_agree():
     docs = rng.standard_normal((300, 16)).astype(np.float32)
     queries = rng.standard_normal((7, 16)).astype(np.float32)
     s1, i1 = exact_search(docs, queries, 10)
-    s2, i2 = torch_exact_search(docs, queries, 10, block=3)
+    s2, i2 = exact_search(docs, queries, 10, backend="torch")
     brute = np.argsort(-(queries.astype(np.float64) @ docs.T.astype(np.float64)), axis=1)[:, :10]
     np.testing.assert_array_equal(i1, brute)
     np.testing.assert_array_equal(i2, brute)

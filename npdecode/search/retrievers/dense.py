@@ -101,32 +101,15 @@ def _st_max_length(model: str) -> int | None:
     return None
 
 
-def exact_search(doc_emb: np.ndarray, query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` inner product: ``(scores, indices)``, each ``(Q, k)``; faiss or torch."""
-    k = min(k, doc_emb.shape[0])
-    try:
-        import faiss
-    except ImportError:
-        faiss = None
-    if faiss is not None:
-        index = faiss.IndexFlatIP(doc_emb.shape[1])
-        index.add(np.ascontiguousarray(doc_emb, dtype=np.float32))
-        return index.search(np.ascontiguousarray(query_emb, dtype=np.float32), k)
-    return torch_exact_search(doc_emb, query_emb, k)
+def exact_search(doc_emb: np.ndarray, query_emb: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner product: ``(scores, indices)``, each ``(Q, min(k, docs))``, through
+    the index stage's flat store (faiss ``IndexFlatIP``, or pure torch: ``backend="torch"``)."""
+    from npdecode.index.store import CEStore
 
-
-def torch_exact_search(doc_emb: np.ndarray, query_emb: np.ndarray, k: int, block: int = 1024):
-    """Pure-torch exact inner-product top-k, in query blocks to bound memory."""
-    import torch
-
-    docs = torch.from_numpy(np.ascontiguousarray(doc_emb, dtype=np.float32))
-    scores, indices = [], []
-    for start in range(0, query_emb.shape[0], block):
-        q = torch.from_numpy(np.ascontiguousarray(query_emb[start : start + block], dtype=np.float32))
-        s, i = torch.topk(q @ docs.T, k=min(k, docs.shape[0]), dim=1)  # (b, k)
-        scores.append(s.numpy())
-        indices.append(i.numpy())
-    return np.concatenate(scores), np.concatenate(indices)
+    store = CEStore(doc_emb.shape[1], "Flat", backend=backend)
+    store.add(doc_emb)
+    scores, ids = store.search(query_emb, min(k, doc_emb.shape[0]))
+    return scores, ids
 
 
 class DenseRetriever:
