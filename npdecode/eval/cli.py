@@ -87,13 +87,14 @@ def evaluate_and_report(
 @click.option("--normalizer", help="np retriever: exact (default) or ivf[:NPROBE[:TOPK[:NLIST]]] (approximate, CPU).")
 @click.option("--length-penalty", type=float, help="np / genre: score sum / length**L as HF's beam scorer (default 0).")
 @click.option("--device", help="auto (default), cpu or cuda[:n].")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "auto"]), help="np / genre: decoding precision (default: as loaded).")
 @click.option("--batch-size", type=int, help="Encoding / decoding batch size.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Downloads and baseline indexes (default ~/.cache/npdecode).")
 @click.option("--ignore-identical-ids/--keep-identical-ids", default=None,
               help="Drop a retrieved document whose id equals the query id (default: on for BEIR, as BEIR).")  # fmt: skip
 @click.option("--per-query/--no-per-query", default=True, show_default=True, help="Keep per-query values in the JSON.")
 def eval_command(dataset, split, data_dir, retrievers, top_k, old_k, json_path, run_path, plot_path, model, index_dir,
-                 gr_model, beam, normalizer, length_penalty, device, batch_size, cache_dir, ignore_identical_ids,
+                 gr_model, beam, normalizer, length_penalty, device, dtype, batch_size, cache_dir, ignore_identical_ids,
                  per_query):  # fmt: skip
     """Evaluate retrievers on a dataset and print a comparison table."""
     k = deprecated_alias("--k", "-k/--top-k", old_k, top_k)
@@ -101,6 +102,6 @@ def eval_command(dataset, split, data_dir, retrievers, top_k, old_k, json_path, 
         raise NpdecodeError(f"-k {k}: must be at least 1")
     options = {"model": model, "index": index_dir, "gr_model": gr_model, "beam": beam, "device": device,
                "batch_size": batch_size, "cache_dir": cache_dir, "normalizer": normalizer,
-               "length_penalty": length_penalty}  # fmt: skip
+               "length_penalty": length_penalty, "dtype": dtype}  # fmt: skip
     evaluate_and_report(dataset, split, data_dir, list(retrievers), options, k, json_path, run_path, plot_path,
                         ignore_identical_ids, per_query)  # fmt: skip

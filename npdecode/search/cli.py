@@ -25,10 +25,12 @@ from npdecode.errors import NpdecodeError
 @click.option("--batch-size", type=int, help="Queries decoded together (default: ~320 beam rows per step).")
 @click.option("--device", help="auto (default), cpu or cuda[:n].")
 @click.option("--normalizer", help="exact (default), or ivf[:NPROBE[:TOPK[:NLIST]]]: approximate (FAISS top-k) normalizer, CPU.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "auto"]),
+              help="Decode in this precision (auto: bf16 where the device has native bf16; default: as loaded).")
 @click.option("--length-penalty", type=float,
               help="Finished hypotheses score sum / length**L, as HF's beam scorer (default 0: the raw sum).")
 def search_command(index_dir, query, queries_path, run_path, top_k, old_k, beam, kind, trie_mode, model, batch_size,
-                   device, normalizer, length_penalty):
+                   device, normalizer, dtype, length_penalty):
     """Search INDEX_DIR for QUERY (or every query of --queries, written to --run)."""
     from npdecode.search.options import SearchOptions
     from npdecode.search.retrievers.generative import GenerativeRetriever
@@ -39,7 +41,7 @@ def search_command(index_dir, query, queries_path, run_path, top_k, old_k, beam,
     if k < 1:
         raise NpdecodeError(f"-k {k}: must be at least 1")
     options = SearchOptions.of(beam=beam, trie_mode=trie_mode, gr_model=model, batch_size=batch_size, device=device,
-                               normalizer=normalizer, length_penalty=length_penalty)
+                               normalizer=normalizer, length_penalty=length_penalty, dtype=dtype)
     if queries_path is not None:
         from npdecode.topics import load_queries
 

@@ -32,6 +32,7 @@ class SearchOptions(BaseModel):
     length_penalty: float = 0.0  # finished hypotheses score sum / length**L (HF's beam scorer)
     normalizer: str = "exact"  # or ivf[:NPROBE[:TOPK[:NLIST]]] (approximate, CPU)
     widen: bool = True  # widen the beam until k documents are found
+    dtype: Literal["fp32", "bf16", "auto"] | None = None  # cast model and CE for decoding (None: as loaded)
     # every retriever
     batch_size: int | None = Field(None, ge=1)
     device: str = "auto"  # auto, cpu or cuda[:n]

@@ -24,3 +24,16 @@ def test_top_k_centroids_and_the_deprecated_k(t5_dir, tmp_path, capsys):
     main(["search", str(tmp_path / "a"), "alpha river", "--k", "3"])
     captured = capsys.readouterr()
     assert len(captured.out.strip().splitlines()) == 3 and "use -k/--top-k" in captured.err
+
+
+def test_dtype_reaches_the_decoder_from_the_cli(t5_dir, tmp_path, capsys, monkeypatch):
+    import npdecode.decoding as decoding
+
+    seen = []
+    real = decoding.cast_for_decoding
+    monkeypatch.setattr(decoding, "cast_for_decoding", lambda model, dtype: seen.append(dtype) or real(model, dtype))
+    corpus = toy_corpus_file(tmp_path, 6, seed=2)
+    main(["index", str(corpus), "--model", str(t5_dir), "--out", str(tmp_path / "a")])
+    capsys.readouterr()
+    main(["search", str(tmp_path / "a"), "alpha river", "-k", "2", "--dtype", "bf16", "--device", "cpu"])
+    assert seen == ["bf16"] and len(capsys.readouterr().out.strip().splitlines()) == 2

@@ -59,7 +59,8 @@ class GenerativeRetriever:
         qids = list(queries)
         o = self.options
         hits = search(self.model, self.trie, [queries[q] for q in qids], k=k, beam=o.beam, batch_size=o.batch_size,
-                      length_penalty=o.length_penalty, normalizer=self.normalizer, widen=o.widen, group=self.group)
+                      length_penalty=o.length_penalty, normalizer=self.normalizer, widen=o.widen, group=self.group,
+                      dtype=o.dtype)
         run: Run = {}
         for qid, ranked in zip(qids, hits):
             docs: dict[str, float] = {}
