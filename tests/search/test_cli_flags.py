@@ -27,7 +27,7 @@ def test_top_k_centroids_and_the_deprecated_k(t5_dir, tmp_path, capsys):
 
 
 def test_dtype_reaches_the_decoder_from_the_cli(t5_dir, tmp_path, capsys, monkeypatch):
-    import npdecode.decoding as decoding
+    from npdecode import decoding
 
     seen = []
     real = decoding.cast_for_decoding
