@@ -61,26 +61,6 @@ def split_corpus(data_dir: Path, work: Path, fraction: float, seed: int) -> tupl
     return seen_dir, work / "held_out.jsonl", held
 
 
-def train(variant: str, work: Path, seen_dir: Path, minutes: float, threads: int | None) -> dict:
-    from scifact_gr import CONFIG, CONTRASTIVE_SHARE, VARIANTS
-
-    from npdecode.train.config import load_train_config
-    from npdecode.train.run import MANIFEST, train_run
-
-    name, sets = VARIANTS[variant]
-    out = work / name
-    if (out / MANIFEST).is_file():
-        return json.loads((out / MANIFEST).read_text())
-    if variant == "np/contrastive":
-        sets += (f"contrastive.max_minutes={minutes * CONTRASTIVE_SHARE}",
-                 f"trainer.max_minutes={minutes * (1 - CONTRASTIVE_SHARE)}")
-    else:
-        sets += (f"trainer.max_minutes={minutes}",)
-    sets += ("trainer.progress=false",) + ((f"trainer.threads={threads}",) if threads else ())
-    config = load_train_config(CONFIG, sets, **{"data.dataset": str(seen_dir)})
-    return train_run(config, out, resume=out.exists(), say=print)
-
-
 def appended_index(run_dir: Path, held_out: Path) -> tuple[Path, dict]:
     """``run_dir/index-appended``: the run's index + the held-out documents (beside the run's
     checkpoint, so its manifest's ../checkpoint still resolves); and what the append did."""
@@ -189,7 +169,7 @@ def write(result: dict, stats: dict, trained: dict, args) -> None:
 
 
 def main() -> None:
-    from scifact_gr import VARIANTS
+    from scifact_gr import VARIANTS, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="Holds scifact/ in BEIR layout.")
@@ -210,7 +190,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     seen_dir, _, held = split_corpus(args.data_dir, args.work, args.fraction, args.seed)
     variants = args.variants or [args.np_variant, "vanilla"]
-    trained = {v: train(v, args.work, seen_dir, args.minutes, args.threads) for v in variants}
+    trained = {v: train(v, args.work, None, args.minutes, args.threads, dataset=seen_dir) for v in variants}
     if args.skip_eval:
         return
     for v in (args.np_variant, "vanilla"):

@@ -44,12 +44,28 @@ DECODINGS = {"": ("ce", 0.0), " token-trie": ("token", 0.0), " group-trie": ("gr
              " lp1": ("ce", 1.0), " token-trie lp1": ("token", 1.0), " group-trie lp1": ("group", 1.0)}
 
 
-def train(variant: str, runs: Path, data_dir: Path, minutes: float, threads: int | None) -> dict:
+def run_labels(runs: Path) -> dict[str, tuple[str, Path]]:
+    """Finished runs: label -> (variant, run dir). The comparison's runs are labelled by their
+    variant; a longer run of a variant (``--long``, dir ``<name>-<M>min``) by variant + budget."""
+    found = {}
+    for variant, (name, _) in VARIANTS.items():
+        if (runs / name / "manifest.json").is_file():
+            found[variant] = (variant, runs / name)
+        for longer in sorted(runs.glob(f"{name}-*min")):
+            if (longer / "manifest.json").is_file():
+                found[f"{variant} {longer.name.removeprefix(name + '-')}"] = (variant, longer)
+    return found
+
+
+def train(variant: str, runs: Path, data_dir: Path | None, minutes: float, threads: int | None, tag: str = "",
+          dataset: Path | None = None) -> dict:
+    """Train ``variant`` with ``minutes`` of budget into ``runs/<name>[-tag]`` (reused when finished);
+    ``dataset`` (a BEIR folder) replaces the config's SciFact."""
     from npdecode.train.config import load_train_config
     from npdecode.train.run import MANIFEST, train_run
 
     name, sets = VARIANTS[variant]
-    out = runs / name
+    out = runs / (f"{name}-{tag}" if tag else name)
     if (out / MANIFEST).is_file():
         return json.loads((out / MANIFEST).read_text())
     if variant == "np/contrastive":  # one budget for both stages
@@ -58,7 +74,8 @@ def train(variant: str, runs: Path, data_dir: Path, minutes: float, threads: int
     else:
         sets += (f"trainer.max_minutes={minutes}",)
     sets += ("trainer.progress=false",) + ((f"trainer.threads={threads}",) if threads else ())
-    config = load_train_config(CONFIG, sets, **{"data.data_dir": str(data_dir)})
+    where = {"data.dataset": str(dataset)} if dataset is not None else {"data.data_dir": str(data_dir)}
+    config = load_train_config(CONFIG, sets, **where)
     start = time.perf_counter()
     run = train_run(config, out, resume=out.exists(), say=print)
     run["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
@@ -92,13 +109,13 @@ def evaluate_all(runs: Path, data_dir: Path, k: int, done: dict | None = None) -
     builders = {
         "bm25": lambda: build_retriever("bm25", ds.corpus_path, {"cache_dir": runs / "cache"}),
         "dense": lambda: build_retriever("dense", ds.corpus_path, {"cache_dir": runs / "cache"}),
-        "vanilla": lambda: GenerativeRetriever(runs / "vanilla" / "index", kind="genre", widen=False),
     }
-    for variant, (run_name, _) in VARIANTS.items():
-        if not variant.startswith("np") or not (runs / run_name / "manifest.json").is_file():
+    for label, (variant, run_dir) in run_labels(runs).items():
+        if not variant.startswith("np"):
+            builders[label] = lambda d=run_dir / "index": GenerativeRetriever(d, kind="genre", widen=False)
             continue
         for suffix, (mode, lp) in DECODINGS.items():
-            builders[variant + suffix] = (lambda d=runs / run_name / "index", mode=mode, lp=lp: GenerativeRetriever(
+            builders[label + suffix] = (lambda d=run_dir / "index", mode=mode, lp=lp: GenerativeRetriever(
                 d, kind="np", trie_mode=mode, length_penalty=lp, widen=False))
     metrics, seconds = {}, {}
     for name, build in builders.items():
@@ -136,14 +153,16 @@ def validation_length_penalty(run_dir: Path, data_dir: Path) -> dict[str, float]
     return out
 
 
-def write(metrics: dict, seconds: dict, trained: dict, args, by_lp: dict | None = None) -> None:
+def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None) -> None:
     machine = f"{conditions.cpu_name()}, {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = {}
+    labels = run_labels(args.runs)
     for name, m in metrics.items():
-        variant = name.split(" ")[0]
-        run = trained.get(variant)
-        minutes = train_minutes(args.runs / VARIANTS[variant][0], run) if run else 0
+        label = max((lb for lb in labels if name == lb or name.startswith(lb + " ")), key=len, default=None)
+        variant, run_dir = labels[label] if label else (name, None)
+        run = json.loads((run_dir / "manifest.json").read_text()) if run_dir else None
+        minutes = train_minutes(run_dir, run) if run else 0
         rows[name] = {"variant": variant, "train_minutes": minutes, "metrics": m,
                       "search_seconds": round(seconds[name], 1)}
         if run:
@@ -190,6 +209,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--long", nargs=2, metavar=("VARIANT", "MINUTES"),
+                        help="Train VARIANT longer, into <run>-<MINUTES>min (a row of its own).")
     parser.add_argument("--skip-eval", action="store_true")
     parser.add_argument("--only-missing", action="store_true",
                         help="Search only the rows missing from results/scifact_gr.json (same runs).")
@@ -198,21 +219,23 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    trained = {v: train(v, args.runs, args.data_dir, args.minutes, args.threads) for v in args.variants}
+    if args.long:
+        variant, minutes = args.long[0], float(args.long[1])
+        train(variant, args.runs, args.data_dir, minutes, args.threads, tag=f"{minutes:g}min")
+    else:
+        for v in args.variants:
+            train(v, args.runs, args.data_dir, args.minutes, args.threads)
     if args.skip_eval:
         return
-    for v, (run_name, _) in VARIANTS.items():
-        if v not in trained and (args.runs / run_name / "manifest.json").is_file():
-            trained[v] = json.loads((args.runs / run_name / "manifest.json").read_text())
     done = None
     previous = ROOT / "benchmarks" / "results" / "scifact_gr.json"
     if args.only_missing and previous.is_file():
         done = json.loads(previous.read_text())["rows"]
     metrics, seconds = evaluate_all(args.runs, args.data_dir, args.k, done)
-    by_lp = {v: validation_length_penalty(args.runs / VARIANTS[v][0], args.data_dir)
-             for v in trained if v.startswith("np")}
+    by_lp = {label: validation_length_penalty(d, args.data_dir)
+             for label, (v, d) in run_labels(args.runs).items() if v.startswith("np")}
     print("validation nDCG@10 by length penalty:", json.dumps(by_lp), flush=True)
-    write(metrics, seconds, trained, args, by_lp)
+    write(metrics, seconds, args, by_lp)
 
 
 if __name__ == "__main__":
