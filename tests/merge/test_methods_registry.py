@@ -121,3 +121,17 @@ def test_bad_entry_point_plugins_are_refused(monkeypatch, payload, error):
     monkeypatch.setattr(registry, "entry_points", lambda group: [entry])
     with pytest.raises(error):
         get_method("linear")
+
+
+def test_method_defaults_are_written_once_in_the_registry():
+    """Methods read their parameters as filled by the engine (``params[name]``); a fallback
+    default in the method body (``params.get(name, default)``) would be a second, possibly
+    different, copy of the registry's default."""
+    import re
+    from pathlib import Path
+
+    import npdecode.merge.methods as methods
+
+    offenders = [p.name for p in Path(methods.__path__[0]).glob("*.py")
+                 if re.search(r"\bparams\.get\(", p.read_text(encoding="utf-8"))]
+    assert not offenders, offenders

@@ -75,14 +75,14 @@ def merge_task_vectors(
     mixer = _mixing.BlockMixer(
         weights,
         consensus=consensus,
-        normalize=bool(params.get("normalize", False)),
-        lam=float(params.get("lambda", 1.0)),
+        normalize=bool(params["normalize"]),
+        lam=float(params["lambda"]),
         dtype=base.dtype,
         device=base.device,
         size=size,
     )
     base_flat = base.reshape(-1)
-    rescale = bool(params.get("rescale"))
+    rescale = bool(params["rescale"])
     if sparsification in STREAMED or (sparsification == "magnitude_outliers" and not rescale):
         densities = numeric["density"] if sparsification == "random" else None
         bands = None

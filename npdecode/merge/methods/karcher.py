@@ -96,7 +96,7 @@ def merge_karcher(tensors, base, model_params, params, generator) -> torch.Tenso
     check_shapes("karcher", tensors)
     if len(tensors) == 1:
         return tensors[0].clone()
-    return karcher_mean(list(tensors), int(params.get("max_iter", 10)), float(params.get("tol", 1e-5)))
+    return karcher_mean(list(tensors), int(params["max_iter"]), float(params["tol"]))
 
 
 METHOD = register(

@@ -20,7 +20,7 @@ def merge_linear(tensors, base, model_params, params, generator) -> torch.Tensor
     out = tensors[0] * weights[0]
     for x, w in zip(tensors[1:], weights[1:], strict=True):
         out.add_(x, alpha=w)
-    if params.get("normalize", True):
+    if params["normalize"]:
         total = sum(weights)
         if abs(total) < 1e-8:
             raise NpdecodeError(

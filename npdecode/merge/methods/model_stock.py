@@ -26,7 +26,7 @@ def merge_model_stock(tensors, base, model_params, params, generator) -> torch.T
             f"model_stock needs at least two models besides the base_model, got {len(others)}"
         )
     acc = accumulation_dtype(base)
-    filter_wise = params.get("filter_wise", False) and base.dim() > 0
+    filter_wise = params["filter_wise"] and base.dim() > 0
     width = base.shape[-1] if filter_wise else max(base.numel(), 1)
     b = base.reshape(-1, width)  # (rows, width): one row per filter, or one in all
     xs = [x.reshape(-1, width) for x in others]

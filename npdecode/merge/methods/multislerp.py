@@ -27,9 +27,9 @@ def merge_multislerp(tensors, base, model_params, params, generator) -> torch.Te
     check_shapes("multislerp", others, base)
     if len(others) == 1:
         return others[0].clone()
-    eps = float(params.get("eps", 1e-8))
+    eps = float(params["eps"])
     weights = scalars("multislerp", per_model, "weight", len(others))
-    if params.get("normalize_weights", True):
+    if params["normalize_weights"]:
         total = sum(weights)
         if abs(total) < 1e-12:
             raise NpdecodeError("multislerp: the models' weights sum to zero; change them")

@@ -36,11 +36,11 @@ def merge_nuslerp(tensors, base, model_params, params, generator) -> torch.Tenso
         raise NpdecodeError(f"nuslerp: the two weights sum to zero ({w0:g} + {w1:g}); change them")
     t = w1 / (w0 + w1)
     v0, v1 = others
-    if params.get("nuslerp_flatten", True) or v0.dim() < 2:
+    if params["nuslerp_flatten"] or v0.dim() < 2:
         return _flat_nuslerp(t, v0, v1, base)
     if base is not None:
         v0, v1 = v0 - base, v1 - base
-    dim = 0 if params.get("nuslerp_row_wise", False) else -1  # dim along which vectors lie
+    dim = 0 if params["nuslerp_row_wise"] else -1  # dim along which vectors lie
     out = slerp_along(t, v0, v1, dim)
     return out + base if base is not None else out
 

@@ -20,7 +20,7 @@ def merge_passthrough(tensors, base, model_params, params, generator) -> torch.T
             "use slices with one source each"
         )
     check_shapes("passthrough", tensors)
-    scale = (model_params.get("scale") or [None])[0]
+    scale = (model_params["scale"] or [None])[0]
     if scale is None:
         return tensors[0]
     return tensors[0] * float(scale)

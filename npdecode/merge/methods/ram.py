@@ -14,7 +14,7 @@ from npdecode.merge.registry import MergeMethod, register
 
 def merge_ram(tensors, base, model_params, params, generator) -> torch.Tensor:
     """RAM merge: lambda_i = 1 for every model."""
-    return merge_ram_family("ram", tensors, base, model_params, float(params.get("epsilon", 1e-5)), None)
+    return merge_ram_family("ram", tensors, base, model_params, float(params["epsilon"]), None)
 
 
 METHOD = register(

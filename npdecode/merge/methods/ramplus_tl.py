@@ -15,8 +15,8 @@ from npdecode.merge.registry import MergeMethod, register
 
 def merge_ramplus_tl(tensors, base, model_params, params, generator) -> torch.Tensor:
     """RAM with the tensor-local unique-entry scales of the module docstring."""
-    r, alpha = float(params.get("r", 0.1)), float(params.get("alpha", 0.2))
-    epsilon = float(params.get("epsilon", 1e-5))
+    r, alpha = float(params["r"]), float(params["alpha"])
+    epsilon = float(params["epsilon"])
 
     def scales(shared: torch.Tensor, unique: torch.Tensor) -> torch.Tensor:
         rho = shared / unique.clamp_min(epsilon)

@@ -52,7 +52,7 @@ def merge_sce(tensors, base, model_params, params, generator) -> torch.Tensor:
         return ds
 
     mask = None
-    topk = float(params.get("select_topk", 1.0))
+    topk = float(params["select_topk"])
     if topk < 1:
         var = torch.empty(numel, dtype=base.dtype, device=base.device)
         for start, stop in _mixing.blocks(numel, size):
@@ -68,7 +68,7 @@ def merge_sce(tensors, base, model_params, params, generator) -> torch.Tensor:
     coeff = [1.0 / n] * n if abs(total) < 1e-6 else [e / total for e in energy]
     out = torch.empty(base.shape, dtype=base.dtype, device=base.device)
     flat_out = out.view(-1)
-    int8_mask = bool(params.get("int8_mask", False))
+    int8_mask = bool(params["int8_mask"])
     for start, stop in _mixing.blocks(numel, size):
         ds = deltas(start, stop)
         agree = sign_consensus(torch.stack(ds), int8_mask)  # (n, m)
