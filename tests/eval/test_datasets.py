@@ -123,3 +123,17 @@ def test_nq320k_from_nci_schema(tmp_path):
     assert ds.qrels.judgments == {"5225754983651766092": {"0": 1}}
     assert load_corpus(ds.corpus_path)["1"]["title"] == "Email marketing"
     assert ds.primary == ("success_1", "success_10", "success_100", "recip_rank_cut_100")
+
+
+def test_dataset_registry_refuses_taken_names_and_resolves_families(tmp_path, monkeypatch):
+    import npdecode.eval.datasets as datasets
+
+    assert {"beir/", "nq", "nq320k"} <= set(datasets.dataset_names())
+    with pytest.raises(ValueError, match="already registered"):
+        datasets.register_dataset("nq", lambda *a: None)
+    monkeypatch.setattr(datasets, "_LOADERS", dict(datasets._LOADERS))
+    seen = []
+    datasets.register_dataset("toyfam/", lambda rest, split, data_dir, cache: seen.append((rest, split)) or "ok")
+    assert datasets.load_dataset("toyfam/sub/set", "dev", cache=tmp_path) == "ok" and seen == [("sub/set", "dev")]
+    with pytest.raises(NpdecodeError, match="toyfam/<name>"):
+        datasets.load_dataset("nothing-like-it", cache=tmp_path)
