@@ -126,7 +126,7 @@ def test_nq320k_from_nci_schema(tmp_path):
 
 
 def test_dataset_registry_refuses_taken_names_and_resolves_families(tmp_path, monkeypatch):
-    import npdecode.eval.datasets as datasets
+    from npdecode.eval import datasets
 
     assert {"beir/", "nq", "nq320k"} <= set(datasets.dataset_names())
     with pytest.raises(ValueError, match="already registered"):

@@ -130,7 +130,7 @@ def test_method_defaults_are_written_once_in_the_registry():
     import re
     from pathlib import Path
 
-    import npdecode.merge.methods as methods
+    from npdecode.merge import methods
 
     offenders = [p.name for p in Path(methods.__path__[0]).glob("*.py")
                  if re.search(r"\bparams\.get\(", p.read_text(encoding="utf-8"))]
