@@ -54,10 +54,12 @@ def split_corpus(data_dir: Path, work: Path, fraction: float, seed: int) -> tupl
         rows = (src / "qrels" / "train.tsv").read_text().splitlines()
         kept = [rows[0]] + [r for r in rows[1:] if r.split("\t")[1] not in held]
         (seen_dir / "qrels" / "train.tsv").write_text("\n".join(kept) + "\n")
-        (seen_dir / "corpus.jsonl").write_text("".join(line + "\n" for line in lines
-                                                       if json.loads(line)["_id"] not in held), encoding="utf-8")
-        (work / "held_out.jsonl").write_text("".join(line + "\n" for line in lines
-                                                     if json.loads(line)["_id"] in held), encoding="utf-8")
+        (seen_dir / "corpus.jsonl").write_text(
+            "".join(line + "\n" for line in lines if json.loads(line)["_id"] not in held), encoding="utf-8"
+        )
+        (work / "held_out.jsonl").write_text(
+            "".join(line + "\n" for line in lines if json.loads(line)["_id"] in held), encoding="utf-8"
+        )
     return seen_dir, work / "held_out.jsonl", held
 
 
@@ -75,10 +77,14 @@ def appended_index(run_dir: Path, held_out: Path) -> tuple[Path, dict]:
     index = load_index(out)
     seg = index.manifest["segments"][-1]
     rows_before = sum(s["rows"] for s in index.manifest["segments"][:-1])
-    new = [g for g in index.groups[-seg["groups"]:]]
+    new = [g for g in index.groups[-seg["groups"] :]]
     occ = [c for g in new for c in g.ce]
-    stats = {"documents": sum(len(g.doc_ids) for g in new), "occurrences": len(occ),
-             "to_existing_rows": sum(c < rows_before for c in occ), "new_rows": seg["rows"]}
+    stats = {
+        "documents": sum(len(g.doc_ids) for g in new),
+        "occurrences": len(occ),
+        "to_existing_rows": sum(c < rows_before for c in occ),
+        "new_rows": seg["rows"],
+    }
     return out, stats
 
 
@@ -118,10 +124,12 @@ def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_ru
         rebuilt = rebuilt_index(np_dir, full)
         for lp in (0.0, 1.0):
             suffix = " lp1" if lp else ""
-            builders[f"np appended{suffix}"] = (lambda d=appended, lp=lp: GenerativeRetriever(
-                d, kind="np", length_penalty=lp, widen=False))
-            builders[f"np rebuilt{suffix}"] = (lambda d=rebuilt, lp=lp: GenerativeRetriever(
-                d, kind="np", model=np_dir / "checkpoint", length_penalty=lp, widen=False))
+            builders[f"np appended{suffix}"] = lambda d=appended, lp=lp: GenerativeRetriever(
+                d, kind="np", length_penalty=lp, widen=False
+            )
+            builders[f"np rebuilt{suffix}"] = lambda d=rebuilt, lp=lp: GenerativeRetriever(
+                d, kind="np", model=np_dir / "checkpoint", length_penalty=lp, widen=False
+            )
     if (work / "vanilla" / "manifest.json").is_file():
         appended, stats["vanilla"] = appended_index(work / "vanilla", work / "held_out.jsonl")
         builders["vanilla appended"] = lambda d=appended: GenerativeRetriever(d, kind="genre", widen=False)
@@ -131,9 +139,11 @@ def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_ru
         run = build().search(queries, k)
         seconds = time.perf_counter() - start
         mean = evaluate(qrels, run, queries=queries, ignore_identical_ids=True).mean
-        rows[name] = {"metrics": {m: mean[m] for m in mean}, "search_seconds": round(seconds, 1),
-                      "found_held_out_at_1": sum(1 for q in queries if run.get(q) and
-                                                 max(run[q], key=run[q].get) in held)}
+        rows[name] = {
+            "metrics": {m: mean[m] for m in mean},
+            "search_seconds": round(seconds, 1),
+            "found_held_out_at_1": sum(1 for q in queries if run.get(q) and max(run[q], key=run[q].get) in held),
+        }
         print(f"{name}: nDCG@10 {mean['ndcg_cut_10']:.4f} Hits@1 {mean['success_1']:.4f} ({seconds:.0f} s)", flush=True)
     return {"queries": len(queries), "held_out_documents": len(held), "rows": rows}
 
@@ -141,29 +151,53 @@ def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_ru
 def write(result: dict, stats: dict, trained: dict, args) -> None:
     machine = f"{conditions.cpu_name()}, {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    out = {"machine": machine, "date": date, "conditions": conditions.measured(), "command": "benchmarks/append_zero_shot.py " + " ".join(sys.argv[1:]),
-           "held_out_fraction": args.fraction, "seed": args.seed, "np_variant": args.np_variant,
-           "training": {v: {"steps": r["training"]["steps"], "minutes": round(r["training"]["seconds"] / 60, 1)}
-                        for v, r in trained.items()},
-           "append": stats, **result}
+    out = {
+        "machine": machine,
+        "date": date,
+        "conditions": conditions.measured(),
+        "command": "benchmarks/append_zero_shot.py " + " ".join(sys.argv[1:]),
+        "held_out_fraction": args.fraction,
+        "seed": args.seed,
+        "np_variant": args.np_variant,
+        "training": {
+            v: {"steps": r["training"]["steps"], "minutes": round(r["training"]["seconds"] / 60, 1)}
+            for v, r in trained.items()
+        },
+        "append": stats,
+        **result,
+    }
     results = ROOT / "benchmarks" / "results"
     (results / "append_zero_shot.json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = ["# Documents added after training: SciFact, a fifth of the corpus held out", "",
-             (f"{date}, {machine}. {result['held_out_documents']} of 5,183 documents held out of training "
-              f"(seed {args.seed}) and added with `npdecode index --append`; the {result['queries']} test queries "
-              "with a relevant held-out document, judged on the held-out documents only, searched over the whole "
-              f"corpus. Np variant: {args.np_variant}; training: "
-              + ", ".join(f"{v} {t['minutes']} min ({t['steps']} steps)" for v, t in out["training"].items()) + "."),
-             "", "| row | nDCG@10 | Hits@1 | Hits@10 | R@100 | top-1 is a held-out doc | search s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# Documents added after training: SciFact, a fifth of the corpus held out",
+        "",
+        (
+            f"{date}, {machine}. {result['held_out_documents']} of 5,183 documents held out of training "
+            f"(seed {args.seed}) and added with `npdecode index --append`; the {result['queries']} test queries "
+            "with a relevant held-out document, judged on the held-out documents only, searched over the whole "
+            f"corpus. Np variant: {args.np_variant}; training: "
+            + ", ".join(f"{v} {t['minutes']} min ({t['steps']} steps)" for v, t in out["training"].items())
+            + "."
+        ),
+        "",
+        "| row | nDCG@10 | Hits@1 | Hits@10 | R@100 | top-1 is a held-out doc | search s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, row in result["rows"].items():
         m = row["metrics"]
-        lines.append(f"| {name} | {m['ndcg_cut_10']:.4f} | {m['success_1']:.4f} | {m['success_10']:.4f} | "
-                     f"{m['recall_100']:.4f} | {row['found_held_out_at_1']} | {row['search_seconds']} |")
+        lines.append(
+            f"| {name} | {m['ndcg_cut_10']:.4f} | {m['success_1']:.4f} | {m['success_10']:.4f} | "
+            f"{m['recall_100']:.4f} | {row['found_held_out_at_1']} | {row['search_seconds']} |"
+        )
     for model, s in stats.items():
-        lines += ["", (f"{model} append: {s['documents']} documents, {s['occurrences']} identifier tokens, "
-                       f"{s['to_existing_rows']} assigned to existing CE rows, {s['new_rows']} new rows "
-                       "(unseen tokens, and known tokens with fewer than k rows filled up to k).")]
+        lines += [
+            "",
+            (
+                f"{model} append: {s['documents']} documents, {s['occurrences']} identifier tokens, "
+                f"{s['to_existing_rows']} assigned to existing CE rows, {s['new_rows']} new rows "
+                "(unseen tokens, and known tokens with fewer than k rows filled up to k)."
+            ),
+        ]
     lines += ["", f"Command: `{out['command']}`"]
     (results / "append_zero_shot.md").write_text("\n".join(lines) + "\n")
 

@@ -30,8 +30,14 @@ def measured(**extra: Any) -> dict[str, Any]:
     """The machine and the load average (1, 5, 15 min) at the start and now, plus ``extra``."""
     import torch
 
-    return {"cpu": cpu_name(), "arch": platform.machine(), "nproc": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "load_average_before": LOAD_AT_START, "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            **extra}
+    return {
+        "cpu": cpu_name(),
+        "arch": platform.machine(),
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_before": LOAD_AT_START,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        **extra,
+    }

@@ -50,8 +50,18 @@ def build_model(tmp: Path, n_rows: int, token_ids: torch.Tensor, seed: int = 0):
 
     save_t5_tokenizer(tmp)
     torch.manual_seed(seed)
-    cfg = T5Config(vocab_size=32128, d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64,
-                   feed_forward_proj="relu", decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    cfg = T5Config(
+        vocab_size=32128,
+        d_model=512,
+        d_ff=2048,
+        num_layers=6,
+        num_heads=8,
+        d_kv=64,
+        feed_forward_proj="relu",
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     T5ForConditionalGeneration(cfg).save_pretrained(tmp)
     bb = load_backbone(tmp)
     ce = torch.randn(n_rows, 512) * 8.0  # encoder-state-like norms; keeps scores non-uniform
@@ -71,8 +81,6 @@ def hf_np_model(np_model):
     return hf
 
 
-
-
 def run_hf(hf, tok, trie, paths, queries, beam, k, batch, *, max_new_tokens=12, values=None):
     """HF ``generate`` over the nested-dict ``trie``; per query the top-``k`` paths as their
     ``values`` (default: the path's index in ``paths``). CE row 1 is EOS, row 0 pads."""
@@ -89,9 +97,16 @@ def run_hf(hf, tok, trie, paths, queries, beam, k, batch, *, max_new_tokens=12, 
     out = []
     for lo in range(0, len(queries), batch):
         enc = tok(queries[lo : lo + batch], return_tensors="pt", padding=True).to(hf.device)
-        gen = hf.generate(**enc, num_beams=beam, num_return_sequences=k, max_new_tokens=max_new_tokens,
-                          prefix_allowed_tokens_fn=allowed, length_penalty=0.0, early_stopping=True,
-                          do_sample=False)
+        gen = hf.generate(
+            **enc,
+            num_beams=beam,
+            num_return_sequences=k,
+            max_new_tokens=max_new_tokens,
+            prefix_allowed_tokens_fn=allowed,
+            length_penalty=0.0,
+            early_stopping=True,
+            do_sample=False,
+        )
         for q in range(len(queries[lo : lo + batch])):
             seqs = gen[q * k : (q + 1) * k, 1:].tolist()
             # HF pads finished beams (with EOS here): cut each at its first EOS (CE row 1)
@@ -105,7 +120,9 @@ def decoder_flops(np_model, rows_per_step: list[int], n_queries: int, enc_len: i
     ``2·d·V_ce``; per query once the cross-attention k/v of the encoder states (cached after)."""
     dec = np_model.backbone.decoder
     d, v = np_model.ce.shape[1], np_model.ce.shape[0]
-    cross_kv = sum(p.numel() for n, p in dec.named_parameters() if "EncDecAttention" in n and n.split(".")[-2] in ("k", "v"))
+    cross_kv = sum(
+        p.numel() for n, p in dec.named_parameters() if "EncDecAttention" in n and n.split(".")[-2] in ("k", "v")
+    )
     per_step = sum(p.numel() for n, p in dec.named_parameters() if "embed" not in n and "relative" not in n) - cross_kv
     total = 2.0 * cross_kv * enc_len * n_queries
     for t, rows in enumerate(rows_per_step):  # steps restart per batch; t only sizes self-attention
@@ -176,8 +193,13 @@ def main() -> None:
     ap.add_argument("--force-bf16", action="store_true", help="run bf16 even where it is emulated (slow)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-hf", action="store_true")
-    ap.add_argument("--approx", nargs="*", default=[], metavar="NLIST:NPROBE:TOPK",
-                    help="also run the approximate (FAISS IVF top-k) normalizer with these settings, fp32")
+    ap.add_argument(
+        "--approx",
+        nargs="*",
+        default=[],
+        metavar="NLIST:NPROBE:TOPK",
+        help="also run the approximate (FAISS IVF top-k) normalizer with these settings, fp32",
+    )
     ap.add_argument("--out", default="benchmarks/results/decoding.json")
     args = ap.parse_args()
     from npdecode import decoding
@@ -191,18 +213,31 @@ def main() -> None:
     trie = build_trie(paths, id_space="ce")
     queries = toy_sentences(args.queries, seed=7)
     k = 10
-    res = {"machine": {**conditions.measured(), "device": str(device),
-                       "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                       "bf16_native": decoding.bf16_supported(device),
-                       "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-                       "torch_threads": torch.get_num_threads()},
-           "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "command": "python " + " ".join(os.sys.argv),
-           "setup": {"docs": args.docs, "ce_rows": args.ce_rows, "queries": args.queries, "beam": args.beam,
-                     "batch": args.batch or decoding.auto_batch_size(args.beam, args.ce_rows),
-                     "batch_auto": not args.batch, "hf_batch": args.hf_batch, "k": k, "repeats": args.repeats,
-                     "model": "random t5-small size (6+6 layers, d=512, d_ff=2048)"},
-           "runs": {}}
+    res = {
+        "machine": {
+            **conditions.measured(),
+            "device": str(device),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_native": decoding.bf16_supported(device),
+            "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": "python " + " ".join(os.sys.argv),
+        "setup": {
+            "docs": args.docs,
+            "ce_rows": args.ce_rows,
+            "queries": args.queries,
+            "beam": args.beam,
+            "batch": args.batch or decoding.auto_batch_size(args.beam, args.ce_rows),
+            "batch_auto": not args.batch,
+            "hf_batch": args.hf_batch,
+            "k": k,
+            "repeats": args.repeats,
+            "model": "random t5-small size (6+6 layers, d=512, d_ff=2048)",
+        },
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         base = build_model(Path(tmp), args.ce_rows, token_ids).to(device)
     enc_len = int(base.tokenize(queries)[1].sum(1).float().mean())
@@ -211,9 +246,11 @@ def main() -> None:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
         if dtype is torch.bfloat16 and not decoding.bf16_supported(device) and not args.force_bf16:
             rate = matmul_rate(dtype, device, repeats=1)[0]
-            res["runs"][name] = {"skipped": "bf16 matmuls are emulated on this device (no AVX512-BF16/AMX)",
-                                 "matmul_gflops": round(rate / 1e9, 2),
-                                 "fp32_matmul_gflops": round(matmul_rate(torch.float32, device)[0] / 1e9, 1)}
+            res["runs"][name] = {
+                "skipped": "bf16 matmuls are emulated on this device (no AVX512-BF16/AMX)",
+                "matmul_gflops": round(rate / 1e9, 2),
+                "fp32_matmul_gflops": round(matmul_rate(torch.float32, device)[0] / 1e9, 1),
+            }
             print(name, json.dumps(res["runs"][name]), flush=True)
             continue
         model = decoding.cast_for_decoding(base, name)
@@ -272,23 +309,37 @@ def _run_dtype(model, trie, paths, queries, args, k, device, dtype, enc_len) -> 
     flops = decoder_flops(model, rows, len(queries), enc_len)
     ours_s, rate = float(np.median(ours_t)), float(np.median(rates))
     ours_cs, cpu_rate = float(np.median(ours_c)), float(np.median(cpu_rates))
-    run = {"ours": {"seconds": [round(t, 3) for t in ours_t], "median_s": round(ours_s, 3),
-                    "qps": round(len(queries) / ours_s, 3), "decoder_rows": sum(rows), "gflop": round(flops / 1e9, 2),
-                    "matmul_gflops": round(rate / 1e9, 1), "flop_floor_s": round(flops / rate, 3),
-                    "vs_floor": round(ours_s / (flops / rate), 2),
-                    "achieved_gflops": round(flops / ours_s / 1e9, 1),
-                    "cpu_seconds": [round(t, 3) for t in ours_c], "median_cpu_s": round(ours_cs, 3),
-                    "matmul_gflops_cpu_time": round(cpu_rate / 1e9, 1),
-                    "vs_floor_cpu_time": round(ours_cs / (flops / cpu_rate), 2)}}
+    run = {
+        "ours": {
+            "seconds": [round(t, 3) for t in ours_t],
+            "median_s": round(ours_s, 3),
+            "qps": round(len(queries) / ours_s, 3),
+            "decoder_rows": sum(rows),
+            "gflop": round(flops / 1e9, 2),
+            "matmul_gflops": round(rate / 1e9, 1),
+            "flop_floor_s": round(flops / rate, 3),
+            "vs_floor": round(ours_s / (flops / rate), 2),
+            "achieved_gflops": round(flops / ours_s / 1e9, 1),
+            "cpu_seconds": [round(t, 3) for t in ours_c],
+            "median_cpu_s": round(ours_cs, 3),
+            "matmul_gflops_cpu_time": round(cpu_rate / 1e9, 1),
+            "vs_floor_cpu_time": round(ours_cs / (flops / cpu_rate), 2),
+        }
+    }
     ours_ids = [[v for v, _ in r] for r in ours]
     run["_ours_ids"] = ours_ids
     if hf is not None:
         hf_s, hf_cs = float(np.median(hf_t)), float(np.median(hf_c))
         hf_flops = decoder_flops(model, hf_rows, len(queries), enc_len)
-        run["hf_generate"] = {"seconds": [round(t, 3) for t in hf_t], "median_s": round(hf_s, 3),
-                              "qps": round(len(queries) / hf_s, 3), "decoder_rows": sum(hf_rows),
-                              "gflop": round(hf_flops / 1e9, 2), "cpu_seconds": [round(t, 3) for t in hf_c],
-                              "median_cpu_s": round(hf_cs, 3)}
+        run["hf_generate"] = {
+            "seconds": [round(t, 3) for t in hf_t],
+            "median_s": round(hf_s, 3),
+            "qps": round(len(queries) / hf_s, 3),
+            "decoder_rows": sum(hf_rows),
+            "gflop": round(hf_flops / 1e9, 2),
+            "cpu_seconds": [round(t, 3) for t in hf_c],
+            "median_cpu_s": round(hf_cs, 3),
+        }
         run["speedup_vs_hf"] = round(hf_s / ours_s, 2)
         run["speedup_per_repeat"] = [round(h / o, 2) for h, o in zip(hf_t, ours_t)]
         run["speedup_vs_hf_cpu_time"] = round(hf_cs / ours_cs, 2)
@@ -319,20 +370,33 @@ def compare_approx(model, trie, queries, k, args, exact_ids) -> list[dict]:
             exact_t.append(c.wall)
             exact_c.append(c.cpu)
             with Clock() as c:
-                got = decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None,
-                                      widen=False, normalizer=norm)
+                got = decoding.search(
+                    model,
+                    trie,
+                    queries,
+                    k=k,
+                    beam=args.beam,
+                    batch_size=args.batch or None,
+                    widen=False,
+                    normalizer=norm,
+                )
             approx_t.append(c.wall)
             approx_c.append(c.cpu)
         got_ids = [[v for v, _ in r] for r in got]
-        row = {**norm.settings(), "build_s": round(build_s, 2),
-               "exact_s": [round(t, 3) for t in exact_t], "approx_s": [round(t, 3) for t in approx_t],
-               "exact_cpu_s": [round(t, 3) for t in exact_c], "approx_cpu_s": [round(t, 3) for t in approx_c],
-               "speedup_vs_exact": round(float(np.median(exact_t)) / float(np.median(approx_t)), 2),
-               "speedup_vs_exact_cpu_time": round(float(np.median(exact_c)) / float(np.median(approx_c)), 2),
-               "approx_qps": round(len(queries) / float(np.median(approx_t)), 3),
-               "top10_overlap_vs_exact": round(_overlap(got_ids, exact_ids), 4),
-               "top10_identical_vs_exact": float(np.mean([a == b for a, b in zip(got_ids, exact_ids)])),
-               "top1_equal_vs_exact": float(np.mean([a[:1] == b[:1] for a, b in zip(got_ids, exact_ids)]))}
+        row = {
+            **norm.settings(),
+            "build_s": round(build_s, 2),
+            "exact_s": [round(t, 3) for t in exact_t],
+            "approx_s": [round(t, 3) for t in approx_t],
+            "exact_cpu_s": [round(t, 3) for t in exact_c],
+            "approx_cpu_s": [round(t, 3) for t in approx_c],
+            "speedup_vs_exact": round(float(np.median(exact_t)) / float(np.median(approx_t)), 2),
+            "speedup_vs_exact_cpu_time": round(float(np.median(exact_c)) / float(np.median(approx_c)), 2),
+            "approx_qps": round(len(queries) / float(np.median(approx_t)), 3),
+            "top10_overlap_vs_exact": round(_overlap(got_ids, exact_ids), 4),
+            "top10_identical_vs_exact": float(np.mean([a == b for a, b in zip(got_ids, exact_ids)])),
+            "top1_equal_vs_exact": float(np.mean([a[:1] == b[:1] for a, b in zip(got_ids, exact_ids)])),
+        }
         print("approx", json.dumps(row), flush=True)
         out.append(row)
     return out

@@ -76,7 +76,11 @@ def hf_bert2bert_np_model(np_model):
         cfg.vocab_size = ce.shape[0]
     gen = hf.generation_config
     gen.decoder_start_token_id, gen.eos_token_id, gen.pad_token_id = np_model.start_id, np_model.eos_id, 0
-    hf.config.decoder_start_token_id, hf.config.eos_token_id, hf.config.pad_token_id = np_model.start_id, np_model.eos_id, 0
+    hf.config.decoder_start_token_id, hf.config.eos_token_id, hf.config.pad_token_id = (
+        np_model.start_id,
+        np_model.eos_id,
+        0,
+    )
     return hf
 
 
@@ -98,8 +102,11 @@ def to_run(index, qids, hits, k):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="../shared/data/scifact", help="BEIR SciFact folder")
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "npdecode-decoding-scifact"),
-                    help="cache dir for the bert2bert and the index (reused when present)")
+    ap.add_argument(
+        "--work",
+        default=str(Path(tempfile.gettempdir()) / "npdecode-decoding-scifact"),
+        help="cache dir for the bert2bert and the index (reused when present)",
+    )
     ap.add_argument("--max-length", type=int, default=256, help="index CE extraction max_length")
     ap.add_argument("--queries", type=int, default=32, help="first N test queries (0: all 300)")
     ap.add_argument("--beam", type=int, default=10)
@@ -109,8 +116,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both sides (0: torch default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-hf", action="store_true")
-    ap.add_argument("--approx", nargs="*", default=[], metavar="NLIST:NPROBE:TOPK",
-                    help="also run the approximate (FAISS IVF top-k) normalizer with these settings")
+    ap.add_argument(
+        "--approx",
+        nargs="*",
+        default=[],
+        metavar="NLIST:NPROBE:TOPK",
+        help="also run the approximate (FAISS IVF top-k) normalizer with these settings",
+    )
     ap.add_argument("--out", default="benchmarks/results/decoding_scifact.json")
     args = ap.parse_args()
     from npdecode import decoding
@@ -124,7 +136,9 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     index_dir, setup = prepare(work, Path(args.data), args.max_length)
-    retriever = GenerativeRetriever(index_dir, kind="np", device=args.device, beam=args.beam, batch_size=args.batch or None)
+    retriever = GenerativeRetriever(
+        index_dir, kind="np", device=args.device, beam=args.beam, batch_size=args.batch or None
+    )
     model, trie, index = retriever.model, retriever.trie, retriever.index
     ds = load_beir_folder(Path(args.data), "test", "scifact")
     qids = list(ds.queries)[: args.queries or None]
@@ -132,21 +146,35 @@ def main() -> None:
     tokens, offsets, values = trie.sequences()
     paths = [tokens[offsets[i] : offsets[i + 1]].tolist() for i in range(len(values))]
     max_len = max(len(p) for p in paths)
-    res = {"machine": conditions.measured(device=args.device),
-           "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "command": "python " + " ".join(sys.argv),
-           "settings": {"queries": len(queries), "split": "test (first N in qrels order)", "beam": args.beam,
-                        "batch": args.batch or decoding.auto_batch_size(args.beam, model.vocab_size),
-                        "batch_auto": not args.batch, "hf_batch": args.hf_batch, "k": k, "repeats": args.repeats,
-                        "index_max_length": args.max_length,
-                        "dtype": "fp32", "length_penalty": 0.0, "trie": "CE ids (index default)",
-                        "model": "bert2bert warm-started from all-MiniLM-L6-v2 (6+6 layers, d=384), untrained",
-                        "hf_max_new_tokens": max_len},
-           "index": {"documents": index.manifest["counts"]["documents"],
-                     "identifiers": index.manifest["counts"]["identifiers"],
-                     "ce_rows": len(index.vectors), "trie_sequences": int(trie.n_sequences),
-                     "longest_path_with_eos": max_len},
-           "setup": setup}
+    res = {
+        "machine": conditions.measured(device=args.device),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv),
+        "settings": {
+            "queries": len(queries),
+            "split": "test (first N in qrels order)",
+            "beam": args.beam,
+            "batch": args.batch or decoding.auto_batch_size(args.beam, model.vocab_size),
+            "batch_auto": not args.batch,
+            "hf_batch": args.hf_batch,
+            "k": k,
+            "repeats": args.repeats,
+            "index_max_length": args.max_length,
+            "dtype": "fp32",
+            "length_penalty": 0.0,
+            "trie": "CE ids (index default)",
+            "model": "bert2bert warm-started from all-MiniLM-L6-v2 (6+6 layers, d=384), untrained",
+            "hf_max_new_tokens": max_len,
+        },
+        "index": {
+            "documents": index.manifest["counts"]["documents"],
+            "identifiers": index.manifest["counts"]["identifiers"],
+            "ce_rows": len(index.vectors),
+            "trie_sequences": int(trie.n_sequences),
+            "longest_path_with_eos": max_len,
+        },
+        "setup": setup,
+    }
     print(json.dumps({k_: res[k_] for k_ in ("settings", "index", "setup")}), flush=True)
 
     rows: list[int] = []
@@ -168,13 +196,24 @@ def main() -> None:
 
         def ours_run():
             rows.clear()
-            return decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None,
-                                   widen=False)
+            return decoding.search(
+                model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, widen=False
+            )
 
         def hf_run():
             hf_rows.clear()
-            return run_hf(hf, model.backbone.tokenizer, dt, paths, queries, args.beam, k, args.hf_batch,
-                          max_new_tokens=max_len, values=values.tolist())
+            return run_hf(
+                hf,
+                model.backbone.tokenizer,
+                dt,
+                paths,
+                queries,
+                args.beam,
+                k,
+                args.hf_batch,
+                max_new_tokens=max_len,
+                values=values.tolist(),
+            )
 
         times, last = alternate(args.repeats, ours_run, hf_run if hf is not None else None)
         (ours_t, ours_c), (hf_t, hf_c) = times["ours"], times["hf"]
@@ -183,20 +222,32 @@ def main() -> None:
     ours_ids = [[v for v, _ in r] for r in ours]
     ours_s = float(np.median(ours_t))
     run_ours = to_run(index, qids, ours_ids, k)
-    res["ours"] = {"seconds": [round(t, 3) for t in ours_t], "median_s": round(ours_s, 3),
-                   "qps": round(len(queries) / ours_s, 3), "decoder_rows": sum(rows),
-                   "cpu_seconds": [round(t, 3) for t in ours_c], "median_cpu_s": round(float(np.median(ours_c)), 3),
-                   "ndcg_at_10_sanity": round(evaluate(ds.qrels.judgments, run_ours, queries=qids,
-                                                       ignore_identical_ids=True).mean["ndcg_cut_10"], 4)}
+    res["ours"] = {
+        "seconds": [round(t, 3) for t in ours_t],
+        "median_s": round(ours_s, 3),
+        "qps": round(len(queries) / ours_s, 3),
+        "decoder_rows": sum(rows),
+        "cpu_seconds": [round(t, 3) for t in ours_c],
+        "median_cpu_s": round(float(np.median(ours_c)), 3),
+        "ndcg_at_10_sanity": round(
+            evaluate(ds.qrels.judgments, run_ours, queries=qids, ignore_identical_ids=True).mean["ndcg_cut_10"], 4
+        ),
+    }
     if hf is not None:
         hf_s = float(np.median(hf_t))
         run_hf_docs = to_run(index, qids, hf_ids, k)
-        res["hf_generate"] = {"seconds": [round(t, 3) for t in hf_t], "median_s": round(hf_s, 3),
-                              "qps": round(len(queries) / hf_s, 3), "decoder_rows": sum(hf_rows),
-                              "cpu_seconds": [round(t, 3) for t in hf_c],
-                              "median_cpu_s": round(float(np.median(hf_c)), 3),
-                              "ndcg_at_10_sanity": round(evaluate(ds.qrels.judgments, run_hf_docs, queries=qids,
-                                                                  ignore_identical_ids=True).mean["ndcg_cut_10"], 4)}
+        res["hf_generate"] = {
+            "seconds": [round(t, 3) for t in hf_t],
+            "median_s": round(hf_s, 3),
+            "qps": round(len(queries) / hf_s, 3),
+            "decoder_rows": sum(hf_rows),
+            "cpu_seconds": [round(t, 3) for t in hf_c],
+            "median_cpu_s": round(float(np.median(hf_c)), 3),
+            "ndcg_at_10_sanity": round(
+                evaluate(ds.qrels.judgments, run_hf_docs, queries=qids, ignore_identical_ids=True).mean["ndcg_cut_10"],
+                4,
+            ),
+        }
         res["speedup_vs_hf"] = round(hf_s / ours_s, 2)
         res["speedup_per_repeat"] = [round(h / o, 2) for h, o in zip(hf_t, ours_t)]
         res["speedup_vs_hf_cpu_time"] = round(float(np.median(hf_c)) / float(np.median(ours_c)), 2)
@@ -207,9 +258,22 @@ def main() -> None:
     if args.approx:
         with torch.inference_mode():
             res["approx_normalizer"] = compare_approx(model, trie, queries, k, args, ours_ids)
-    print(json.dumps({k_: res.get(k_) for k_ in ("ours", "hf_generate", "speedup_vs_hf", "speedup_vs_hf_cpu_time",
-                                                 "top10_overlap_vs_hf",
-                                                 "top10_identical_vs_hf")}), flush=True)
+    print(
+        json.dumps(
+            {
+                k_: res.get(k_)
+                for k_ in (
+                    "ours",
+                    "hf_generate",
+                    "speedup_vs_hf",
+                    "speedup_vs_hf_cpu_time",
+                    "top10_overlap_vs_hf",
+                    "top10_identical_vs_hf",
+                )
+            }
+        ),
+        flush=True,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
 

@@ -45,8 +45,19 @@ def make_model(out: Path) -> Path:
 
     vocab = save_t5_tokenizer(out)
     torch.manual_seed(0)
-    config = T5Config(vocab_size=vocab, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6,
-                      num_heads=8, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    config = T5Config(
+        vocab_size=vocab,
+        d_model=512,
+        d_kv=64,
+        d_ff=2048,
+        num_layers=6,
+        num_decoder_layers=6,
+        num_heads=8,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     T5ForConditionalGeneration(config).save_pretrained(out)
     return out
 
@@ -73,10 +84,18 @@ def bare_forward(model_dir: Path, corpus: Path, config: IndexConfig, device: str
     backbone = load_backbone(model_dir, device=device)
     groups = assign_identifiers(load_corpus(corpus), config.max_identifier_words)
     docs = [(g.identifier, g.text) for g in groups]
-    batches = list(ShardBatches(docs, range(shard_count(len(docs), config.shard_size)),
-                                backbone.tokenize_with_identifier, backbone.pad_token_id,
-                                shard_size=config.shard_size, max_length=config.max_length,
-                                batch_tokens=config.batch_tokens, batch_size=config.batch_size))
+    batches = list(
+        ShardBatches(
+            docs,
+            range(shard_count(len(docs), config.shard_size)),
+            backbone.tokenize_with_identifier,
+            backbone.pad_token_id,
+            shard_size=config.shard_size,
+            max_length=config.max_length,
+            batch_tokens=config.batch_tokens,
+            batch_size=config.batch_size,
+        )
+    )
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     encoder = backbone.encoder
     with torch.inference_mode():  # warm-up (allocator, kernels), untimed, as the build's model load is
@@ -128,6 +147,7 @@ def _timing(fn, phases: dict, name: str):
             return fn(*args, **kwargs)
         finally:
             phases[name] += time.perf_counter() - start
+
     return wrapped
 
 
@@ -176,17 +196,31 @@ def main() -> None:
     result = {
         "benchmark": "indexing throughput: build_index vs bare encoder forward over the same batches",
         "date": datetime.date.today().isoformat(),
-        "machine": conditions.measured(device=args.device, gpu=torch.cuda.get_device_name()
-                                       if args.device.startswith("cuda") else None),
+        "machine": conditions.measured(
+            device=args.device, gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None
+        ),
         "model": "random T5, t5-small encoder shape (d_model 512, 6 layers), fp32",
-        "corpus": {"documents": args.docs, "tokens": tokens, "ce_rows": manifest["counts"]["ce_rows"],
-                   "occurrences": manifest["counts"]["occurrences"]},
-        "config": {"k": config.k, "factory": config.factory, "batch_tokens": config.batch_tokens,
-                   "batch_size": config.batch_size, "shard_size": config.shard_size},
+        "corpus": {
+            "documents": args.docs,
+            "tokens": tokens,
+            "ce_rows": manifest["counts"]["ce_rows"],
+            "occurrences": manifest["counts"]["occurrences"],
+        },
+        "config": {
+            "k": config.k,
+            "factory": config.factory,
+            "batch_tokens": config.batch_tokens,
+            "batch_size": config.batch_size,
+            "shard_size": config.shard_size,
+        },
         "repeats": args.repeats,
-        "bare_forward_s": bare, "build_s": build, "build_phases_s": phases,
-        "bare_forward_cpu_s": bare_cpu, "build_cpu_s": build_cpu,
-        "bare_tokens_per_s": round(bare_tps, 1), "build_tokens_per_s": round(build_tps, 1),
+        "bare_forward_s": bare,
+        "build_s": build,
+        "build_phases_s": phases,
+        "bare_forward_cpu_s": bare_cpu,
+        "build_cpu_s": build_cpu,
+        "bare_tokens_per_s": round(bare_tps, 1),
+        "build_tokens_per_s": round(build_tps, 1),
         "build_vs_bare_end_to_end_per_repeat": [round(r, 4) for r in paired],
         "build_vs_bare_end_to_end_median": round(statistics.median(paired), 4),
         "build_without_model_load_vs_bare_per_repeat": [round(r, 4) for r in ratios],

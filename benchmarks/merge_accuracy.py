@@ -153,14 +153,19 @@ def main() -> None:
                 row[f"{tool}_untied_over_1e-5"] = int((over & ~tied).sum())
         rows.append(row)
     rows.sort(key=lambda r: -max(r["ours_max_abs_err"], r["mergekit_max_abs_err"]))
-    res = {"machine": conditions.measured(),
-           "date": dt.datetime.now().isoformat(timespec="seconds"), "method": args.method, "inputs": args.inputs,
-           "weights": args.weights, "max_iter": args.max_iter if args.method == "karcher" else None,
-           "tol": args.tol if args.method == "karcher" else None,
-           "select_topk": args.select_topk if args.method == "sce" else None,
-           "ours_max_abs_err": max(r["ours_max_abs_err"] for r in rows),
-           "mergekit_max_abs_err": max(r["mergekit_max_abs_err"] for r in rows),
-           "worst_tensors": rows[:5]}
+    res = {
+        "machine": conditions.measured(),
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "method": args.method,
+        "inputs": args.inputs,
+        "weights": args.weights,
+        "max_iter": args.max_iter if args.method == "karcher" else None,
+        "tol": args.tol if args.method == "karcher" else None,
+        "select_topk": args.select_topk if args.method == "sce" else None,
+        "ours_max_abs_err": max(r["ours_max_abs_err"] for r in rows),
+        "mergekit_max_abs_err": max(r["mergekit_max_abs_err"] for r in rows),
+        "worst_tensors": rows[:5],
+    }
     if args.method == "sce":
         for tool in ("ours", "mergekit"):
             for key in ("over_1e-5", "untied_over_1e-5"):

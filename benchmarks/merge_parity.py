@@ -56,11 +56,7 @@ def build_llama(out: Path, variant: int) -> Path:
     with torch.no_grad():
         for name, p in model.named_parameters():
             g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-            t = (
-                torch.randn(p.shape, generator=g) * 0.02
-                if p.dim() > 1
-                else 1 + 0.1 * torch.randn(p.shape, generator=g)
-            )
+            t = torch.randn(p.shape, generator=g) * 0.02 if p.dim() > 1 else 1 + 0.1 * torch.randn(p.shape, generator=g)
             if variant:
                 g.manual_seed(zlib.crc32(name.encode()) + 7919 * variant)
                 t += 0.01 * torch.randn(p.shape, generator=g)
@@ -176,8 +172,13 @@ def random_cases(base: str, fts: list[str]) -> list[tuple[str, str, dict]]:
 def run_mergekit(mk: str, recipe: Path, out: Path, seed: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    proc = subprocess.run([mk, str(recipe), str(out), "--no-copy-tokenizer", "--random-seed", str(seed), "--quiet"],
-                          capture_output=True, text=True, check=False, env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
+    proc = subprocess.run(
+        [mk, str(recipe), str(out), "--no-copy-tokenizer", "--random-seed", str(seed), "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
     res = {"ok": proc.returncode == 0, "wall_s": round(time.perf_counter() - start, 2)}
     if not res["ok"]:
         res["error"] = error_line(proc.stderr + proc.stdout)
@@ -257,17 +258,13 @@ def main() -> None:
 
     for row in rows:
         if row["ours"]["ok"] and row["mergekit"]["ok"]:
-            par = max_abs_diff(
-                work / "out" / f"{slug(row['case'])}-ours", work / "out" / f"{slug(row['case'])}-mk"
-            )
+            par = max_abs_diff(work / "out" / f"{slug(row['case'])}-ours", work / "out" / f"{slug(row['case'])}-mk")
             row["parity"] = par
             row["elements_over_tol"] = par["elements_over_1e-5"]  # strictly greater than TOL
             row["match"] = par["max_abs_diff"] <= TOL and not par["only_ours"] and not par["only_mergekit"]
     for row in rand_rows:
         if row["ours"]["ok"] and row["mergekit"]["ok"]:
-            par = max_abs_diff(
-                work / "out" / f"{slug(row['case'])}-ours-a", work / "out" / f"{slug(row['case'])}-mk"
-            )
+            par = max_abs_diff(work / "out" / f"{slug(row['case'])}-ours-a", work / "out" / f"{slug(row['case'])}-mk")
             row["vs_mergekit_max_abs_diff_informational"] = par["max_abs_diff"]
     result = {"machine": machine(), "mergekit_version": version, "tolerance": TOL,
               "command": " ".join([".venv/bin/python", *sys.argv]),
@@ -329,18 +326,22 @@ def write_markdown(result: dict, path: Path) -> None:
                          f"{p['worst_tensor'] or ''} | {r['elements_over_tol']} of {p['elements']} | "
                          f"{'yes' if r['match'] else '**NO**'} |")  # fmt: skip
         else:
-            lines.append(
-                f"| {r['case']} | {r['method']} | {_cell(r['ours'])} | {_cell(r['mergekit'])} | | | | n/a |"
-            )
+            lines.append(f"| {r['case']} | {r['method']} | {_cell(r['ours'])} | {_cell(r['mergekit'])} | | | | n/a |")
     if result["deterministic_methods_without_case"]:
         lines += ["", f"Deterministic methods with no case: {result['deterministic_methods_without_case']}"]
-    lines += ["", "## Random methods (values not compared: different RNG use)", "",
-              "| case | ours | MergeKit | same seed max diff | other seed max diff | reproducible | vs MergeKit (info) |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "## Random methods (values not compared: different RNG use)",
+        "",
+        "| case | ours | MergeKit | same seed max diff | other seed max diff | reproducible | vs MergeKit (info) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["random"]:
-        lines.append(f"| {r['case']} | {_cell(r['ours'])} | {_cell(r['mergekit'])} | {r.get('same_seed_max_abs_diff', '')} | "
-                     f"{r.get('other_seed_max_abs_diff', '')} | {r.get('reproducible', '')} | "
-                     f"{r.get('vs_mergekit_max_abs_diff_informational', '')} |")  # fmt: skip
+        lines.append(
+            f"| {r['case']} | {_cell(r['ours'])} | {_cell(r['mergekit'])} | {r.get('same_seed_max_abs_diff', '')} | "
+            f"{r.get('other_seed_max_abs_diff', '')} | {r.get('reproducible', '')} | "
+            f"{r.get('vs_mergekit_max_abs_diff_informational', '')} |"
+        )
     bad = [r for r in result["deterministic"] if not r.get("match")]
     lines += ["", "## Mismatches and failures (best guess at the cause)", ""]
     lines += [f"- **{r['case']}**: {NOTES.get(r['case'], 'not analysed')}" for r in bad] or ["- none"]

@@ -135,17 +135,31 @@ def recipe_for(method: str, base: Path, fts: list[Path], family: str = "llama") 
         return [{"model": m, "parameters": {"weight": w, **(extra or {})}} for m, w in zip(models, weights)]
 
     def task_vectors(extra=None, glob=None):
-        return {"merge_method": method, "base_model": b, "models": weighted([a, c], [0.5, 0.5], {"density": 0.5, **(extra or {})}),
-                "parameters": {"normalize": True, **(glob or {})}, **f32}  # fmt: skip
+        return {
+            "merge_method": method,
+            "base_model": b,
+            "models": weighted([a, c], [0.5, 0.5], {"density": 0.5, **(extra or {})}),
+            "parameters": {"normalize": True, **(glob or {})},
+            **f32,
+        }
 
     recipes = {
         "linear": lambda: {"merge_method": "linear", "models": weighted([b, a, c], [0.2, 0.4, 0.4]), **f32},
-        "slerp": lambda: {"merge_method": "slerp", "base_model": b, "models": [{"model": b}, {"model": a}],
-                          "parameters": {"t": 0.3}, **f32},
+        "slerp": lambda: {
+            "merge_method": "slerp",
+            "base_model": b,
+            "models": [{"model": b}, {"model": a}],
+            "parameters": {"t": 0.3},
+            **f32,
+        },
         "nuslerp": lambda: {"merge_method": "nuslerp", "base_model": b, "models": weighted([a, c], [0.4, 0.6]), **f32},
         "multislerp": lambda: {"merge_method": "multislerp", "models": weighted([b, a, c], [0.2, 0.4, 0.4]), **f32},
-        "karcher": lambda: {"merge_method": "karcher", "models": [{"model": m} for m in (b, a, c)],
-                            "parameters": {"max_iter": 10, "tol": 1e-5}, **f32},
+        "karcher": lambda: {
+            "merge_method": "karcher",
+            "models": [{"model": m} for m in (b, a, c)],
+            "parameters": {"max_iter": 10, "tol": 1e-5},
+            **f32,
+        },
         "task_arithmetic": lambda: {**task_vectors(), "models": weighted([a, c], [0.5, 0.5])},
         "ties": task_vectors,
         "dare_ties": task_vectors,
@@ -154,20 +168,58 @@ def recipe_for(method: str, base: Path, fts: list[Path], family: str = "llama") 
         "breadcrumbs_ties": lambda: task_vectors({"gamma": 0.01}),
         "della": lambda: task_vectors({"epsilon": 0.1}),
         "della_linear": lambda: task_vectors({"epsilon": 0.1}),
-        "sce": lambda: {"merge_method": "sce", "base_model": b, "models": [{"model": m} for m in (a, c)],
-                        "parameters": {"select_topk": 0.5}, **f32},
-        "model_stock": lambda: {"merge_method": "model_stock", "base_model": b, "models": [{"model": m} for m in (a, c)], **f32},
-        "nearswap": lambda: {"merge_method": "nearswap", "base_model": b, "models": [{"model": b}, {"model": a}],
-                             "parameters": {"t": 0.005}, **f32},
-        "arcee_fusion": lambda: {"merge_method": "arcee_fusion", "base_model": b, "models": [{"model": b}, {"model": a}], **f32},
-        "passthrough": lambda: {"merge_method": "passthrough", "slices": [
-            {"sources": [{"model": a, "layer_range": [0, 3 * layers // 4]}]},
-            {"sources": [{"model": c, "layer_range": [layers // 4, layers]}]}], **f32} if family == "llama" else
-            {"merge_method": "passthrough", "models": [{"model": a, "parameters": {
-                "scale": [{"filter": "SelfAttention.o", "value": 0.5}, {"value": 1.0}]}}], **f32},
+        "sce": lambda: {
+            "merge_method": "sce",
+            "base_model": b,
+            "models": [{"model": m} for m in (a, c)],
+            "parameters": {"select_topk": 0.5},
+            **f32,
+        },
+        "model_stock": lambda: {
+            "merge_method": "model_stock",
+            "base_model": b,
+            "models": [{"model": m} for m in (a, c)],
+            **f32,
+        },
+        "nearswap": lambda: {
+            "merge_method": "nearswap",
+            "base_model": b,
+            "models": [{"model": b}, {"model": a}],
+            "parameters": {"t": 0.005},
+            **f32,
+        },
+        "arcee_fusion": lambda: {
+            "merge_method": "arcee_fusion",
+            "base_model": b,
+            "models": [{"model": b}, {"model": a}],
+            **f32,
+        },
+        "passthrough": lambda: (
+            {
+                "merge_method": "passthrough",
+                "slices": [
+                    {"sources": [{"model": a, "layer_range": [0, 3 * layers // 4]}]},
+                    {"sources": [{"model": c, "layer_range": [layers // 4, layers]}]},
+                ],
+                **f32,
+            }
+            if family == "llama"
+            else {
+                "merge_method": "passthrough",
+                "models": [
+                    {"model": a, "parameters": {"scale": [{"filter": "SelfAttention.o", "value": 0.5}, {"value": 1.0}]}}
+                ],
+                **f32,
+            }
+        ),
         "ram": lambda: {"merge_method": "ram", "base_model": b, "models": [{"model": m} for m in (a, c)], **f32},
-        "ramplus_tl": lambda: {"merge_method": "ramplus_tl", "base_model": b, "models": [{"model": m} for m in (a, c)], **f32},
-    }  # fmt: skip
+        "ramplus_tl": lambda: {
+            "merge_method": "ramplus_tl",
+            "base_model": b,
+            "models": [{"model": m} for m in (a, c)],
+            **f32,
+        },
+    }
     if method not in recipes:
         raise ValueError(f"no benchmark recipe for {method!r}")
     return recipes[method]()
@@ -307,9 +359,15 @@ def side_by_side(args, work: Path, family: str, method: str, inputs: list[Path])
     row = {"family": family, "method": method, "repeats": args.repeats, "runs": runs}
     for tool, tool_runs in runs.items():
         ok = [r for r in tool_runs if r["ok"]]
-        row[tool] = {k: statistics.median(r[k] for r in ok) for k in ("wall_s", "peak_rss_mib", "peak_anon_mib")} if ok else None
+        row[tool] = (
+            {k: statistics.median(r[k] for r in ok) for k in ("wall_s", "peak_rss_mib", "peak_anon_mib")}
+            if ok
+            else None
+        )
     if row["ours"] and row["mergekit"]:
-        row["parity"] = max_abs_diff(work / "out" / f"{family}-{method}-ours", work / "out" / f"{family}-{method}-mergekit")
+        row["parity"] = max_abs_diff(
+            work / "out" / f"{family}-{method}-ours", work / "out" / f"{family}-{method}-mergekit"
+        )
         row["wall_ratio"] = round(row["ours"]["wall_s"] / row["mergekit"]["wall_s"], 3)
         row["rss_ratio"] = round(row["ours"]["peak_rss_mib"] / row["mergekit"]["peak_rss_mib"], 3)
         row["anon_ratio"] = round(row["ours"]["peak_anon_mib"] / max(row["mergekit"]["peak_anon_mib"], 1e-9), 3)
@@ -324,11 +382,19 @@ def failure_cases(args, work: Path) -> list[dict]:
     specials = ["<pad>", "</s>", "<unk>", "<s>"]
     cases = {
         "t5-original-linear": (["t5", "t5"], [None, None], None),
-        "bart-union-tokenizer": (["bart", "bart"], [specials + [f"s{i}" for i in range(900)] + [f"a{i}" for i in range(96)],
-                                                    specials + [f"b{i}" for i in range(50)] + [f"s{i}" for i in range(900)]], "union"),
-    }  # fmt: skip
+        "bart-union-tokenizer": (
+            ["bart", "bart"],
+            [
+                specials + [f"s{i}" for i in range(900)] + [f"a{i}" for i in range(96)],
+                specials + [f"b{i}" for i in range(50)] + [f"s{i}" for i in range(900)],
+            ],
+            "union",
+        ),
+    }
     for name, (fams, vocabs, tok) in cases.items():
-        paths = [build_checkpoint(f, work / "inputs" / f"{name}-{i}", i, v) for i, (f, v) in enumerate(zip(fams, vocabs))]
+        paths = [
+            build_checkpoint(f, work / "inputs" / f"{name}-{i}", i, v) for i, (f, v) in enumerate(zip(fams, vocabs))
+        ]
         recipe = {"merge_method": "linear", "base_model": str(paths[0]), "dtype": "float32",
                   "models": [{"model": str(p), "parameters": {"weight": 0.5}} for p in paths]}  # fmt: skip
         if tok:
@@ -340,7 +406,11 @@ def failure_cases(args, work: Path) -> list[dict]:
         for tool in ("mergekit", "ours"):
             out = work / "out" / f"{name}-{tool}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = ours_cmd(path, out, args.seed, args.threads) if tool == "ours" else mergekit_cmd(args.mergekit, path, out, args.seed)
+            cmd = (
+                ours_cmd(path, out, args.seed, args.threads)
+                if tool == "ours"
+                else mergekit_cmd(args.mergekit, path, out, args.seed)
+            )
             cmd.remove("--no-copy-tokenizer")  # the tokenizer is part of what must load
             row[tool] = run_measured(cmd, work / f"{name}-{tool}.log")
             row[tool]["loads_and_finite"] = _loads(out) if row[tool]["ok"] else False
@@ -378,8 +448,10 @@ def _parity_cell(row: dict) -> str:
     if "elements_over_1e-5" in par:
         diff += f" ({par['elements_over_1e-5']} of {par['elements']} elements > 1e-5)"
     if par.get("threshold_ties_in_worst_tensor"):
-        diff += (f"; {par['worst_tensor']}: {par['threshold_ties_in_worst_tensor']} entries per task vector tie at the "
-                 "density threshold, kept or dropped by the sort's tie-break")
+        diff += (
+            f"; {par['worst_tensor']}: {par['threshold_ties_in_worst_tensor']} entries per task vector tie at the "
+            "density threshold, kept or dropped by the sort's tie-break"
+        )
     if row["method"] in RANDOM_METHODS:
         return f"{diff} (random drop masks; different RNGs, parity not expected)"
     return diff + (" ✓" if row["parity"]["max_abs_diff"] <= 1e-5 else " ✗ (> 1e-5)")
@@ -433,21 +505,35 @@ def write_markdown(result: dict, path: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in result["side_by_side"]:
-        head = f"| {r['family']} | {r['method']} | {r.get('repeats') or r.get('rerun', {}).get('repeats') or result['repeats']} | {_row_when(r, result)} |"
+        repeats = r.get("repeats") or r.get("rerun", {}).get("repeats") or result["repeats"]
+        head = f"| {r['family']} | {r['method']} | {repeats} | {_row_when(r, result)} |"
         o, k = r.get("ours"), r.get("mergekit")
         if not (o and k):
             lines.append(f"{head} {_status(r, 'ours')} | {_status(r, 'mergekit')} | | | | | | | | | not comparable |")
             continue
-        lines.append(f"{head} {_timing_cell(r, 'ours', 'wall_s')} | {_timing_cell(r, 'mergekit', 'wall_s')} | "
-                     f"{r['wall_ratio']} | {o['peak_rss_mib']} | {k['peak_rss_mib']} | {r['rss_ratio']} | "
-                     f"{o['peak_anon_mib']} | {k['peak_anon_mib']} | {r['anon_ratio']} | {_parity_cell(r)} | {_verdict(r)} |")  # fmt: skip
-    lines += ["", ("Targets (the issue's): ties and dare_ties wall time <= 0.5x MergeKit's, linear <= 1x; every method "
-                   "peak RSS and peak anonymous memory <= 0.5x MergeKit's. Other methods have no wall-time target (their "
-                   "ratio is reported all the same)."),
-              "", "## Inputs MergeKit fails on", "", "| case | MergeKit | ours | ours loads, finite logits |", "|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"{head} {_timing_cell(r, 'ours', 'wall_s')} | {_timing_cell(r, 'mergekit', 'wall_s')} | "
+            f"{r['wall_ratio']} | {o['peak_rss_mib']} | {k['peak_rss_mib']} | {r['rss_ratio']} | "
+            f"{o['peak_anon_mib']} | {k['peak_anon_mib']} | {r['anon_ratio']} | {_parity_cell(r)} | {_verdict(r)} |"
+        )
+    lines += [
+        "",
+        (
+            "Targets (the issue's): ties and dare_ties wall time <= 0.5x MergeKit's, linear <= 1x; every method "
+            "peak RSS and peak anonymous memory <= 0.5x MergeKit's. Other methods have no wall-time target (their "
+            "ratio is reported all the same)."
+        ),
+        "",
+        "## Inputs MergeKit fails on",
+        "",
+        "| case | MergeKit | ours | ours loads, finite logits |",
+        "|---|---|---|---|",
+    ]
     for r in result["failure_cases"]:
         mk = "ok" if r["mergekit"]["ok"] else f"fails: `{r['mergekit']['last_line'][:120]}`"
-        lines.append(f"| {r['case']} | {mk} | {'ok' if r['ours']['ok'] else 'fails'} | {r['ours']['loads_and_finite']} |")
+        lines.append(
+            f"| {r['case']} | {mk} | {'ok' if r['ours']['ok'] else 'fails'} | {r['ours']['loads_and_finite']} |"
+        )
     notes = path.with_suffix(".notes.md")
     if notes.is_file():
         lines += ["", notes.read_text(encoding="utf-8").rstrip()]
@@ -467,9 +553,12 @@ def main() -> None:
     parser.add_argument("--results", default="merge_vs_mergekit", help="file stem under benchmarks/results/")
     parser.add_argument("--annotate-only", action="store_true", help="annotate existing results, run nothing")
     parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the .json, run nothing")
-    parser.add_argument("--update", action="store_true",
-                        help="rerun only the given families x methods and replace those rows in the existing "
-                             "results (marked with the rerun date); other rows and failure cases stay as they are")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="rerun only the given families x methods and replace those rows in the existing "
+        "results (marked with the rerun date); other rows and failure cases stay as they are",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.render_only:
@@ -485,8 +574,12 @@ def main() -> None:
     # an editable npdecode under PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module
     # from source on each run: ~1-2 MiB of extra anonymous memory at startup).
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "npdecode")], check=True)
-    version = subprocess.run([Path(args.mergekit).parent / "python", "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
-                             check=False, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    version = subprocess.run(
+        [Path(args.mergekit).parent / "python", "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
+        check=False,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     result = {"machine": machine(), "mergekit_version": version, "repeats": args.repeats, "threads": args.threads,
               "side_by_side": [], "failure_cases": []}  # fmt: skip
     if args.update:

@@ -34,14 +34,27 @@ CONFIG = ROOT / "configs" / "train-scifact-cpu.yml"
 # variant -> (run dir, --set items); every np variant trains with the same recipe otherwise.
 VARIANTS = {
     "np/base": ("np", ()),
-    "np/async": ("np-async", ("model.ce_encoder=async", "model.freeze_encoder=false",
-                              "model.cache_encoder_states=false", "optim.encoder_lr=5e-5")),
+    "np/async": (
+        "np-async",
+        (
+            "model.ce_encoder=async",
+            "model.freeze_encoder=false",
+            "model.cache_encoder_states=false",
+            "optim.encoder_lr=5e-5",
+        ),
+    ),
     "np/contrastive": ("np-contrastive", ("model.ce_encoder=contrastive",)),
     "vanilla": ("vanilla", ("model.variant=vanilla", "model.learn_scale=false", "model.sampled_negatives=null")),
 }
 CONTRASTIVE_SHARE = 0.3  # of the budget, for stage 1 (stage 2 gets the rest)
-DECODINGS = {"": ("ce", 0.0), " token-trie": ("token", 0.0), " group-trie": ("group", 0.0),
-             " lp1": ("ce", 1.0), " token-trie lp1": ("token", 1.0), " group-trie lp1": ("group", 1.0)}
+DECODINGS = {
+    "": ("ce", 0.0),
+    " token-trie": ("token", 0.0),
+    " group-trie": ("group", 0.0),
+    " lp1": ("ce", 1.0),
+    " token-trie lp1": ("token", 1.0),
+    " group-trie lp1": ("group", 1.0),
+}
 
 
 def run_labels(runs: Path) -> dict[str, tuple[str, Path]]:
@@ -57,8 +70,15 @@ def run_labels(runs: Path) -> dict[str, tuple[str, Path]]:
     return found
 
 
-def train(variant: str, runs: Path, data_dir: Path | None, minutes: float, threads: int | None, tag: str = "",
-          dataset: Path | None = None) -> dict:
+def train(
+    variant: str,
+    runs: Path,
+    data_dir: Path | None,
+    minutes: float,
+    threads: int | None,
+    tag: str = "",
+    dataset: Path | None = None,
+) -> dict:
     """Train ``variant`` with ``minutes`` of budget into ``runs/<name>[-tag]`` (reused when finished);
     ``dataset`` (a BEIR folder) replaces the config's SciFact."""
     from npdecode.train.config import load_train_config
@@ -69,8 +89,10 @@ def train(variant: str, runs: Path, data_dir: Path | None, minutes: float, threa
     if (out / MANIFEST).is_file():
         return json.loads((out / MANIFEST).read_text())
     if variant == "np/contrastive":  # one budget for both stages
-        sets += (f"contrastive.max_minutes={minutes * CONTRASTIVE_SHARE}",
-                 f"trainer.max_minutes={minutes * (1 - CONTRASTIVE_SHARE)}")
+        sets += (
+            f"contrastive.max_minutes={minutes * CONTRASTIVE_SHARE}",
+            f"trainer.max_minutes={minutes * (1 - CONTRASTIVE_SHARE)}",
+        )
     else:
         sets += (f"trainer.max_minutes={minutes}",)
     sets += ("trainer.progress=false",) + ((f"trainer.threads={threads}",) if threads else ())
@@ -115,8 +137,9 @@ def evaluate_all(runs: Path, data_dir: Path, k: int, done: dict | None = None) -
             builders[label] = lambda d=run_dir / "index": GenerativeRetriever(d, kind="genre", widen=False)
             continue
         for suffix, (mode, lp) in DECODINGS.items():
-            builders[label + suffix] = (lambda d=run_dir / "index", mode=mode, lp=lp: GenerativeRetriever(
-                d, kind="np", trie_mode=mode, length_penalty=lp, widen=False))
+            builders[label + suffix] = lambda d=run_dir / "index", mode=mode, lp=lp: GenerativeRetriever(
+                d, kind="np", trie_mode=mode, length_penalty=lp, widen=False
+            )
     metrics, seconds = {}, {}
     for name, build in builders.items():
         if done and name in done:
@@ -144,11 +167,20 @@ def validation_length_penalty(run_dir: Path, data_dir: Path) -> dict[str, float]
     config = TrainConfig(**json.loads((run_dir / "manifest.json").read_text())["config"])
     data = load_training_data(config.data.dataset, str(data_dir), config.data.train_split)
     index = load_index(run_dir / "index")
-    _, validation = build_examples(load_corpus(data.corpus_path), doc_groups(index.members), data.queries, data.qrels,
-                                   config.data, n_validation=config.validation.queries, seed=config.trainer.seed)
+    _, validation = build_examples(
+        load_corpus(data.corpus_path),
+        doc_groups(index.members),
+        data.queries,
+        data.qrels,
+        config.data,
+        n_validation=config.validation.queries,
+        seed=config.trainer.seed,
+    )
     out = {}
     for lp in (0.0, 1.0):
-        run = GenerativeRetriever(run_dir / "index", kind="np", length_penalty=lp, widen=False).search(validation.queries, 100)
+        run = GenerativeRetriever(run_dir / "index", kind="np", length_penalty=lp, widen=False).search(
+            validation.queries, 100
+        )
         out[str(lp)] = evaluate(validation.qrels, run, queries=validation.queries).mean["ndcg_cut_10"]
     return out
 
@@ -163,41 +195,72 @@ def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None) -> None
         variant, run_dir = labels[label] if label else (name, None)
         run = json.loads((run_dir / "manifest.json").read_text()) if run_dir else None
         minutes = train_minutes(run_dir, run) if run else 0
-        rows[name] = {"variant": variant, "train_minutes": minutes, "metrics": m,
-                      "search_seconds": round(seconds[name], 1)}
+        rows[name] = {
+            "variant": variant,
+            "train_minutes": minutes,
+            "metrics": m,
+            "search_seconds": round(seconds[name], 1),
+        }
         if run:
             rows[name]["training"] = run["training"]
             rows[name]["validation"] = run["metrics"]["validation"]
             rows[name]["memorisation_success_1"] = run["metrics"]["memorisation_success_1"]
-    out = {"machine": machine, "date": date, "conditions": conditions.measured(),
-           "command": "benchmarks/scifact_gr.py " + " ".join(sys.argv[1:]), "config": str(CONFIG.relative_to(ROOT)),
-           "rows": rows, "validation_ndcg_cut_10_by_length_penalty": by_lp or {}}
+    out = {
+        "machine": machine,
+        "date": date,
+        "conditions": conditions.measured(),
+        "command": "benchmarks/scifact_gr.py " + " ".join(sys.argv[1:]),
+        "config": str(CONFIG.relative_to(ROOT)),
+        "rows": rows,
+        "validation_ndcg_cut_10_by_length_penalty": by_lp or {},
+    }
     results = ROOT / "benchmarks" / "results"
     (results / "scifact_gr.json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = ["# Generative retrieval on BEIR SciFact (test, 300 queries)", "",
-             (f"{date}, {machine}. Training: `{out['config']}` (bert2bert from all-MiniLM-L6-v2, 1 decoder "
-              "layer; np/base and np/contrastive stage 2 with the encoder frozen and cached, np/async with it "
-              "training), same wall-clock budget per variant, training qrels + indexing + pseudo-query "
-              "examples; generative retrievers decode with beam 10 (one beam, no widening)."), "",
-             "| row | variant | train min | steps | nDCG@10 | Hits@1 | Hits@10 | R@100 | MRR@10 | memorisation Hits@1 | search s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# Generative retrieval on BEIR SciFact (test, 300 queries)",
+        "",
+        (
+            f"{date}, {machine}. Training: `{out['config']}` (bert2bert from all-MiniLM-L6-v2, 1 decoder "
+            "layer; np/base and np/contrastive stage 2 with the encoder frozen and cached, np/async with it "
+            "training), same wall-clock budget per variant, training qrels + indexing + pseudo-query "
+            "examples; generative retrievers decode with beam 10 (one beam, no widening)."
+        ),
+        "",
+        (
+            "| row | variant | train min | steps | nDCG@10 | Hits@1 | Hits@10 | R@100 | MRR@10 "
+            "| memorisation Hits@1 | search s |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, row in rows.items():
         m = row["metrics"]
         steps = row.get("training", {}).get("steps", "")
         memo = row.get("memorisation_success_1")
-        lines.append(f"| {name} | {row['variant']} | {row['train_minutes']} | {steps} | {m['ndcg_cut_10']:.4f} | "
-                     f"{m['success_1']:.4f} | {m['success_10']:.4f} | {m['recall_100']:.4f} | "
-                     f"{m['recip_rank_cut_10']:.4f} | {'' if memo is None else f'{memo:.3f}'} | {row['search_seconds']} |")
-    lines += ["", ("Each variant trained by its own invocation with `--variants V --skip-eval` (two at a "
-                   "time, one torch thread each on the 2 cores); this command evaluated them. np/contrastive's "
-                   f"budget is split {CONTRASTIVE_SHARE:.0%} stage 1 / the rest stage 2; train min counts both "
-                   "stages (not the indexing between them)."),
-              "", "Length penalty picked on validation data (each run's held-out training queries, nDCG@10): "
-              + "; ".join(f"{v}: lp0 {d['0.0']:.4f}, lp1 {d['1.0']:.4f}" for v, d in (by_lp or {}).items()),
-              "", ("Rows `lp1`: length penalty 1.0 (a finished hypothesis scores sum / length); `token-trie`: "
-                   "the trie over token ids, a token's score the log-sum-exp over its CE rows; `group-trie`: the token "
-                   "trie, any CE row of an allowed token may be emitted, a document scores its best row sequence."), "",
-              f"Command: `{out['command']}`"]
+        lines.append(
+            f"| {name} | {row['variant']} | {row['train_minutes']} | {steps} | {m['ndcg_cut_10']:.4f} | "
+            f"{m['success_1']:.4f} | {m['success_10']:.4f} | {m['recall_100']:.4f} | "
+            f"{m['recip_rank_cut_10']:.4f} | {'' if memo is None else f'{memo:.3f}'} | {row['search_seconds']} |"
+        )
+    lines += [
+        "",
+        (
+            "Each variant trained by its own invocation with `--variants V --skip-eval` (two at a "
+            "time, one torch thread each on the 2 cores); this command evaluated them. np/contrastive's "
+            f"budget is split {CONTRASTIVE_SHARE:.0%} stage 1 / the rest stage 2; train min counts both "
+            "stages (not the indexing between them)."
+        ),
+        "",
+        "Length penalty picked on validation data (each run's held-out training queries, nDCG@10): "
+        + "; ".join(f"{v}: lp0 {d['0.0']:.4f}, lp1 {d['1.0']:.4f}" for v, d in (by_lp or {}).items()),
+        "",
+        (
+            "Rows `lp1`: length penalty 1.0 (a finished hypothesis scores sum / length); `token-trie`: "
+            "the trie over token ids, a token's score the log-sum-exp over its CE rows; `group-trie`: the token "
+            "trie, any CE row of an allowed token may be emitted, a document scores its best row sequence."
+        ),
+        "",
+        f"Command: `{out['command']}`",
+    ]
     (results / "scifact_gr.md").write_text("\n".join(lines) + "\n")
 
 
@@ -209,11 +272,18 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--k", type=int, default=100)
-    parser.add_argument("--long", nargs=2, metavar=("VARIANT", "MINUTES"),
-                        help="Train VARIANT longer, into <run>-<MINUTES>min (a row of its own).")
+    parser.add_argument(
+        "--long",
+        nargs=2,
+        metavar=("VARIANT", "MINUTES"),
+        help="Train VARIANT longer, into <run>-<MINUTES>min (a row of its own).",
+    )
     parser.add_argument("--skip-eval", action="store_true")
-    parser.add_argument("--only-missing", action="store_true",
-                        help="Search only the rows missing from results/scifact_gr.json (same runs).")
+    parser.add_argument(
+        "--only-missing",
+        action="store_true",
+        help="Search only the rows missing from results/scifact_gr.json (same runs).",
+    )
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -232,8 +302,11 @@ def main() -> None:
     if args.only_missing and previous.is_file():
         done = json.loads(previous.read_text())["rows"]
     metrics, seconds = evaluate_all(args.runs, args.data_dir, args.k, done)
-    by_lp = {label: validation_length_penalty(d, args.data_dir)
-             for label, (v, d) in run_labels(args.runs).items() if v.startswith("np")}
+    by_lp = {
+        label: validation_length_penalty(d, args.data_dir)
+        for label, (v, d) in run_labels(args.runs).items()
+        if v.startswith("np")
+    }
     print("validation nDCG@10 by length penalty:", json.dumps(by_lp), flush=True)
     write(metrics, seconds, args, by_lp)
 

@@ -48,16 +48,29 @@ LEVERS = {
     "frozen cached encoder, 6 decoder layers": {"model.freeze_encoder": True},
     "frozen cached encoder, 2 decoder layers": {"model.freeze_encoder": True, "model.decoder_layers": 2},
     "frozen cached encoder, 1 decoder layer, 32-token inputs (demo)": {
-        "model.freeze_encoder": True, "model.decoder_layers": 1, "data.max_input_length": 32},
+        "model.freeze_encoder": True,
+        "model.decoder_layers": 1,
+        "data.max_input_length": 32,
+    },
 }
 BARE_COMPARED = "frozen cached encoder, 1 decoder layer, 32-token inputs (demo)"
 
 
 def _config(overrides: dict, steps: int):
-    sets = ["data.index_input=title_text", "data.pseudo_queries.per_document=2", "data.query_repeat=2",
-            "model.logit_scale=0.1", "optim.optimizer=adamw", "optim.lr=5e-4", "trainer.accelerator=cpu",
-            "trainer.progress=false", f"trainer.max_steps={steps}", "validation.queries=0", "index.max_length=128",
-            "index.progress=false"]
+    sets = [
+        "data.index_input=title_text",
+        "data.pseudo_queries.per_document=2",
+        "data.query_repeat=2",
+        "model.logit_scale=0.1",
+        "optim.optimizer=adamw",
+        "optim.lr=5e-4",
+        "trainer.accelerator=cpu",
+        "trainer.progress=false",
+        f"trainer.max_steps={steps}",
+        "validation.queries=0",
+        "index.max_length=128",
+        "index.progress=false",
+    ]
     sets += [f"{k}={v}" for k, v in overrides.items()]
     return load_train_config(None, tuple(sets), **{"data.dataset": str(SAMPLE)})
 
@@ -81,18 +94,29 @@ def _fill_cache(module, datamodule) -> float:
     module.train()
     loader = torch.utils.data.DataLoader(datamodule.examples, batch_size=64, collate_fn=datamodule.collate)
     for batch in loader:
-        module.cache.fetch(module.model.backbone.encode, batch["input_ids"], batch["attention_mask"],
-                           batch["example"].tolist())
+        module.cache.fetch(
+            module.model.backbone.encode, batch["input_ids"], batch["attention_mask"], batch["example"].tolist()
+        )
     return time.perf_counter() - start
 
 
 def lightning_rate(parts, steps: int, warmup: int, batch: int) -> float:
     module, datamodule = parts
     clock = _Clock(warmup)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=warmup + steps, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0, callbacks=[clock],
-                         use_distributed_sampler=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=warmup + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        callbacks=[clock],
+        use_distributed_sampler=False,
+    )
     module.train()
     trainer.fit(module, datamodule=datamodule)
     return steps * batch / (clock.end - clock.start)
@@ -161,16 +185,20 @@ def main() -> None:
             rates = {"lightning": [], "bare": []}
             sides = ["lightning", "bare"] if name in (BARE_COMPARED, FULL) else ["lightning"]
             for r in range(args.repeats):
-                for side in (sides if r % 2 == 0 else sides[::-1]):
+                for side in sides if r % 2 == 0 else sides[::-1]:
                     fn = lightning_rate if side == "lightning" else bare_rate
                     rates[side].append(fn(parts, args.steps, args.warmup, batch))
                     print(f"{name} [{side}] {rates[side][-1]:.1f} examples/s", flush=True)
-            results["levers"][name] = {"examples_per_second": statistics.median(rates["lightning"]),
-                                       "repeats": rates["lightning"], "cache_fill_seconds": round(cache_s, 1)}
+            results["levers"][name] = {
+                "examples_per_second": statistics.median(rates["lightning"]),
+                "repeats": rates["lightning"],
+                "cache_fill_seconds": round(cache_s, 1),
+            }
             if rates["bare"]:
                 ratios = [a / b for a, b in zip(rates["lightning"], rates["bare"])]
                 results["lightning_vs_bare"][name] = {
-                    "lightning": rates["lightning"], "bare": rates["bare"],
+                    "lightning": rates["lightning"],
+                    "bare": rates["bare"],
                     "median_ratio": statistics.median(ratios),
                     "overhead_percent": round(100 * (1 - statistics.median(ratios)), 2),
                 }
@@ -178,13 +206,18 @@ def main() -> None:
     base = results["levers"][FULL]["examples_per_second"]
     for row in results["levers"].values():
         row["speedup_vs_full"] = round(row["examples_per_second"] / base, 2)
-    results.update({
-        "machine": conditions.measured(threads=args.threads),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "load_average_before": load_before, "load_average_after": load_average(),
-        "command": " ".join(["benchmarks/train_speed.py", *sys.argv[1:]]),
-        "steps": args.steps, "warmup": args.warmup, "batch_size": 32,
-    })
+    results.update(
+        {
+            "machine": conditions.measured(threads=args.threads),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "command": " ".join(["benchmarks/train_speed.py", *sys.argv[1:]]),
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "batch_size": 32,
+        }
+    )
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 

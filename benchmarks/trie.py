@@ -71,10 +71,19 @@ def main() -> None:
     res = {
         "machine": conditions.measured(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "n_identifiers": args.n, "n_tokens": n_tokens, "n_nodes": trie.n_nodes,
-        "csr": {"build_s": round(csr_s, 3), "bytes": trie.nbytes(), "bytes_per_token": round(trie.nbytes() / n_tokens, 2)},
-        "nested_dict": {"build_s": round(dict_s, 3), "rss_bytes": dict_bytes,
-                        "bytes_per_token": round(dict_bytes / n_tokens, 2)},
+        "n_identifiers": args.n,
+        "n_tokens": n_tokens,
+        "n_nodes": trie.n_nodes,
+        "csr": {
+            "build_s": round(csr_s, 3),
+            "bytes": trie.nbytes(),
+            "bytes_per_token": round(trie.nbytes() / n_tokens, 2),
+        },
+        "nested_dict": {
+            "build_s": round(dict_s, 3),
+            "rss_bytes": dict_bytes,
+            "bytes_per_token": round(dict_bytes / n_tokens, 2),
+        },
         "build_speedup": round(dict_s / csr_s, 2),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

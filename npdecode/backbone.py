@@ -146,8 +146,10 @@ class Backbone:
         for candidate in (self.tokenizer.bos_token_id, self.tokenizer.cls_token_id, self.pad_token_id):
             if candidate is not None and candidate != self.eos_token_id:
                 return int(candidate)
-        raise NpdecodeError("the model's decoder starts at its EOS token and the tokenizer has no other "
-                            "BOS/CLS/pad token for the start row; add a bos_token to the tokenizer")
+        raise NpdecodeError(
+            "the model's decoder starts at its EOS token and the tokenizer has no other "
+            "BOS/CLS/pad token for the start row; add a bos_token to the tokenizer"
+        )
 
     def to(self, device: Any) -> Backbone:
         self.model.to(device)
@@ -250,8 +252,11 @@ def load_backbone(name_or_path: str | Path, *, trust_remote_code: bool = False, 
 def _fill_bert2bert_ids(model: Any, tokenizer: Any) -> None:
     """EncoderDecoderModel configs often lack start/pad ids; BERT's are [CLS] / [PAD] / [SEP]."""
     cfg = model.config
-    for key, value in (("decoder_start_token_id", tokenizer.cls_token_id),
-                       ("pad_token_id", tokenizer.pad_token_id), ("eos_token_id", tokenizer.sep_token_id)):
+    for key, value in (
+        ("decoder_start_token_id", tokenizer.cls_token_id),
+        ("pad_token_id", tokenizer.pad_token_id),
+        ("eos_token_id", tokenizer.sep_token_id),
+    ):
         if getattr(cfg, key, None) is None:
             setattr(cfg, key, value)
 

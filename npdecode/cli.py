@@ -19,9 +19,18 @@ from npdecode.errors import NpdecodeError
 # name -> (module:attribute of a click.Command, one-line help shown by --help)
 _COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("npdecode.eval.cli:eval_command", "Evaluate retrievers on a dataset (BEIR, NQ, NQ320k, local)."),
-    "demo": ("npdecode.demo:demo_command", "Train Np on the bundled SciFact sample and compare it with BM25 and dense."),
-    "index": ("npdecode.index.cli:index_command", "Build an index dir (CE table, FAISS store, trie) from a corpus, or append to one."),
-    "search": ("npdecode.search.cli:search_command", "Search an index dir with its generative model (Np or GENRE-style)."),
+    "demo": (
+        "npdecode.demo:demo_command",
+        "Train Np on the bundled SciFact sample and compare it with BM25 and dense.",
+    ),
+    "index": (
+        "npdecode.index.cli:index_command",
+        "Build an index dir (CE table, FAISS store, trie) from a corpus, or append to one.",
+    ),
+    "search": (
+        "npdecode.search.cli:search_command",
+        "Search an index dir with its generative model (Np or GENRE-style).",
+    ),
     "merge": ("npdecode.merge.cli:merge_command", "Merge checkpoints from a MergeKit-style YAML recipe."),
     "train": ("npdecode.train.cli:train_command", "Train a generative retriever (vanilla or Np) with Lightning."),
 }

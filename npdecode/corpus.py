@@ -124,7 +124,9 @@ def corpus_file(path: str | Path) -> Path:
             "give a .jsonl/.tsv file or a BEIR folder"
         )
     if path.suffix not in {".jsonl", ".tsv"}:
-        raise NpdecodeError(f"{path}: unknown corpus format {path.suffix!r}; use .jsonl, .tsv, a BEIR folder or a folder of .txt")
+        raise NpdecodeError(
+            f"{path}: unknown corpus format {path.suffix!r}; use .jsonl, .tsv, a BEIR folder or a folder of .txt"
+        )
     return path
 
 

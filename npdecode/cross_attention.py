@@ -113,13 +113,23 @@ _swap_lock = threading.Lock()
 _swapped: dict[int, tuple[int, Any]] = {}  # id(config) -> (threads inside `grouped`, its own implementation)
 
 
-def _grouped_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_bias=None,
-                       **kwargs):
+def _grouped_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_bias=None, **kwargs
+):
     """The registered attention function: grouped for the active decoder's cross-attention, ``sdpa`` otherwise."""
     g: _Groups | None = getattr(_local, "groups", None)
     if g is None or id(module) not in g.cross:
-        return _sdpa(module, query, key, value, attention_mask, dropout=dropout,
-                                              scaling=scaling, position_bias=position_bias, **kwargs)
+        return _sdpa(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            position_bias=position_bias,
+            **kwargs,
+        )
     g.calls += 1
     n, heads, q_len, dim = query.shape
     if q_len != 1 or n != g.n_rows:
@@ -147,8 +157,9 @@ def _grouped_attention(module, query, key, value, attention_mask, dropout=0.0, s
     else:
         qg = q.new_zeros(p, c, heads, dim)
         qg[g.group, g.slot] = q
-    out = F.scaled_dot_product_attention(qg.transpose(1, 2), key, value, attn_mask=mask, dropout_p=dropout,
-                                         scale=scaling)  # (P, heads, c, dim)
+    out = F.scaled_dot_product_attention(
+        qg.transpose(1, 2), key, value, attn_mask=mask, dropout_p=dropout, scale=scaling
+    )  # (P, heads, c, dim)
     out = out.transpose(1, 2)
     out = out.reshape(n, heads, dim) if g.group is None else out[g.group, g.slot]
     if g.order is not None:

@@ -147,8 +147,9 @@ def _kth_best(query: torch.Tensor, score: torch.Tensor, n_queries: int, k: int) 
     return out
 
 
-def _select_live(query: torch.Tensor, row: torch.Tensor, cand: torch.Tensor, extendable: torch.Tensor,
-                 n_rows: int, beam: int) -> torch.Tensor:
+def _select_live(
+    query: torch.Tensor, row: torch.Tensor, cand: torch.Tensor, extendable: torch.Tensor, n_rows: int, beam: int
+) -> torch.Tensor:
     """Edge indices of the best ``beam`` extendable children per query, grouped by query.
 
     A row's ``beam`` best children contain every child of that row that can make its query's
@@ -187,8 +188,9 @@ def _step(model: Any, prev: torch.Tensor, state: Any) -> tuple[torch.Tensor, tor
     return logits, torch.logsumexp(logits, dim=-1), state
 
 
-def _sparse_step(model: Any, prev: torch.Tensor, state: Any, normalizer: Any, scorer: Any, row: torch.Tensor,
-                 ids: torch.Tensor) -> tuple[Any, torch.Tensor, Any]:
+def _sparse_step(
+    model: Any, prev: torch.Tensor, state: Any, normalizer: Any, scorer: Any, row: torch.Tensor, ids: torch.Tensor
+) -> tuple[Any, torch.Tensor, Any]:
     """A step with the approximate normalizer: exact logits for the allowed edges only, and per row
     ``max(normalizer.lse(h), best allowed logit)`` (so no edge scores above 0). Returns
     ``(logits (lazy), edge scores (E,), state)``."""
@@ -196,8 +198,9 @@ def _sparse_step(model: Any, prev: torch.Tensor, state: Any, normalizer: Any, sc
 
     hidden, state = model.step_scaled_hidden(prev, state)
     logits = SparseLogits(hidden, model.ce)
-    raw = torch.nan_to_num(scorer.edge_scores(logits, torch.zeros(len(hidden), device=hidden.device), row, ids),
-                           nan=float("-inf"))
+    raw = torch.nan_to_num(
+        scorer.edge_scores(logits, torch.zeros(len(hidden), device=hidden.device), row, ids), nan=float("-inf")
+    )
     lse = normalizer.lse(hidden)
     lse = lse.scatter_reduce(0, row, raw, reduce="amax", include_self=True)
     return logits, raw - lse[row], state
@@ -211,8 +214,16 @@ def _sparse_pays(n_edges: int, n_rows: int, vocab: int, width: int) -> bool:
 
 @torch.inference_mode()
 def beam_search(
-    model: Any, trie: TorchTrie, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, k: int, beam: int,
-    length_penalty: float = 0.0, scorer: Any = None, normalizer: Any = None,
+    model: Any,
+    trie: TorchTrie,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    k: int,
+    beam: int,
+    length_penalty: float = 0.0,
+    scorer: Any = None,
+    normalizer: Any = None,
 ) -> list[list[tuple[int, float]]]:
     """Constrained beam search for one batch of B encoded queries; top-``k`` (node, score) per query.
 
@@ -301,9 +312,19 @@ def auto_batch_size(beam: int, vocab_size: int, *, max_queries: int = 64) -> int
 
 
 def search(
-    model: Any, trie: Trie, queries: list[str], *, k: int = 10, beam: int = 10, batch_size: int | None = None,
-    length_penalty: float = 0.0, max_query_length: int = 64, widen: bool = True, dtype: str | None = None,
-    normalizer: Any = None, group: bool = False,
+    model: Any,
+    trie: Trie,
+    queries: list[str],
+    *,
+    k: int = 10,
+    beam: int = 10,
+    batch_size: int | None = None,
+    length_penalty: float = 0.0,
+    max_query_length: int = 64,
+    widen: bool = True,
+    dtype: str | None = None,
+    normalizer: Any = None,
+    group: bool = False,
 ) -> list[list[tuple[int, float]]]:
     """Top-``k`` ``(value, score)`` per query (values = the trie's document group ids), best first.
 
@@ -335,8 +356,17 @@ def search(
         for lo in range(0, len(todo), per_batch):
             idx = todo[lo : lo + per_batch]
             ids, mask = model.tokenize([queries[i] for i in idx], max_query_length)
-            hyps = beam_search(model, ttrie, ids, mask, k=k, beam=width, length_penalty=length_penalty, scorer=scorer,
-                               normalizer=normalizer)
+            hyps = beam_search(
+                model,
+                ttrie,
+                ids,
+                mask,
+                k=k,
+                beam=width,
+                length_penalty=length_penalty,
+                scorer=scorer,
+                normalizer=normalizer,
+            )
             for i, h in zip(idx, hyps):
                 results[i] = _to_values(trie, h, k)
         if not widen or width >= trie.n_sequences:

@@ -28,8 +28,9 @@ def _train(config_path: Path, out: Path, sets: tuple[str, ...], device: str, say
         say(f"{out}: finished run found, reusing it (delete it to train again)")
         return json.loads((out / MANIFEST).read_text())
     accelerator = {"auto": None, "cpu": "cpu"}.get(device, "gpu")
-    config = load_train_config(config_path, sets, **{"data.dataset": str(BUNDLED_SAMPLE),
-                                                     "trainer.accelerator": accelerator})
+    config = load_train_config(
+        config_path, sets, **{"data.dataset": str(BUNDLED_SAMPLE), "trainer.accelerator": accelerator}
+    )
     return train_run(config, out, resume=out.exists(), say=say)
 
 
@@ -47,10 +48,20 @@ def _register_vanilla(index_dir: Path) -> None:
 
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"), show_default=True)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=DEMO_CONFIG,
-              show_default=True, help="Training config of the np model (the vanilla model uses it too).")
-@click.option("--vanilla/--no-vanilla", default=False, show_default=True,
-              help="Also train the vanilla GENRE-style model with the same budget.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEMO_CONFIG,
+    show_default=True,
+    help="Training config of the np model (the vanilla model uses it too).",
+)
+@click.option(
+    "--vanilla/--no-vanilla",
+    default=False,
+    show_default=True,
+    help="Also train the vanilla GENRE-style model with the same budget.",
+)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a training config key.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: OUT/cache.")
@@ -64,17 +75,24 @@ def demo_command(out, config_path, vanilla, sets, device, cache_dir):
     runs = {"np": _train(config_path, out / "np", tuple(sets), device, console.print)}
     retrievers = ["bm25", "dense", "np"]
     if vanilla:
-        runs["vanilla"] = _train(config_path, out / "vanilla", (*sets, "model.variant=vanilla", "model.learn_scale=false"), device, console.print)
+        runs["vanilla"] = _train(
+            config_path,
+            out / "vanilla",
+            (*sets, "model.variant=vanilla", "model.learn_scale=false"),
+            device,
+            console.print,
+        )
         _register_vanilla(out / "vanilla" / "index")
         retrievers.append("vanilla")
     # the generative retrievers return what one beam of 10 finds (widening the beam to reach
     # k = 100 documents would cost ~10x the decoding time); BM25 and dense return 100
-    options = {"device": device, "cache_dir": cache_dir or out / "cache", "index": out / "np" / "index",
-               "widen": False}
+    options = {"device": device, "cache_dir": cache_dir or out / "cache", "index": out / "np" / "index", "widen": False}
     evaluate_and_report(str(BUNDLED_SAMPLE), "test", None, retrievers, options, 100,
                         out / "metrics.json", out / "run.trec", out / "curves.png")  # fmt: skip
     for name, run in runs.items():
         t = run["training"]
-        click.echo(f"{name}: trained {t['steps']} steps ({t['seconds'] / 60:.1f} min, {t['examples_per_second']} "
-                   f"examples/s); memorisation Hits@1 on indexing examples "
-                   f"{run['metrics']['memorisation_success_1']:.3f}")
+        click.echo(
+            f"{name}: trained {t['steps']} steps ({t['seconds'] / 60:.1f} min, {t['examples_per_second']} "
+            f"examples/s); memorisation Hits@1 on indexing examples "
+            f"{run['metrics']['memorisation_success_1']:.3f}"
+        )

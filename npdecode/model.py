@@ -105,7 +105,9 @@ class _Seq2Seq(nn.Module):
         found = self.__dict__.get("_cross_modules")  # plain attributes: not submodules, not in state_dict
         if found is None:
             decoder = self.backbone.decoder
-            found = tuple(cross_attention.cross_attention_modules(decoder)) if cross_attention.supported(decoder) else ()
+            found = (
+                tuple(cross_attention.cross_attention_modules(decoder)) if cross_attention.supported(decoder) else ()
+            )
             self.__dict__["_cross_modules"] = found
             self.__dict__["_decoder_configs"] = _decoder_configs(decoder)
         return frozenset(id(m) for m in found) or None
@@ -114,8 +116,12 @@ class _Seq2Seq(nn.Module):
         decoder = self.backbone.decoder
         name = _cache_argument(type(decoder))
         out = decoder(
-            inputs_embeds=embeds, attention_mask=dec_mask, encoder_hidden_states=enc,
-            encoder_attention_mask=enc_mask, use_cache=cache is not None, **{name: cache},
+            inputs_embeds=embeds,
+            attention_mask=dec_mask,
+            encoder_hidden_states=enc,
+            encoder_attention_mask=enc_mask,
+            use_cache=cache is not None,
+            **{name: cache},
         )
         return out.last_hidden_state, out.get(name)
 
@@ -151,7 +157,6 @@ class _Seq2Seq(nn.Module):
         self.grouped_cross_attention = True
         return hidden[:, -1], DecoderState(state.enc, state.enc_mask, cache, state.rows_query)
 
-
     def reorder_state(self, state: DecoderState, rows: torch.Tensor, *, same_sources: bool = False) -> DecoderState:
         """Keep/duplicate rows (``rows`` indexes the current N rows) of the state and its cache.
 
@@ -183,11 +188,15 @@ class _Seq2Seq(nn.Module):
         if 2 * len(present) > state.enc.shape[0]:
             return DecoderState(state.enc, state.enc_mask, cache, rows_query)
         cache.cross_attention_cache.reorder_cache(present)
-        return DecoderState(state.enc.index_select(0, present), state.enc_mask.index_select(0, present), cache,
-                            new_index)
+        return DecoderState(
+            state.enc.index_select(0, present), state.enc_mask.index_select(0, present), cache, new_index
+        )
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor,
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
         decoder_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits ``(B, L, V_out)`` for output-id inputs ``decoder_input_ids`` (B, L)."""
@@ -206,8 +215,16 @@ class NpModel(_Seq2Seq):
     """
 
     def __init__(
-        self, backbone: Backbone, ce: torch.Tensor, ce_token_ids: torch.Tensor, *, start_ce_id: int = 0,
-        eos_ce_id: int = 1, logit_scale: float = 1.0, learn_scale: bool = False, trainable_ce: bool = False,
+        self,
+        backbone: Backbone,
+        ce: torch.Tensor,
+        ce_token_ids: torch.Tensor,
+        *,
+        start_ce_id: int = 0,
+        eos_ce_id: int = 1,
+        logit_scale: float = 1.0,
+        learn_scale: bool = False,
+        trainable_ce: bool = False,
     ):
         super().__init__(backbone)
         if ce.ndim != 2 or ce.shape[1] != backbone.d_model:
@@ -283,9 +300,14 @@ class NpModel(_Seq2Seq):
 
     def config_dict(self) -> dict:
         return {
-            "kind": "np", "format_version": FORMAT_VERSION, "start_ce_id": self.start_id,
-            "eos_ce_id": self.eos_id, "learn_scale": self.log_scale.requires_grad,
-            "trainable_ce": self.ce.requires_grad, "ce_rows": self.vocab_size, "family": self.backbone.family,
+            "kind": "np",
+            "format_version": FORMAT_VERSION,
+            "start_ce_id": self.start_id,
+            "eos_ce_id": self.eos_id,
+            "learn_scale": self.log_scale.requires_grad,
+            "trainable_ce": self.ce.requires_grad,
+            "ce_rows": self.vocab_size,
+            "family": self.backbone.family,
         }
 
 
@@ -356,8 +378,11 @@ def save_model(model: NpModel | VanillaModel, out_dir: str | Path) -> Path:
         model.backbone.model.save_pretrained(tmp)
         model.backbone.tokenizer.save_pretrained(tmp)
         if isinstance(model, NpModel):
-            tensors = {"ce": model.ce.detach(), "ce_token_ids": model.ce_token_ids,
-                       "log_scale": model.log_scale.detach()}
+            tensors = {
+                "ce": model.ce.detach(),
+                "ce_token_ids": model.ce_token_ids,
+                "log_scale": model.log_scale.detach(),
+            }
             save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / CE_FILE))
         (tmp / NPDECODE_JSON).write_text(json.dumps(model.config_dict(), indent=2))
     return out_dir
@@ -379,8 +404,13 @@ def load_model(path: str | Path, *, device: Any = None, trust_remote_code: bool 
         raise NpdecodeError(f"{path / CE_FILE} is missing; the Np checkpoint is incomplete, save it again")
     t = load_file(str(path / CE_FILE))
     model = NpModel(
-        backbone, t["ce"], t["ce_token_ids"], start_ce_id=meta["start_ce_id"], eos_ce_id=meta["eos_ce_id"],
-        learn_scale=meta.get("learn_scale", False), trainable_ce=meta.get("trainable_ce", False),
+        backbone,
+        t["ce"],
+        t["ce_token_ids"],
+        start_ce_id=meta["start_ce_id"],
+        eos_ce_id=meta["eos_ce_id"],
+        learn_scale=meta.get("learn_scale", False),
+        trainable_ce=meta.get("trainable_ce", False),
     )
     with torch.no_grad():
         model.log_scale.copy_(t["log_scale"])

@@ -49,21 +49,32 @@ class IvfNormalizer:
     lists scanned per decoder row, ``topk`` logits kept. k-means is seeded.
     """
 
-    def __init__(self, ce: torch.Tensor, *, nlist: int | None = None, nprobe: int = 16, topk: int = 512,
-                 seed: int = 0, threads: int | None = None):
+    def __init__(
+        self,
+        ce: torch.Tensor,
+        *,
+        nlist: int | None = None,
+        nprobe: int = 16,
+        topk: int = 512,
+        seed: int = 0,
+        threads: int | None = None,
+    ):
         try:
             import faiss
         except ImportError:
-            raise NpdecodeError("the approximate normalizer needs faiss; install npdecode[cpu] "
-                                "(faiss-cpu) or decode with the exact normalizer") from None
+            raise NpdecodeError(
+                "the approximate normalizer needs faiss; install npdecode[cpu] "
+                "(faiss-cpu) or decode with the exact normalizer"
+            ) from None
         if ce.is_cuda:
             raise NpdecodeError("the approximate normalizer runs on CPU; on a GPU decode with the exact one")
         rows = np.ascontiguousarray(ce.detach().float().cpu().numpy())
         v, d = rows.shape
         nlist = nlist or max(1, min(int(math.sqrt(v)), v // 39))
         if not 1 <= nlist <= v or nprobe < 1 or topk < 1:
-            raise NpdecodeError(f"nlist={nlist}, nprobe={nprobe}, topk={topk}: need 1 <= nlist <= {v} CE rows, "
-                                "nprobe >= 1, topk >= 1")
+            raise NpdecodeError(
+                f"nlist={nlist}, nprobe={nprobe}, topk={topk}: need 1 <= nlist <= {v} CE rows, nprobe >= 1, topk >= 1"
+            )
         self.threads = threads
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -115,6 +126,8 @@ def parse_normalizer(spec: str) -> dict[str, int] | None:
         return None
     keys = ("nprobe", "topk", "nlist")
     if name != "ivf" or len(numbers) > len(keys) or not all(n.isdigit() and int(n) > 0 for n in numbers):
-        raise NpdecodeError(f"normalizer {spec!r}: use 'exact' or 'ivf[:NPROBE[:TOPK[:NLIST]]]' "
-                            "with positive integers, e.g. ivf:32:1024")
+        raise NpdecodeError(
+            f"normalizer {spec!r}: use 'exact' or 'ivf[:NPROBE[:TOPK[:NLIST]]]' "
+            "with positive integers, e.g. ivf:32:1024"
+        )
     return {key: int(n) for key, n in zip(keys, numbers)}

@@ -29,7 +29,9 @@ def load_queries(path: str | Path) -> dict[str, str]:
     elif path.suffix == ".tsv":
         rows = ((lineno, *_tsv_query(path, lineno, line)) for lineno, line in read_lines(path) if line.strip())
     else:
-        raise NpdecodeError(f"{path}: unknown queries format {path.suffix!r}; use .jsonl (_id, text) or .tsv (qid<TAB>text)")
+        raise NpdecodeError(
+            f"{path}: unknown queries format {path.suffix!r}; use .jsonl (_id, text) or .tsv (qid<TAB>text)"
+        )
     for lineno, qid, text in rows:
         if qid is None or str(qid).strip() == "":
             raise NpdecodeError(f"{path}:{lineno}: missing query id ('_id')")

@@ -154,8 +154,15 @@ class Trie:
         from npdecode.atomic import atomic_file
 
         with atomic_file(path, "wb") as fh:
-            np.savez(fh, indptr=self.indptr, edge_ids=self.edge_ids, term_nodes=self.term_nodes,
-                     term_ptr=self.term_ptr, term_values=self.term_values, id_space=np.array(self.id_space))
+            np.savez(
+                fh,
+                indptr=self.indptr,
+                edge_ids=self.edge_ids,
+                term_nodes=self.term_nodes,
+                term_ptr=self.term_ptr,
+                term_values=self.term_values,
+                id_space=np.array(self.id_space),
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> Trie:
@@ -163,8 +170,7 @@ class Trie:
         if not path.is_file():
             raise NpdecodeError(f"{path}: trie file not found; build the index first")
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["indptr"], z["edge_ids"], z["term_nodes"], z["term_ptr"], z["term_values"],
-                       str(z["id_space"]))
+            return cls(z["indptr"], z["edge_ids"], z["term_nodes"], z["term_ptr"], z["term_values"], str(z["id_space"]))
 
     def to_torch(self, device: Any = None) -> TorchTrie:
         return TorchTrie.from_trie(self, device)
@@ -186,8 +192,9 @@ def _as_flat(sequences: Any) -> tuple[np.ndarray, np.ndarray]:
     return flatten(sequences)
 
 
-def build_trie(sequences: list[list[int]] | tuple[np.ndarray, np.ndarray], values: Any = None, *,
-               id_space: str = "ce") -> Trie:
+def build_trie(
+    sequences: list[list[int]] | tuple[np.ndarray, np.ndarray], values: Any = None, *, id_space: str = "ce"
+) -> Trie:
     """Build a trie from id sequences (a list of lists, or flat ``(tokens, offsets)``).
 
     ``values`` (n,) ints: the value stored at each sequence's end (default: its index).
@@ -227,9 +234,12 @@ def build_trie(sequences: list[list[int]] | tuple[np.ndarray, np.ndarray], value
     term_ptr = np.zeros(len(term_nodes) + 1, dtype=np.int64)
     np.cumsum(counts, out=term_ptr[1:])
     return Trie(
-        indptr.astype(idx), (np.concatenate(ids) if ids else np.empty(0, np.int64)).astype(idx),
-        term_nodes.astype(idx), term_ptr.astype(idx),
-        values[order].astype(_index_dtype(int(values.max(initial=0)) + 1)), id_space,
+        indptr.astype(idx),
+        (np.concatenate(ids) if ids else np.empty(0, np.int64)).astype(idx),
+        term_nodes.astype(idx),
+        term_ptr.astype(idx),
+        values[order].astype(_index_dtype(int(values.max(initial=0)) + 1)),
+        id_space,
     )
 
 

@@ -36,9 +36,15 @@ def main(src: Path, dst: Path) -> None:
     queries = load_queries(src / "queries.jsonl")
     (dst / "qrels").mkdir(parents=True, exist_ok=True)
     with open(dst / "corpus.jsonl", "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({"_id": doc_id, "title": doc["title"], "text": doc["text"]}, ensure_ascii=False) + "\n" for doc_id, doc in corpus)
+        fh.writelines(
+            json.dumps({"_id": doc_id, "title": doc["title"], "text": doc["text"]}, ensure_ascii=False) + "\n"
+            for doc_id, doc in corpus
+        )
     with open(dst / "queries.jsonl", "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({"_id": qid, "text": queries[qid]}, ensure_ascii=False) + "\n" for qid in sorted({*test, *train}, key=int))
+        fh.writelines(
+            json.dumps({"_id": qid, "text": queries[qid]}, ensure_ascii=False) + "\n"
+            for qid in sorted({*test, *train}, key=int)
+        )
     for name, qrels in (("test", test), ("train", train)):
         with open(dst / "qrels" / f"{name}.tsv", "w", encoding="utf-8") as fh:
             fh.write("query-id\tcorpus-id\tscore\n")

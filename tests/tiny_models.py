@@ -14,7 +14,73 @@ import random
 from pathlib import Path
 
 # A closed word list, so every tokenizer covers the toy corpora completely.
-WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa", "lambda", "sigma", "omega", "river", "mountain", "city", "forest", "ocean", "desert", "island", "valley", "bridge", "castle", "garden", "market", "school", "library", "museum", "history", "science", "music", "poetry", "painting", "physics", "chemistry", "biology", "geology", "astronomy", "king", "queen", "knight", "bishop", "tower", "harbor", "station", "planet", "comet", "galaxy", "star", "moon", "sun", "cloud", "storm", "rain", "snow", "wind", "fire", "stone", "iron", "gold", "silver", "copper", "glass", "paper", "book", "song", "dance"]
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "theta",
+    "kappa",
+    "lambda",
+    "sigma",
+    "omega",
+    "river",
+    "mountain",
+    "city",
+    "forest",
+    "ocean",
+    "desert",
+    "island",
+    "valley",
+    "bridge",
+    "castle",
+    "garden",
+    "market",
+    "school",
+    "library",
+    "museum",
+    "history",
+    "science",
+    "music",
+    "poetry",
+    "painting",
+    "physics",
+    "chemistry",
+    "biology",
+    "geology",
+    "astronomy",
+    "king",
+    "queen",
+    "knight",
+    "bishop",
+    "tower",
+    "harbor",
+    "station",
+    "planet",
+    "comet",
+    "galaxy",
+    "star",
+    "moon",
+    "sun",
+    "cloud",
+    "storm",
+    "rain",
+    "snow",
+    "wind",
+    "fire",
+    "stone",
+    "iron",
+    "gold",
+    "silver",
+    "copper",
+    "glass",
+    "paper",
+    "book",
+    "song",
+    "dance",
+]
 
 _D_MODEL = 32
 
@@ -92,10 +158,20 @@ def build_t5(out_dir: str | Path, *, gated: bool = False, tied: bool = True, see
     vocab = save_t5_tokenizer(out_dir)
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=vocab, d_model=_D_MODEL, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-        num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
-        feed_forward_proj="gated-gelu" if gated else "relu", tie_word_embeddings=tied,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        vocab_size=vocab,
+        d_model=_D_MODEL,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        tie_word_embeddings=tied,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
     )
     model = T5ForConditionalGeneration(config).eval()
     extra = {}
@@ -119,8 +195,13 @@ def _train_bpe(out_dir: Path) -> int:
 
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(toy_sentences() + [w.title() for w in WORDS], vocab_size=400,
-                            min_frequency=2, special_tokens=specials, show_progress=False)
+    bpe.train_from_iterator(
+        toy_sentences() + [w.title() for w in WORDS],
+        vocab_size=400,
+        min_frequency=2,
+        special_tokens=specials,
+        show_progress=False,
+    )
     vocab = bpe.get_vocab()
     model_json = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
@@ -140,12 +221,23 @@ def build_bart(out_dir: str | Path, *, seed: int = 0) -> Path:
     tok = BartTokenizer.from_pretrained(out_dir)
     torch.manual_seed(seed)
     config = BartConfig(
-        vocab_size=vocab, d_model=_D_MODEL, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-        decoder_ffn_dim=64, max_position_embeddings=128, dropout=0.0, attention_dropout=0.0,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.eos_token_id,
-        forced_bos_token_id=None, forced_eos_token_id=None,
+        vocab_size=vocab,
+        d_model=_D_MODEL,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=128,
+        dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id,
+        forced_bos_token_id=None,
+        forced_eos_token_id=None,
     )
     model = BartForConditionalGeneration(config).eval()
     model.save_pretrained(out_dir)
@@ -175,8 +267,13 @@ def build_bert_encoder(out_dir: str | Path, *, seed: int = 0) -> Path:
     vocab = save_bert_tokenizer(out_dir)
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=vocab, hidden_size=_D_MODEL, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+        vocab_size=vocab,
+        hidden_size=_D_MODEL,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
     BertModel(config).eval().save_pretrained(out_dir)

@@ -52,7 +52,9 @@ def evaluate_and_report(
     console = Console(stderr=True)
     ds = load_dataset(dataset, split=split, data_dir=data_dir, cache=cache_root(options.cache_dir))
     console.print(f"[bold]{ds.name}[/bold] {ds.split}: {len(ds.queries)} queries, corpus {ds.corpus_path}")
-    experiment = run_experiment(ds, retrievers, options, k=k, ignore_identical_ids=ignore_identical_ids, progress=console.print)
+    experiment = run_experiment(
+        ds, retrievers, options, k=k, ignore_identical_ids=ignore_identical_ids, progress=console.print
+    )
     out = Console() if Console().is_terminal else Console(width=150)
     print_table(experiment, out)
     report = to_json(experiment, per_query=per_query)
@@ -72,26 +74,44 @@ def evaluate_and_report(
 @click.command("eval")
 @click.option("--dataset", "-d", required=True, help="beir/<name>, nq, nq320k, or a BEIR-layout folder.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "dev", "train"]))
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Local copies: DIR/<name>/ in BEIR layout.")
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Local copies: DIR/<name>/ in BEIR layout."
+)
 @click.option("--retriever", "-r", "retrievers", multiple=True, default=("bm25",), show_default=True,
               help="Repeat to compare; the first is the reference of the significance tests.")  # fmt: skip
 @click.option("-k", "--top-k", "top_k", default=1000, show_default=True, help="Documents retrieved per query.")
 @click.option("--k", "old_k", type=int, hidden=True, help="Deprecated spelling of --top-k.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write metrics JSON here.")
 @click.option("--run", "run_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the TREC run here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Recall@k / nDCG@k curves (png, pdf, svg).")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Recall@k / nDCG@k curves (png, pdf, svg).",
+)
 @click.option("--model", help="Encoder of the dense retriever (hub id or path); default all-MiniLM-L6-v2.")
-@click.option("--index", "index_dir", type=click.Path(path_type=Path), help="Index directory of the np / genre retrievers.")
+@click.option(
+    "--index", "index_dir", type=click.Path(path_type=Path), help="Index directory of the np / genre retrievers."
+)
 @click.option("--gr-model", help="Checkpoint of the np / genre retrievers (default: the one the index records).")
 @click.option("--beam", type=int, help="Beam size of the np / genre retrievers (default 10).")
 @click.option("--normalizer", help="np retriever: exact (default) or ivf[:NPROBE[:TOPK[:NLIST]]] (approximate, CPU).")
 @click.option("--length-penalty", type=float, help="np / genre: score sum / length**L as HF's beam scorer (default 0).")
 @click.option("--device", help="auto (default), cpu or cuda[:n].")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "auto"]), help="np / genre: decoding precision (default: as loaded).")
+@click.option(
+    "--dtype", type=click.Choice(["fp32", "bf16", "auto"]), help="np / genre: decoding precision (default: as loaded)."
+)
 @click.option("--batch-size", type=int, help="Encoding / decoding batch size.")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Downloads and baseline indexes (default ~/.cache/npdecode).")
-@click.option("--ignore-identical-ids/--keep-identical-ids", default=None,
-              help="Drop a retrieved document whose id equals the query id (default: on for BEIR, as BEIR).")  # fmt: skip
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Downloads and baseline indexes (default ~/.cache/npdecode).",
+)
+@click.option(
+    "--ignore-identical-ids/--keep-identical-ids",
+    default=None,
+    help="Drop a retrieved document whose id equals the query id (default: on for BEIR, as BEIR).",
+)
 @click.option("--per-query/--no-per-query", default=True, show_default=True, help="Keep per-query values in the JSON.")
 def eval_command(dataset, split, data_dir, retrievers, top_k, old_k, json_path, run_path, plot_path, model, index_dir,
                  gr_model, beam, normalizer, length_penalty, device, dtype, batch_size, cache_dir, ignore_identical_ids,

@@ -23,8 +23,14 @@ from npdecode.index.layout import SPECIAL_ROWS, Index, load_index, write_segment
 from npdecode.index.manifest import model_digest, now, package_versions, write_manifest
 
 
-def append_to_index(corpus: str | Path, index_dir: str | Path, *, replace: bool = False,
-                    runtime: dict | None = None, allow_mixed_precision: bool = False) -> dict:
+def append_to_index(
+    corpus: str | Path,
+    index_dir: str | Path,
+    *,
+    replace: bool = False,
+    runtime: dict | None = None,
+    allow_mixed_precision: bool = False,
+) -> dict:
     """Add the documents of ``corpus`` to ``index_dir``; returns the new manifest.
 
     Each segment records the precision its CE was computed in (``32-true``, ``bf16-mixed``);
@@ -71,11 +77,18 @@ def append_to_index(corpus: str | Path, index_dir: str | Path, *, replace: bool 
     raw = {"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids} if config.raw_ce else None
     write_segment(index_dir / "segments" / name, rows, row_tokens, records, raw)
 
-    entry = {"name": name, "rows": len(rows), "groups": len(records), "precision": precision, "removed": sorted(removed),
-             "joins": {str(g): ids for g, ids in sorted(joins.items())}}
+    entry = {
+        "name": name,
+        "rows": len(rows),
+        "groups": len(records),
+        "precision": precision,
+        "removed": sorted(removed),
+        "joins": {str(g): ids for g, ids in sorted(joins.items())},
+    }
     new_manifest = _next_generation(index, entry, rows, row_tokens, records, raw)
-    new_manifest["corpus"].append({"path": str(Path(corpus).resolve()), "digest": plan["corpus_digest"],
-                                   "segment": name})
+    new_manifest["corpus"].append(
+        {"path": str(Path(corpus).resolve()), "digest": plan["corpus_digest"], "segment": name}
+    )
     write_manifest(index_dir, new_manifest)
     from npdecode.index.generation import remove_generation
 
@@ -112,8 +125,9 @@ def place_occurrences(index: Index, vectors: np.ndarray, tokens: np.ndarray, con
             by_spare.setdefault(spare, []).append(int(token))
     for spare, spare_set in sorted(by_spare.items()):
         members = np.flatnonzero(np.isin(tokens, spare_set))
-        grown = cluster_by_token(vectors[members], tokens[members], spare, iterations=config.kmeans_iterations,
-                                 seed=config.seed)
+        grown = cluster_by_token(
+            vectors[members], tokens[members], spare, iterations=config.kmeans_iterations, seed=config.seed
+        )
         spare_rows.append(grown.rows)
         spare_tokens.append(grown.row_tokens)
     spare_rows, spare_tokens = np.concatenate(spare_rows), np.concatenate(spare_tokens)
@@ -123,14 +137,19 @@ def place_occurrences(index: Index, vectors: np.ndarray, tokens: np.ndarray, con
     nearest = assign_to_existing(vectors, tokens, candidates, candidate_tokens)
     ce_ids = np.full(len(tokens), -1, dtype=np.int64)
     known = nearest >= 0
-    ce_ids[known] = np.where(nearest[known] < len(old_rows), nearest[known] + n_special,
-                             base + nearest[known] - len(old_rows))
+    ce_ids[known] = np.where(
+        nearest[known] < len(old_rows), nearest[known] + n_special, base + nearest[known] - len(old_rows)
+    )
     unseen = np.flatnonzero(~known)
-    clustered = cluster_by_token(vectors[unseen], tokens[unseen], config.k,
-                                 iterations=config.kmeans_iterations, seed=config.seed)
+    clustered = cluster_by_token(
+        vectors[unseen], tokens[unseen], config.k, iterations=config.kmeans_iterations, seed=config.seed
+    )
     ce_ids[unseen] = base + len(spare_rows) + clustered.assignment
-    return (np.concatenate([spare_rows, clustered.rows]).astype(np.float32),
-            np.concatenate([spare_tokens, clustered.row_tokens]), ce_ids)
+    return (
+        np.concatenate([spare_rows, clustered.rows]).astype(np.float32),
+        np.concatenate([spare_tokens, clustered.row_tokens]),
+        ce_ids,
+    )
 
 
 def _check_precision(manifest: dict, config: IndexConfig, allow_mixed: bool, index_dir: Path) -> str:
@@ -141,17 +160,21 @@ def _check_precision(manifest: dict, config: IndexConfig, allow_mixed: bool, ind
     used = sorted({s["precision"] for s in manifest["segments"] if s.get("precision")})
     if used and precision not in used and not allow_mixed:
         flag = {"32-true": "32", "bf16-mixed": "bf16"}.get(used[0], used[0])
-        raise NpdecodeError(f"{index_dir} holds CE computed in {', '.join(used)}; this append would use {precision}. "
-                            f"Pass --precision {flag} (or --accelerator matching the build), or "
-                            "--allow-mixed-precision to mix them")
+        raise NpdecodeError(
+            f"{index_dir} holds CE computed in {', '.join(used)}; this append would use {precision}. "
+            f"Pass --precision {flag} (or --accelerator matching the build), or "
+            "--allow-mixed-precision to mix them"
+        )
     return precision
 
 
 def _append_config(manifest: dict, runtime: dict) -> IndexConfig:
     fixed = {k: v for k, v in runtime.items() if v is not None and k not in APPEND_KEYS}
     if fixed:
-        raise NpdecodeError(f"--append keeps the index's settings; {', '.join(sorted(fixed))} cannot change "
-                            "(rebuild the index to change them)")
+        raise NpdecodeError(
+            f"--append keeps the index's settings; {', '.join(sorted(fixed))} cannot change "
+            "(rebuild the index to change them)"
+        )
     data = dict(manifest["config"])
     data.update({k: v for k, v in runtime.items() if v is not None})
     return IndexConfig(**data)
@@ -162,8 +185,9 @@ def _check_ids(index: Index, docs: dict, replace: bool) -> set[str]:
     clash = sorted(set(docs) & index.live_doc_set())
     if clash and not replace:
         shown = ", ".join(repr(d) for d in clash[:5]) + (" ..." if len(clash) > 5 else "")
-        raise NpdecodeError(f"{len(clash)} document id(s) already in {index.path} ({shown}); "
-                            "pass --replace to replace them")
+        raise NpdecodeError(
+            f"{len(clash)} document id(s) already in {index.path} ({shown}); pass --replace to replace them"
+        )
     return set(clash)
 
 
@@ -203,7 +227,9 @@ def _next_generation(index: Index, entry: dict, rows, row_tokens, records, raw) 
         tries = {}
         for mode in ("ce", "token"):
             seqs = [r.target(mode, updated.eos_ce, updated.eos_token) for r in records]
-            tries[mode] = Trie.load(index.trie_path(mode)).extend(seqs, list(range(first_new, first_new + len(records))))
+            tries[mode] = Trie.load(index.trie_path(mode)).extend(
+                seqs, list(range(first_new, first_new + len(records)))
+            )
     else:
         seqs, which = {}, None
         for mode in ("ce", "token"):
@@ -235,5 +261,12 @@ def _apply_entry(index: Index, entry: dict, records, rows, row_tokens) -> Index:
         members[int(group)] += [(d, seg) for d in doc_ids]
     removed = dict(index.removed)
     removed.update({d: seg for d in entry["removed"]})
-    return Index(index.path, index.manifest, np.concatenate([index.vectors, rows]),
-                 np.concatenate([index.token_ids, row_tokens]), index.groups + list(records), members, removed)
+    return Index(
+        index.path,
+        index.manifest,
+        np.concatenate([index.vectors, rows]),
+        np.concatenate([index.token_ids, row_tokens]),
+        index.groups + list(records),
+        members,
+        removed,
+    )

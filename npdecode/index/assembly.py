@@ -41,28 +41,34 @@ def read_occurrences(shard_dir: Path, ident_tokens: list[list[int]], shard_size:
 
 def check_occurrences(occ: dict[str, np.ndarray], ident_tokens: list[list[int]], what: str) -> None:
     expected = np.fromiter((t for toks in ident_tokens for t in toks), dtype=np.int64)
-    if not np.array_equal(occ["groups"], np.arange(len(ident_tokens))) or not np.array_equal(
-        occ["tokens"], expected
-    ):
+    if not np.array_equal(occ["groups"], np.arange(len(ident_tokens))) or not np.array_equal(occ["tokens"], expected):
         raise RuntimeError(f"{what} do not match the identifiers; delete it and rebuild")
 
 
-def assemble_segment(backbone, groups: list[IdentifierGroup], ident_tokens: list[list[int]],
-                     occ: dict[str, np.ndarray], config: IndexConfig):
+def assemble_segment(
+    backbone,
+    groups: list[IdentifierGroup],
+    ident_tokens: list[list[int]],
+    occ: dict[str, np.ndarray],
+    config: IndexConfig,
+):
     """The first segment of an index from the occurrences' raw CE (:func:`read_occurrences`):
     (rows (R, d), row token ids (R,), documents, raw CE or None)."""
     specials, special_tokens = special_rows(backbone)
-    clustered = cluster_by_token(occ["vectors"], occ["tokens"], config.k,
-                                 iterations=config.kmeans_iterations, seed=config.seed)
+    clustered = cluster_by_token(
+        occ["vectors"], occ["tokens"], config.k, iterations=config.kmeans_iterations, seed=config.seed
+    )
     ce_ids = clustered.assignment + len(specials)
     rows = np.concatenate([specials, clustered.rows])
     row_tokens = np.concatenate([special_tokens, clustered.row_tokens])
     records = make_records(groups, ident_tokens, ce_ids)
-    raw = ({"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids} if config.raw_ce else None)
+    raw = {"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids} if config.raw_ce else None
     return rows, row_tokens, records, raw
 
 
-def make_records(groups: list[IdentifierGroup], ident_tokens: list[list[int]], ce_ids: np.ndarray) -> list[DocumentGroup]:
+def make_records(
+    groups: list[IdentifierGroup], ident_tokens: list[list[int]], ce_ids: np.ndarray
+) -> list[DocumentGroup]:
     """``documents.jsonl`` records: each group's identifier tokens and their CE ids."""
     records, start = [], 0
     for group, tokens in zip(groups, ident_tokens):
@@ -72,8 +78,14 @@ def make_records(groups: list[IdentifierGroup], ident_tokens: list[list[int]], c
     return records
 
 
-def write_first_generation(index_dir: Path, rows: np.ndarray, row_tokens: np.ndarray, records: list[DocumentGroup],
-                           raw: dict[str, np.ndarray] | None, config: IndexConfig) -> tuple[dict, dict]:
+def write_first_generation(
+    index_dir: Path,
+    rows: np.ndarray,
+    row_tokens: np.ndarray,
+    records: list[DocumentGroup],
+    raw: dict[str, np.ndarray] | None,
+    config: IndexConfig,
+) -> tuple[dict, dict]:
     """Tries and stores of a fresh index (generation 0): ``(files, counts)`` for the manifest."""
     from npdecode.index.generation import build_tries, new_store, save_generation, trie_counts
 

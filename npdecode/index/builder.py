@@ -24,8 +24,9 @@ from npdecode.index.manifest import FORMAT, config_digest, model_digest, now, pa
 log = logging.getLogger(__name__)
 
 
-def build_index(corpus: str | Path, model, out: str | Path, config: IndexConfig | None = None, *,
-                model_ref: str | None = None) -> Path:
+def build_index(
+    corpus: str | Path, model, out: str | Path, config: IndexConfig | None = None, *, model_ref: str | None = None
+) -> Path:
     """Build INDEX_DIR ``out`` from ``corpus`` with the encoder of ``model``; returns ``out``.
 
     ``model`` is a model path or hub id, or a loaded :class:`~npdecode.backbone.Backbone` (a
@@ -46,8 +47,12 @@ def build_index(corpus: str | Path, model, out: str | Path, config: IndexConfig 
     ident_tokens = tokenize_identifiers(backbone, groups)
     plan = {
         # how the encoding is spread does not change the shards: a resume may use other devices
-        "format": FORMAT, "config": config.model_dump(exclude=set(PLACEMENT_KEYS)), "corpus_digest": corpus_digest(corpus),
-        "model": ref, "model_digest": digest, "groups": len(groups),
+        "format": FORMAT,
+        "config": config.model_dump(exclude=set(PLACEMENT_KEYS)),
+        "corpus_digest": corpus_digest(corpus),
+        "model": ref,
+        "model_digest": digest,
+        "groups": len(groups),
     }
     partial = out.parent / f".{out.name}.partial"
     shard_dir = _prepare_partial(partial, plan)
@@ -58,8 +63,17 @@ def build_index(corpus: str | Path, model, out: str | Path, config: IndexConfig 
 
     occ = read_occurrences(shard_dir, ident_tokens, config.shard_size)
     segment = assemble_segment(backbone, groups, ident_tokens, occ, config)
-    write_index(partial / "index", segment, config, corpus=corpus, model_ref=ref, model_digest=digest,
-                family=backbone.family, groups=groups, ident_tokens=ident_tokens)
+    write_index(
+        partial / "index",
+        segment,
+        config,
+        corpus=corpus,
+        model_ref=ref,
+        model_digest=digest,
+        family=backbone.family,
+        groups=groups,
+        ident_tokens=ident_tokens,
+    )
     os.replace(partial / "index", out)
     shutil.rmtree(partial, ignore_errors=True)
     return out
@@ -76,9 +90,18 @@ def _open_backbone(model, model_ref: str | None):
     return load_backbone(model), ref, model_digest(model)
 
 
-def write_index(final: Path, segment, config: IndexConfig, *, corpus: str | Path, model_ref: str,
-                model_digest: str | None, family: str, groups: list[IdentifierGroup],
-                ident_tokens: list[list[int]]) -> Path:
+def write_index(
+    final: Path,
+    segment,
+    config: IndexConfig,
+    *,
+    corpus: str | Path,
+    model_ref: str,
+    model_digest: str | None,
+    family: str,
+    groups: list[IdentifierGroup],
+    ident_tokens: list[list[int]],
+) -> Path:
     """Write a complete one-segment index dir at ``final`` (replaced if there) from ``segment``
     = (rows, row tokens, document records, raw CE or None), manifest last."""
     from npdecode.corpus import corpus_digest
@@ -89,16 +112,25 @@ def write_index(final: Path, segment, config: IndexConfig, *, corpus: str | Path
     write_segment(final / "segments" / "00000", rows, row_tokens, records, raw)
     files, counts = write_first_generation(final, rows, row_tokens, records, raw, config)
     manifest = {
-        "format": FORMAT, "created": now(), "updated": now(), "config": config.model_dump(),
+        "format": FORMAT,
+        "created": now(),
+        "updated": now(),
+        "config": config.model_dump(),
         "config_digest": config_digest(config.model_dump()),
         "model": {"ref": model_ref, "digest": model_digest, "family": family},
         "corpus": [{"path": str(Path(corpus).resolve()), "digest": corpus_digest(corpus), "segment": "00000"}],
-        "segments": [{"name": "00000", "rows": len(rows), "groups": len(records),
-                      "precision": resolve_precision(config)}],
-        "generation": 0, "files": files,
-        "counts": {"documents": sum(len(g.doc_ids) for g in groups), "identifiers": len(groups),
-                   "occurrences": int(sum(len(t) for t in ident_tokens)),
-                   "ce_rows": len(rows), **counts},
+        "segments": [
+            {"name": "00000", "rows": len(rows), "groups": len(records), "precision": resolve_precision(config)}
+        ],
+        "generation": 0,
+        "files": files,
+        "counts": {
+            "documents": sum(len(g.doc_ids) for g in groups),
+            "identifiers": len(groups),
+            "occurrences": int(sum(len(t) for t in ident_tokens)),
+            "ce_rows": len(rows),
+            **counts,
+        },
         "versions": package_versions(),
     }
     write_manifest(final, manifest)
@@ -136,13 +168,21 @@ class CERebuilder:
         from npdecode.index.extraction import ShardBatches, encode_in_memory, shard_count
 
         c = self.config
-        data = ShardBatches([(g.identifier, g.text) for g in self.groups], range(shard_count(len(self.groups), c.shard_size)),
-                            backbone.tokenize_with_identifier, backbone.pad_token_id, shard_size=c.shard_size,
-                            max_length=c.max_length, batch_tokens=c.batch_tokens, batch_size=c.batch_size)
+        data = ShardBatches(
+            [(g.identifier, g.text) for g in self.groups],
+            range(shard_count(len(self.groups), c.shard_size)),
+            backbone.tokenize_with_identifier,
+            backbone.pad_token_id,
+            shard_size=c.shard_size,
+            max_length=c.max_length,
+            batch_tokens=c.batch_tokens,
+            batch_size=c.batch_size,
+        )
         occ = encode_in_memory(backbone.encoder, data, precision=resolve_precision(c), rank=rank, world_size=world_size)
         check_occurrences(occ, self.ident_tokens, "the in-memory encoding")
-        rows, row_tokens, records, _ = assemble_segment(backbone, self.groups, self.ident_tokens, occ,
-                                                        c.model_copy(update={"raw_ce": False}))
+        rows, row_tokens, records, _ = assemble_segment(
+            backbone, self.groups, self.ident_tokens, occ, c.model_copy(update={"raw_ce": False})
+        )
         return rows, row_tokens, records, None
 
 
@@ -152,8 +192,13 @@ def fit_to_backbone(config: IndexConfig, backbone, model: str | Path) -> IndexCo
     limit = backbone.fit_length(config.max_length)
     if limit == config.max_length:
         return config
-    log.warning("%s takes at most %d input positions: CE contexts are cut to %d tokens (max_length was %d)",
-                model, limit, limit, config.max_length)
+    log.warning(
+        "%s takes at most %d input positions: CE contexts are cut to %d tokens (max_length was %d)",
+        model,
+        limit,
+        limit,
+        config.max_length,
+    )
     return config.model_copy(update={"max_length": limit})
 
 
@@ -185,12 +230,27 @@ def encode_shards(backbone, groups: list[IdentifierGroup], shard_dir: Path, conf
     if not todo:
         return 0 if _is_rank_zero() else 1
     docs = [(g.identifier, g.text) for g in groups]
-    data = ShardData(docs, todo, backbone.tokenize_with_identifier, backbone.pad_token_id,
-                     shard_size=config.shard_size, max_length=config.max_length,
-                     batch_tokens=config.batch_tokens, batch_size=config.batch_size)
-    return run_extraction(CEExtractor(backbone.encoder), data, shard_dir, accelerator=config.accelerator,
-                   devices=config.devices, num_nodes=config.num_nodes, strategy=resolve_strategy(config),
-                   precision=resolve_precision(config), progress=config.progress)
+    data = ShardData(
+        docs,
+        todo,
+        backbone.tokenize_with_identifier,
+        backbone.pad_token_id,
+        shard_size=config.shard_size,
+        max_length=config.max_length,
+        batch_tokens=config.batch_tokens,
+        batch_size=config.batch_size,
+    )
+    return run_extraction(
+        CEExtractor(backbone.encoder),
+        data,
+        shard_dir,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=resolve_strategy(config),
+        precision=resolve_precision(config),
+        progress=config.progress,
+    )
 
 
 def resolve_strategy(config: IndexConfig) -> str:

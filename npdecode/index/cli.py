@@ -16,7 +16,9 @@ from npdecode.errors import NpdecodeError
 @click.option("--out", type=click.Path(path_type=Path), help="Index directory to create.")
 @click.option("--append", "append_to", type=click.Path(path_type=Path), help="Add CORPUS to this index.")
 @click.option("--replace", is_flag=True, help="With --append: replace documents whose id is indexed.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML index settings (configs/index-*.yml).")
+@click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), help="YAML index settings (configs/index-*.yml)."
+)
 @click.option("--centroids", type=int, help="CE rows per token: k-means centroids (0: no clustering). Default 5.")
 @click.option("--k", "old_k", type=int, hidden=True, help="Deprecated spelling of --centroids.")
 @click.option("--raw-ce", is_flag=True, default=None, help="Also keep the raw CE vectors and a store over them.")
@@ -24,13 +26,37 @@ from npdecode.errors import NpdecodeError
 @click.option("--devices", type=int, help="Processes / GPUs per node for encoding.")
 @click.option("--num-nodes", type=int, help="Nodes for encoding (each runs this command).")
 @click.option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.")
-@click.option("--trie-mode", type=click.Choice(["ce", "token", "group"]), help="Trie mode `npdecode search` decodes with.")
-@click.option("--precision", type=click.Choice(["auto", "32", "bf16"]),
-              help="CE precision (auto: bf16 on a CUDA GPU with bf16, fp32 elsewhere).")
-@click.option("--allow-mixed-precision", is_flag=True,
-              help="With --append: allow CE in another precision than the index's segments.")
-def index_command(corpus, model, out, append_to, replace, config_path, centroids, old_k, raw_ce, factory, devices,
-                  num_nodes, accelerator, trie_mode, precision, allow_mixed_precision):
+@click.option(
+    "--trie-mode", type=click.Choice(["ce", "token", "group"]), help="Trie mode `npdecode search` decodes with."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "32", "bf16"]),
+    help="CE precision (auto: bf16 on a CUDA GPU with bf16, fp32 elsewhere).",
+)
+@click.option(
+    "--allow-mixed-precision",
+    is_flag=True,
+    help="With --append: allow CE in another precision than the index's segments.",
+)
+def index_command(
+    corpus,
+    model,
+    out,
+    append_to,
+    replace,
+    config_path,
+    centroids,
+    old_k,
+    raw_ce,
+    factory,
+    devices,
+    num_nodes,
+    accelerator,
+    trie_mode,
+    precision,
+    allow_mixed_precision,
+):
     """Build an index dir from CORPUS (or add CORPUS to one with --append)."""
     k = deprecated_alias("--k", "--centroids", old_k, centroids)
     runtime = {"devices": devices, "num_nodes": num_nodes, "accelerator": accelerator, "precision": precision}
@@ -40,10 +66,13 @@ def index_command(corpus, model, out, append_to, replace, config_path, centroids
         from npdecode.index.appender import append_to_index
 
         settings = {"k": k, "raw_ce": raw_ce, "factory": factory, "trie_mode": trie_mode, **runtime}
-        manifest = append_to_index(corpus, append_to, replace=replace, runtime=settings,
-                                   allow_mixed_precision=allow_mixed_precision)
-        click.echo(f"{append_to}: {manifest['counts']['documents']} documents, "
-                   f"{manifest['counts']['ce_rows']} CE rows (segment {manifest['segments'][-1]['name']})")
+        manifest = append_to_index(
+            corpus, append_to, replace=replace, runtime=settings, allow_mixed_precision=allow_mixed_precision
+        )
+        click.echo(
+            f"{append_to}: {manifest['counts']['documents']} documents, "
+            f"{manifest['counts']['ce_rows']} CE rows (segment {manifest['segments'][-1]['name']})"
+        )
         return
     if replace or allow_mixed_precision:
         raise NpdecodeError("--replace and --allow-mixed-precision only apply with --append INDEX_DIR")
@@ -56,5 +85,6 @@ def index_command(corpus, model, out, append_to, replace, config_path, centroids
     config = load_index_config(config_path, k=k, raw_ce=raw_ce, factory=factory, trie_mode=trie_mode, **runtime)
     build_index(corpus, model, out, config)
     counts = read_manifest(out)["counts"]
-    click.echo(f"{out}: {counts['documents']} documents, {counts['identifiers']} identifiers, "
-               f"{counts['ce_rows']} CE rows")
+    click.echo(
+        f"{out}: {counts['documents']} documents, {counts['identifiers']} identifiers, {counts['ce_rows']} CE rows"
+    )

@@ -31,8 +31,14 @@ class Clustered:
 
 
 def cluster_by_token(
-    vectors: np.ndarray, tokens: np.ndarray, k: int, *, iterations: int = 20, seed: int = 0,
-    use_faiss: bool | None = None, faiss_min_points: int | None = None,
+    vectors: np.ndarray,
+    tokens: np.ndarray,
+    k: int,
+    *,
+    iterations: int = 20,
+    seed: int = 0,
+    use_faiss: bool | None = None,
+    faiss_min_points: int | None = None,
 ) -> Clustered:
     """Compress ``vectors`` (N, d) float32 with token ids ``tokens`` (N,) into per-token rows.
 
@@ -171,8 +177,7 @@ def torch_kmeans(points: np.ndarray, k: int, iterations: int, seed: int) -> np.n
     return c.numpy().astype(np.float32)
 
 
-def assign_to_existing(vectors: np.ndarray, tokens: np.ndarray, rows: np.ndarray,
-                       row_tokens: np.ndarray) -> np.ndarray:
+def assign_to_existing(vectors: np.ndarray, tokens: np.ndarray, rows: np.ndarray, row_tokens: np.ndarray) -> np.ndarray:
     """Nearest existing row of the same token for each occurrence (incremental indexing).
 
     vectors (N, d), tokens (N,), rows (R, d), row_tokens (R,) -> (N,) int64 row ids into

@@ -60,9 +60,18 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, batch_size: int) -
 class ShardBatches(IterableDataset):
     """Padded batches of the given shards; each batch says which shard it ends, if any."""
 
-    def __init__(self, docs: Sequence[tuple[str, str]], shards: Sequence[int], tokenize: Tokenize,
-                 pad_id: int, *, shard_size: int, max_length: int, batch_tokens: int,
-                 batch_size: int) -> None:
+    def __init__(
+        self,
+        docs: Sequence[tuple[str, str]],
+        shards: Sequence[int],
+        tokenize: Tokenize,
+        pad_id: int,
+        *,
+        shard_size: int,
+        max_length: int,
+        batch_tokens: int,
+        batch_size: int,
+    ) -> None:
         self.docs, self.shards, self.tokenize, self.pad_id = docs, list(shards), tokenize, pad_id
         self.shard_size, self.max_length = shard_size, max_length
         self.batch_tokens, self.batch_size = batch_tokens, batch_size
@@ -74,8 +83,9 @@ class ShardBatches(IterableDataset):
             encoded = [self.tokenize(*self.docs[g], self.max_length) for g in members]
             batches = length_batches([len(ids) for ids, _ in encoded], self.batch_tokens, self.batch_size)
             for b, batch in enumerate(batches):
-                yield self._collate(shard, b == len(batches) - 1, [members[i] for i in batch],
-                                    [encoded[i] for i in batch])
+                yield self._collate(
+                    shard, b == len(batches) - 1, [members[i] for i in batch], [encoded[i] for i in batch]
+                )
 
     def _collate(self, shard: int, last: bool, groups: list[int], encoded: list) -> dict:
         width = max(len(ids) for ids, _ in encoded)
@@ -88,17 +98,22 @@ class ShardBatches(IterableDataset):
             rows += [b] * len(positions)
             cols += list(positions)
         return {
-            "shard": shard, "last": last, "groups": torch.tensor(groups, dtype=torch.long),
-            "input_ids": input_ids, "attention_mask": mask,
-            "rows": torch.tensor(rows, dtype=torch.long), "cols": torch.tensor(cols, dtype=torch.long),
+            "shard": shard,
+            "last": last,
+            "groups": torch.tensor(groups, dtype=torch.long),
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "rows": torch.tensor(rows, dtype=torch.long),
+            "cols": torch.tensor(cols, dtype=torch.long),
         }
 
 
 class ShardData(pl.LightningDataModule):
     """Gives each process its shards (``shard % world_size == rank``) once ranks are known."""
 
-    def __init__(self, docs: Sequence[tuple[str, str]], todo: Sequence[int], tokenize: Tokenize,
-                 pad_id: int, **batching: int) -> None:
+    def __init__(
+        self, docs: Sequence[tuple[str, str]], todo: Sequence[int], tokenize: Tokenize, pad_id: int, **batching: int
+    ) -> None:
         super().__init__()
         self.docs, self.todo, self.tokenize, self.pad_id, self.batching = docs, todo, tokenize, pad_id, batching
 
@@ -131,14 +146,16 @@ def pick_ce(encoder: torch.nn.Module, batch: dict) -> dict:
     picked = hidden[batch["rows"], batch["cols"]].float()  # (N, d) identifier positions
     counts = torch.bincount(batch["rows"], minlength=len(batch["groups"]))
     return {
-        "groups": batch["groups"].cpu(), "counts": counts.cpu(),
+        "groups": batch["groups"].cpu(),
+        "counts": counts.cpu(),
         "tokens": batch["input_ids"][batch["rows"], batch["cols"]].cpu(),
         "vectors": picked.cpu(),
     }
 
 
-def encode_in_memory(encoder: torch.nn.Module, data: ShardBatches, *, precision: str = "32-true",
-                     rank: int = 0, world_size: int = 1) -> dict[str, np.ndarray]:
+def encode_in_memory(
+    encoder: torch.nn.Module, data: ShardBatches, *, precision: str = "32-true", rank: int = 0, world_size: int = 1
+) -> dict[str, np.ndarray]:
     """What :func:`run_extraction` + :func:`read_shards` give, without files or a Trainer: the
     same shards and batches, encoded in this process by ``encoder`` as it is now (a model being
     trained: its mode is restored afterwards). Under ddp each rank encodes every
@@ -152,9 +169,16 @@ def encode_in_memory(encoder: torch.nn.Module, data: ShardBatches, *, precision:
     try:
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
         with torch.inference_mode(), autocast:
-            for batch in ShardBatches(data.docs, mine, data.tokenize, data.pad_id, shard_size=data.shard_size,
-                                      max_length=data.max_length, batch_tokens=data.batch_tokens,
-                                      batch_size=data.batch_size):
+            for batch in ShardBatches(
+                data.docs,
+                mine,
+                data.tokenize,
+                data.pad_id,
+                shard_size=data.shard_size,
+                max_length=data.max_length,
+                batch_tokens=data.batch_tokens,
+                batch_size=data.batch_size,
+            ):
                 moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 parts.append(pick_ce(encoder, moved))
                 if batch["last"]:
@@ -186,8 +210,9 @@ class ShardWriter(BasePredictionWriter):
             # Rank 0 counts its own documents x world size: an estimate, shards are even.
             self._bar = tqdm(total=self.total_docs, unit="doc", desc="encoding", smoothing=0.1)
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx=0) -> None:
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self._parts.append(prediction)
         if self._bar is not None:
             self._bar.update(len(prediction["groups"]) * trainer.world_size)
@@ -218,8 +243,12 @@ def shard_payload(parts: list[dict]) -> dict[str, torch.Tensor]:
     starts = torch.cumsum(counts, 0) - counts
     order = torch.argsort(groups)
     take = torch.cat([torch.arange(int(starts[i]), int(starts[i] + counts[i])) for i in order.tolist()])
-    return {"groups": groups[order].contiguous(), "counts": counts[order].contiguous(),
-            "tokens": tokens[take].contiguous(), "vectors": vectors[take].contiguous()}
+    return {
+        "groups": groups[order].contiguous(),
+        "counts": counts[order].contiguous(),
+        "tokens": tokens[take].contiguous(),
+        "vectors": vectors[take].contiguous(),
+    }
 
 
 def read_shards(shard_dir: Path, n_shards: int) -> dict[str, np.ndarray]:
@@ -230,19 +259,35 @@ def read_shards(shard_dir: Path, n_shards: int) -> dict[str, np.ndarray]:
     return {key: np.concatenate([p[key] for p in parts]) for key in ("groups", "counts", "tokens", "vectors")}
 
 
-def run_extraction(module: CEExtractor, data: ShardData, shard_dir: Path, *, accelerator: str,
-                   devices: int, num_nodes: int, strategy: str, precision: str, progress: bool) -> int:
+def run_extraction(
+    module: CEExtractor,
+    data: ShardData,
+    shard_dir: Path,
+    *,
+    accelerator: str,
+    devices: int,
+    num_nodes: int,
+    strategy: str,
+    precision: str,
+    progress: bool,
+) -> int:
     """Encode every shard in ``data.todo`` with a Lightning predict loop (any number of processes).
 
     Returns this process's global rank: only rank 0 goes on to write the index.
     """
-    total = sum(min(data.batching["shard_size"], len(data.docs) - s * data.batching["shard_size"])
-                for s in data.todo)
+    total = sum(min(data.batching["shard_size"], len(data.docs) - s * data.batching["shard_size"]) for s in data.todo)
     with quiet_lightning():
         trainer = pl.Trainer(
-            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
-            precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, use_distributed_sampler=False,
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            precision=precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
             callbacks=[ShardWriter(shard_dir, total, progress)],
         )
         trainer.predict(module, datamodule=data, return_predictions=False)

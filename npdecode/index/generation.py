@@ -32,8 +32,9 @@ def new_store(rows: np.ndarray, config: IndexConfig, device: str = "cpu") -> CES
     return store
 
 
-def save_generation(index_dir: Path, generation: int, tries: dict[str, Trie], store: CEStore,
-                    raw_store: CEStore | None) -> dict[str, str]:
+def save_generation(
+    index_dir: Path, generation: int, tries: dict[str, Trie], store: CEStore, raw_store: CEStore | None
+) -> dict[str, str]:
     """Write the tries and stores of ``generation``; returns the manifest's ``files`` entry."""
     files = {}
     for mode, trie in tries.items():
@@ -51,8 +52,11 @@ def save_generation(index_dir: Path, generation: int, tries: dict[str, Trie], st
 def remove_generation(index_dir: Path, files: dict[str, str]) -> None:
     """Delete a superseded generation's files (after the manifest stopped naming them)."""
     for key, name in files.items():
-        paths = [index_dir / name] if key.startswith("trie") else [
-            (index_dir / name).with_suffix(".faiss"), (index_dir / name).with_suffix(".pt")]
+        paths = (
+            [index_dir / name]
+            if key.startswith("trie")
+            else [(index_dir / name).with_suffix(".faiss"), (index_dir / name).with_suffix(".pt")]
+        )
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 Path(path).unlink()

@@ -53,19 +53,38 @@ class DocumentGroup:
         return self.ce + [eos_ce] if mode == "ce" else self.tokens + [eos_token]
 
     def to_json(self) -> str:
-        return json.dumps({"identifier": self.identifier, "doc_ids": self.doc_ids, "digest": self.digest,
-                           "tokens": self.tokens, "ce": self.ce}, ensure_ascii=False)
+        return json.dumps(
+            {
+                "identifier": self.identifier,
+                "doc_ids": self.doc_ids,
+                "digest": self.digest,
+                "tokens": self.tokens,
+                "ce": self.ce,
+            },
+            ensure_ascii=False,
+        )
 
 
-def write_segment(seg_dir: Path, vectors: np.ndarray, token_ids: np.ndarray,
-                  groups: list[DocumentGroup], raw: dict[str, np.ndarray] | None = None) -> None:
+def write_segment(
+    seg_dir: Path,
+    vectors: np.ndarray,
+    token_ids: np.ndarray,
+    groups: list[DocumentGroup],
+    raw: dict[str, np.ndarray] | None = None,
+) -> None:
     """Write one segment's CE rows, documents and (optionally) raw CE."""
     from safetensors.numpy import save
 
     seg_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(seg_dir / "ce.safetensors", "wb") as fh:
-        fh.write(save({"vectors": np.ascontiguousarray(vectors, dtype=np.float32),
-                       "token_ids": np.ascontiguousarray(token_ids, dtype=np.int64)}))
+        fh.write(
+            save(
+                {
+                    "vectors": np.ascontiguousarray(vectors, dtype=np.float32),
+                    "token_ids": np.ascontiguousarray(token_ids, dtype=np.int64),
+                }
+            )
+        )
     with atomic_file(seg_dir / "documents.jsonl") as fh:
         for group in groups:
             fh.write(group.to_json() + "\n")

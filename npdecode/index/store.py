@@ -30,14 +30,11 @@ def faiss_available() -> bool:
 class CEStore:
     """Nearest-CE search over (R, d) float32 rows by inner product."""
 
-    def __init__(self, dim: int, factory: str = "Flat", *, backend: str = "auto",
-                 device: str = "cpu") -> None:
+    def __init__(self, dim: int, factory: str = "Flat", *, backend: str = "auto", device: str = "cpu") -> None:
         if backend == "auto":
             backend = "faiss" if faiss_available() else "torch"
         if backend == "torch" and factory != "Flat":
-            raise NpdecodeError(
-                f"store factory {factory!r} needs faiss; install faiss-cpu or use factory 'Flat'"
-            )
+            raise NpdecodeError(f"store factory {factory!r} needs faiss; install faiss-cpu or use factory 'Flat'")
         self.dim, self.factory, self.backend, self.device = dim, factory, backend, device
         self._rows = torch.zeros((0, dim), dtype=torch.float32)
         self._gpu_resources = None

@@ -74,7 +74,9 @@ def _sub_config(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return nested if isinstance(nested, Mapping) and "model_type" in nested else config
 
 
-def tied_aliases(config: Mapping[str, Any], keys: Iterable[str], shared_groups: Iterable[list[str]] = ()) -> dict[str, str]:
+def tied_aliases(
+    config: Mapping[str, Any], keys: Iterable[str], shared_groups: Iterable[list[str]] = ()
+) -> dict[str, str]:
     """``{alias: source}``: names that are the same tensor as ``source`` in this model.
 
     Candidates are the encoder/decoder ``embed_tokens`` of a model with ``shared`` embeddings

@@ -42,8 +42,10 @@ Parameters = dict[str, Setting]
 def _normalize_value(key: str, raw: Any) -> Value:
     if isinstance(raw, (bool, int, float, str)):
         return raw
-    if isinstance(raw, (list, tuple)) and raw and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw
+    if (
+        isinstance(raw, (list, tuple))
+        and raw
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
     ):
         return tuple(float(v) for v in raw)
     raise ValueError(f"parameter {key!r}: expected a number, a bool, a string or a list of numbers, got {raw!r}")
@@ -183,9 +185,7 @@ class MergeRecipe(_Body):
             raise ValueError(f"a recipe needs exactly one of 'models', 'slices' or 'modules' (got {given or 'none'})")
         if self.tokenizer is not None and self.tokenizer_source is not None:
             raise ValueError("give either 'tokenizer' or the older 'tokenizer_source', not both")
-        if self.merge_method is None and not (
-            self.modules and all(m.merge_method for m in self.modules.values())
-        ):
+        if self.merge_method is None and not (self.modules and all(m.merge_method for m in self.modules.values())):
             raise ValueError("'merge_method' is required")
         return self
 

@@ -52,11 +52,14 @@ def compute_task(plan: MergePlan, task: TensorTask, device: torch.device) -> tor
         raise NpdecodeError(f"{task.out_name}: {err}") from None
     if [t._version for t in loaded.values()] != versions:
         # inputs may be views of the memory-mapped checkpoints shared with other tasks
-        raise RuntimeError(f"merge method {task.method.name!r} wrote into its input tensors ({task.out_name}); "
-                           "methods must be pure functions of their inputs")
+        raise RuntimeError(
+            f"merge method {task.method.name!r} wrote into its input tensors ({task.out_name}); "
+            "methods must be pure functions of their inputs"
+        )
     if tuple(out.shape) != task.shape:
         raise NpdecodeError(
-            f"{task.out_name}: merge method {task.method.name!r} returned shape {tuple(out.shape)}, expected {task.shape}"
+            f"{task.out_name}: merge method {task.method.name!r} returned shape {tuple(out.shape)}, "
+            f"expected {task.shape}"
         )
     return out.to(dtype=task.out_dtype).cpu()
 

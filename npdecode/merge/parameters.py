@@ -84,9 +84,7 @@ def _check_type(method: MergeMethod, name: str, default: Any, value: Any, tensor
     return value
 
 
-def resolve_global(
-    method: MergeMethod, levels: Sequence[Parameters], tensor_name: str, t: float
-) -> dict[str, Any]:
+def resolve_global(method: MergeMethod, levels: Sequence[Parameters], tensor_name: str, t: float) -> dict[str, Any]:
     """``{name: value}`` for every global parameter of ``method``, defaults filled."""
     out = {}
     for name, default in method.global_params.items():

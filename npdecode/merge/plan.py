@@ -162,7 +162,9 @@ class _Planner:
         self.tasks: list[TensorTask] = []
         self.warnings: list[str] = []
         self.compute_dtype = parse_dtype(options.dtype or recipe.dtype, "dtype") or torch.float32
-        self.out_dtype = parse_dtype(recipe.out_dtype, "out_dtype") or parse_dtype(options.dtype or recipe.dtype, "dtype")
+        self.out_dtype = parse_dtype(recipe.out_dtype, "out_dtype") or parse_dtype(
+            options.dtype or recipe.dtype, "dtype"
+        )
         self.layer_counts: dict[str, tuple[int, int]] = {}
         self.used: dict[str, set[str]] = {ref: set() for ref in sources}
 
@@ -253,7 +255,7 @@ class _Planner:
                 f"'slices' needs exactly one layer stack in scope, found {sorted(stack_sizes) or 'none'}; "
                 "use 'modules' (encoder / decoder / shared) for encoder-decoder models"
             )
-        (stack, old_count), = stack_sizes.items()
+        ((stack, old_count),) = stack_sizes.items()
         for name in names:
             if arch.parse_layer(name) is None:
                 sl = slices[0] if arch.is_pre_layer(name) else slices[-1]
@@ -271,14 +273,25 @@ class _Planner:
             for o in range(length):
                 src_idx = ref_src.layer_range[0] + o
                 if src_idx not in ref_rests:
-                    raise NpdecodeError(f"model {ref_src.model!r} has no layer {src_idx} in {stack!r} (layer_range too long)")
+                    raise NpdecodeError(
+                        f"model {ref_src.model!r} has no layer {src_idx} in {stack!r} (layer_range too long)"
+                    )
                 t = o / (length - 1) if length > 1 else 1.0
                 for rest in sorted(ref_rests[src_idx] - bound):
                     out_name = f"{stack}.{out_index}.{rest}"
-                    self._slice_task(unit, sl, out_name, lambda s, o=o, rest=rest: f"{stack}.{s.layer_range[0] + o}.{rest}", t, ref_src)
+                    self._slice_task(
+                        unit,
+                        sl,
+                        out_name,
+                        lambda s, o=o, rest=rest: f"{stack}.{s.layer_range[0] + o}.{rest}",
+                        t,
+                        ref_src,
+                    )
                 for rest in sorted(layout_rests.get(out_index, set()) & bound):
                     out_name = f"{stack}.{out_index}.{rest}"
-                    self._slice_task(unit, sl, out_name, lambda s, rest=rest: self._lowest_layer(s.model, stack, rest), t, ref_src)
+                    self._slice_task(
+                        unit, sl, out_name, lambda s, rest=rest: self._lowest_layer(s.model, stack, rest), t, ref_src
+                    )
                 out_index += 1
         self.layer_counts[stack] = (old_count, out_index)
 
@@ -358,15 +371,16 @@ def _layer_rests(model: _Model, stack: str) -> dict[int, set[str]]:
 
 
 def _check_architectures(sources: Mapping[str, ModelSource], allow_crimes: bool) -> None:
-    kinds = {ref: tuple(src.config.get("architectures") or [src.config.get("model_type", "?")]) for ref, src in sources.items()}
+    kinds = {
+        ref: tuple(src.config.get("architectures") or [src.config.get("model_type", "?")])
+        for ref, src in sources.items()
+    }
     if len(set(kinds.values())) > 1 and not allow_crimes:
         listing = ", ".join(f"{r}: {'/'.join(k)}" for r, k in kinds.items())
         raise NpdecodeError(f"models have different architectures ({listing}); pass --allow-crimes to merge anyway")
 
 
-def build_plan(
-    recipe: MergeRecipe, options: MergeOptions, sources: dict[str, ModelSource] | None = None
-) -> MergePlan:
+def build_plan(recipe: MergeRecipe, options: MergeOptions, sources: dict[str, ModelSource] | None = None) -> MergePlan:
     """Validate ``recipe`` against its inputs and list every output tensor (no data read)."""
     units = _units(recipe)
     refs = recipe.referenced_models()
@@ -383,7 +397,9 @@ def build_plan(
         layout = _layout_ref(recipe, units)
         uncovered = {arch.module_of(n) for n in planner.models[layout].canonical} - set(recipe.modules)
         if uncovered:
-            raise NpdecodeError(f"modules: the model has tensors in module(s) {sorted(uncovered)} that no module entry covers")
+            raise NpdecodeError(
+                f"modules: the model has tensors in module(s) {sorted(uncovered)} that no module entry covers"
+            )
     planner.check_unused(units)
     _probe_methods(planner.tasks)
     layout_ref = _layout_ref(recipe, units)
@@ -407,7 +423,9 @@ def build_plan(
 
 def _layout_ref(recipe: MergeRecipe, units: list[_Unit]) -> str:
     first = units[0]
-    return recipe.base_model or first.base or (first.models[0].model if first.models else first.slices[0].sources[0].model)  # type: ignore[index]
+    return (
+        recipe.base_model or first.base or (first.models[0].model if first.models else first.slices[0].sources[0].model)
+    )  # type: ignore[index]
 
 
 def _set_vocab_size(config: dict[str, Any], old: int | None, new: int) -> None:

@@ -71,8 +71,7 @@ def register(method: MergeMethod) -> MergeMethod:
     """Add ``method``; a name already taken is refused."""
     if method.name in _REGISTRY:
         raise ValueError(
-            f"merge method {method.name!r} is registered twice "
-            f"({_REGISTRY[method.name].module} and {method.module})"
+            f"merge method {method.name!r} is registered twice ({_REGISTRY[method.name].module} and {method.module})"
         )
     _REGISTRY[method.name] = method
     return method

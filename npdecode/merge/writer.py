@@ -158,8 +158,9 @@ def copy_side_files(src_dir: Path | None, out_dir: Path, tokenizer: bool) -> Non
             shutil.copyfile(src_dir / name, out_dir / name)
 
 
-def write_recipe_and_card(out_dir: Path, recipe_dump: dict[str, Any], method: str, models: list[str],
-                          random_seed: int | None = None) -> None:
+def write_recipe_and_card(
+    out_dir: Path, recipe_dump: dict[str, Any], method: str, models: list[str], random_seed: int | None = None
+) -> None:
     """``mergekit_config.yml`` (the recipe, MergeKit-readable; the seed as a comment: random
     methods are reproduced with ``npdecode merge --random-seed N``) and a model card."""
     text = yaml.safe_dump(recipe_dump, sort_keys=False)

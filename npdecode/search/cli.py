@@ -19,18 +19,44 @@ from npdecode.errors import NpdecodeError
 @click.option("--k", "old_k", type=int, hidden=True, help="Deprecated spelling of --top-k.")
 @click.option("--beam", type=int, help="Beam size (default 10).")
 @click.option("--retriever", "kind", type=click.Choice(["np", "genre"]), default="np", show_default=True)
-@click.option("--trie-mode", type=click.Choice(["ce", "token", "group"]),
-              help="Np decoding over CE ids, token ids (log-sum-exp over rows) or token groups (best row).")
+@click.option(
+    "--trie-mode",
+    type=click.Choice(["ce", "token", "group"]),
+    help="Np decoding over CE ids, token ids (log-sum-exp over rows) or token groups (best row).",
+)
 @click.option("--model", help="Decode with this checkpoint instead of the index's model.")
 @click.option("--batch-size", type=int, help="Queries decoded together (default: ~320 beam rows per step).")
 @click.option("--device", help="auto (default), cpu or cuda[:n].")
-@click.option("--normalizer", help="exact (default), or ivf[:NPROBE[:TOPK[:NLIST]]]: approximate (FAISS top-k) normalizer, CPU.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "auto"]),
-              help="Decode in this precision (auto: bf16 where the device has native bf16; default: as loaded).")
-@click.option("--length-penalty", type=float,
-              help="Finished hypotheses score sum / length**L, as HF's beam scorer (default 0: the raw sum).")
-def search_command(index_dir, query, queries_path, run_path, top_k, old_k, beam, kind, trie_mode, model, batch_size,
-                   device, normalizer, dtype, length_penalty):
+@click.option(
+    "--normalizer", help="exact (default), or ivf[:NPROBE[:TOPK[:NLIST]]]: approximate (FAISS top-k) normalizer, CPU."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "bf16", "auto"]),
+    help="Decode in this precision (auto: bf16 where the device has native bf16; default: as loaded).",
+)
+@click.option(
+    "--length-penalty",
+    type=float,
+    help="Finished hypotheses score sum / length**L, as HF's beam scorer (default 0: the raw sum).",
+)
+def search_command(
+    index_dir,
+    query,
+    queries_path,
+    run_path,
+    top_k,
+    old_k,
+    beam,
+    kind,
+    trie_mode,
+    model,
+    batch_size,
+    device,
+    normalizer,
+    dtype,
+    length_penalty,
+):
     """Search INDEX_DIR for QUERY (or every query of --queries, written to --run)."""
     from npdecode.search.options import SearchOptions
     from npdecode.search.retrievers.generative import GenerativeRetriever
@@ -40,8 +66,16 @@ def search_command(index_dir, query, queries_path, run_path, top_k, old_k, beam,
         raise NpdecodeError("give either a QUERY or --queries FILE")
     if k < 1:
         raise NpdecodeError(f"-k {k}: must be at least 1")
-    options = SearchOptions.of(beam=beam, trie_mode=trie_mode, gr_model=model, batch_size=batch_size, device=device,
-                               normalizer=normalizer, length_penalty=length_penalty, dtype=dtype)
+    options = SearchOptions.of(
+        beam=beam,
+        trie_mode=trie_mode,
+        gr_model=model,
+        batch_size=batch_size,
+        device=device,
+        normalizer=normalizer,
+        length_penalty=length_penalty,
+        dtype=dtype,
+    )
     if queries_path is not None:
         from npdecode.topics import load_queries
 
@@ -56,8 +90,9 @@ def search_command(index_dir, query, queries_path, run_path, top_k, old_k, beam,
         write_run(run, run_path, tag=f"npdecode-{kind}")
         click.echo(f"{run_path}: {len(run)} queries")
         return
-    identifiers = {d: g.identifier for i, g in enumerate(retriever.index.groups)
-                   for d in retriever.index.live_doc_ids(i)}
+    identifiers = {
+        d: g.identifier for i, g in enumerate(retriever.index.groups) for d in retriever.index.live_doc_ids(i)
+    }
     for docs in run.values():
         for rank, (doc_id, score) in enumerate(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0])), 1):
             click.echo(f"{rank}\t{doc_id}\t{score:.4f}\t{identifiers[doc_id]}")

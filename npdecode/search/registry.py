@@ -72,8 +72,10 @@ def load_builtin_retrievers() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         factory = ep.load()
         if not callable(factory):
-            raise NpdecodeError(f"entry point {ep.name!r} of group {ENTRY_POINT_GROUP!r} ({ep.value}) is not a "
-                                "retriever factory; fix or uninstall that plugin")
+            raise NpdecodeError(
+                f"entry point {ep.name!r} of group {ENTRY_POINT_GROUP!r} ({ep.value}) is not a "
+                "retriever factory; fix or uninstall that plugin"
+            )
         register_retriever(ep.name, factory)
 
 
@@ -90,7 +92,9 @@ def get_factory(name: str) -> Factory:
     return _FACTORIES[name]
 
 
-def build_retriever(name: str, corpus_path: Path | None, options: SearchOptions | Mapping[str, Any] | None = None) -> Retriever:
+def build_retriever(
+    name: str, corpus_path: Path | None, options: SearchOptions | Mapping[str, Any] | None = None
+) -> Retriever:
     """The retriever ``name`` over ``corpus_path`` with ``options`` (an object, or a mapping
     whose None values mean the defaults)."""
     return get_factory(name)(corpus_path, SearchOptions.of(options))

@@ -46,8 +46,9 @@ class AsyncCE(pl.Callback):
     def refresh(self, trainer: pl.Trainer, module, epoch: int) -> int:
         """Rebuild now; returns how many documents' targets changed."""
         before = module.targets()
-        rows, row_tokens, records, _ = self.rebuilder.rebuild(module.model.backbone, trainer.global_rank,
-                                                              trainer.world_size)
+        rows, row_tokens, records, _ = self.rebuilder.rebuild(
+            module.model.backbone, trainer.global_rank, trainer.world_size
+        )
         group_ce = torch.tensor([c for r in records for c in r.ce], dtype=torch.long)
         module.replace_ce(torch.from_numpy(rows), torch.from_numpy(row_tokens), group_ce, epoch)
         after = module.targets()
@@ -57,8 +58,10 @@ class AsyncCE(pl.Callback):
         module.log("async/ce_rows", float(len(rows)), on_epoch=True, batch_size=1)
         self.history.append({"epoch": epoch, "targets_changed": changed, "ce_rows": len(rows)})
         if trainer.global_rank == 0:
-            self.say(f"async CE: rebuilt at epoch {epoch}: {len(rows)} rows, targets of {changed} of "
-                     f"{len(after)} identifiers changed")
+            self.say(
+                f"async CE: rebuilt at epoch {epoch}: {len(rows)} rows, targets of {changed} of "
+                f"{len(after)} identifiers changed"
+            )
         return changed
 
 
@@ -85,9 +88,17 @@ def write_final_index(module, rebuilder, index_dir: Path, checkpoint_dir: Path) 
     segment = (model.ce.detach().float().cpu().numpy(), model.ce_token_ids.cpu().numpy(), records, None)
     index_dir = Path(index_dir)
     fresh, old = index_dir.parent / f".{index_dir.name}.async", index_dir.parent / f".{index_dir.name}.old"
-    write_index(fresh, segment, rebuilder.config, corpus=rebuilder.corpus,
-                model_ref=str(Path(checkpoint_dir).resolve()), model_digest=None,
-                family=model.backbone.family, groups=rebuilder.groups, ident_tokens=rebuilder.ident_tokens)
+    write_index(
+        fresh,
+        segment,
+        rebuilder.config,
+        corpus=rebuilder.corpus,
+        model_ref=str(Path(checkpoint_dir).resolve()),
+        model_digest=None,
+        family=model.backbone.family,
+        groups=rebuilder.groups,
+        ident_tokens=rebuilder.ident_tokens,
+    )
     shutil.rmtree(old, ignore_errors=True)
     os.replace(index_dir, old)
     os.replace(fresh, index_dir)

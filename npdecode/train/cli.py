@@ -21,9 +21,9 @@ def train_command(config_path, out, dataset, data_dir, sets, resume):
     from npdecode.train.config import load_train_config
     from npdecode.train.run import train_run
 
-    config = load_train_config(config_path, tuple(sets), **{"data.dataset": dataset,
-                                                            "data.data_dir": str(data_dir) if data_dir else None})
+    config = load_train_config(
+        config_path, tuple(sets), **{"data.dataset": dataset, "data.data_dir": str(data_dir) if data_dir else None}
+    )
     console = Console(stderr=True)
     train_run(config, out, resume=resume, say=console.print)
-    click.echo(f"{out}: search with `npdecode search {out}/index \"QUERY\"` "
-               f"(vanilla runs: --retriever genre)")
+    click.echo(f'{out}: search with `npdecode search {out}/index "QUERY"` (vanilla runs: --retriever genre)')

@@ -36,9 +36,16 @@ def build_model(config: TrainConfig, backbone_ref: str, index):
         backbone.keep_decoder_layers(config.model.decoder_layers)
     if config.model.variant == "vanilla":
         return VanillaModel(backbone)
-    return NpModel(backbone, torch.from_numpy(index.vectors), torch.from_numpy(index.token_ids),
-                   start_ce_id=index.bos_ce, eos_ce_id=index.eos_ce, logit_scale=config.model.logit_scale,
-                   learn_scale=config.model.learn_scale, trainable_ce=config.model.train_ce)
+    return NpModel(
+        backbone,
+        torch.from_numpy(index.vectors),
+        torch.from_numpy(index.token_ids),
+        start_ce_id=index.bos_ce,
+        eos_ce_id=index.eos_ce,
+        logit_scale=config.model.logit_scale,
+        learn_scale=config.model.learn_scale,
+        trainable_ce=config.model.train_ce,
+    )
 
 
 def targets_of(index, variant: str) -> list[list[int]]:
@@ -53,12 +60,23 @@ def make_examples(config: TrainConfig, out: Path, model, data, corpus, index, sa
     from npdecode.train.examples import build_examples, doc_groups, tokenize_examples
 
     group_of = doc_groups(index.members)
-    examples, validation = build_examples(corpus, group_of, data.queries, data.qrels, config.data,
-                                          n_validation=config.validation.queries, seed=config.trainer.seed)
+    examples, validation = build_examples(
+        corpus,
+        group_of,
+        data.queries,
+        data.qrels,
+        config.data,
+        n_validation=config.validation.queries,
+        seed=config.trainer.seed,
+    )
     if not examples.texts:
         raise NpdecodeError(f"{data.corpus_path}: no training examples could be made (empty texts?)")
     (out / "cache").mkdir(exist_ok=True)
-    tokens = tokenize_examples(model.backbone.tokenizer, examples.texts, model.backbone.fit_length(config.data.max_input_length),
-                               out / "cache" / "examples.npz")
+    tokens = tokenize_examples(
+        model.backbone.tokenizer,
+        examples.texts,
+        model.backbone.fit_length(config.data.max_input_length),
+        out / "cache" / "examples.npz",
+    )
     say(f"examples: {examples.counts()}; validation: {len(validation.queries)} {validation.kind}")
     return examples, validation, tokens

@@ -168,16 +168,22 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         m = self.model
-        if m.variant == "vanilla" and (m.train_ce or m.learn_scale or m.ce_encoder != "base"
-                                       or m.sampled_negatives is not None):
-            raise ValueError("model.train_ce, learn_scale, ce_encoder and sampled_negatives apply to the np "
-                             "variant only")
+        if m.variant == "vanilla" and (
+            m.train_ce or m.learn_scale or m.ce_encoder != "base" or m.sampled_negatives is not None
+        ):
+            raise ValueError(
+                "model.train_ce, learn_scale, ce_encoder and sampled_negatives apply to the np variant only"
+            )
         if m.ce_encoder == "async" and (m.freeze_encoder or m.train_ce):
-            raise ValueError("ce_encoder async rebuilds CE from the encoder being trained: set "
-                             "model.freeze_encoder and model.train_ce to false")
+            raise ValueError(
+                "ce_encoder async rebuilds CE from the encoder being trained: set "
+                "model.freeze_encoder and model.train_ce to false"
+            )
         if m.ce_encoder == "async" and self.index.raw_ce:
-            raise ValueError("ce_encoder async: index.raw_ce is not kept (the table changes while training); "
-                             "index the trained checkpoint with raw_ce instead")
+            raise ValueError(
+                "ce_encoder async: index.raw_ce is not kept (the table changes while training); "
+                "index the trained checkpoint with raw_ce instead"
+            )
         if not self.data.index_examples and self.data.query_repeat == 0 and not self.data.pseudo_queries.per_document:
             raise ValueError("no training examples: enable data.index_examples, queries or pseudo_queries")
         return self

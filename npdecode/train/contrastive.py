@@ -58,7 +58,7 @@ def contrastive_loss(h: torch.Tensor, ce: torch.Tensor, positives: list[torch.Te
 
 
 def _scores(h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return (h.float() @ rows.float().T)
+    return h.float() @ rows.float().T
 
 
 class ContrastiveModule(pl.LightningModule):
@@ -85,8 +85,10 @@ class ContrastiveModule(pl.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         if not torch.isfinite(loss):
-            raise NpdecodeError(f"the contrastive loss became {loss.item()} at step {self.global_step}; lower "
-                                "contrastive.lr or contrastive.scale")
+            raise NpdecodeError(
+                f"the contrastive loss became {loss.item()} at step {self.global_step}; lower "
+                "contrastive.lr or contrastive.scale"
+            )
         self.log("contrastive/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
@@ -111,12 +113,14 @@ class ContrastiveModule(pl.LightningModule):
 def stage_config(config: TrainConfig) -> TrainConfig:
     """The run's config with stage 1's budget and batch size (placement and logging unchanged)."""
     c = config.contrastive
-    trainer = config.trainer.model_copy(update={"max_epochs": c.max_epochs, "max_steps": c.max_steps,
-                                                "max_minutes": c.max_minutes})
+    trainer = config.trainer.model_copy(
+        update={"max_epochs": c.max_epochs, "max_steps": c.max_steps, "max_minutes": c.max_minutes}
+    )
     if trainer.max_epochs is None and trainer.max_steps < 0 and trainer.max_minutes is None:
         raise NpdecodeError("contrastive: set at least one of max_epochs, max_steps, max_minutes")
-    return config.model_copy(update={"trainer": trainer,
-                                     "data": config.data.model_copy(update={"batch_size": c.batch_size})})
+    return config.model_copy(
+        update={"trainer": trainer, "data": config.data.model_copy(update={"batch_size": c.batch_size})}
+    )
 
 
 def run_stage(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, *, resume: bool, say) -> str:
@@ -134,13 +138,20 @@ def run_stage(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, *
     stage.mkdir(parents=True, exist_ok=True)
     base = run_index(data.corpus_path, backbone_ref, stage / "base-index", config, say)
     cfg = stage_config(config)
-    model = build_model(cfg.model_copy(update={"model": cfg.model.model_copy(update={"learn_scale": False,
-                                                                                       "train_ce": False})}),
-                        backbone_ref, base)
+    model = build_model(
+        cfg.model_copy(update={"model": cfg.model.model_copy(update={"learn_scale": False, "train_ce": False})}),
+        backbone_ref,
+        base,
+    )
     examples, _, tokens = make_examples(cfg, out, model, data, corpus, base, say)
-    datamodule = TrainData(ExampleSet(tokens, targets_of(base, "np"), examples.groups),
-                           Collate(model.backbone.pad_token_id, model.start_id), batch_size=cfg.data.batch_size,
-                           seed=cfg.trainer.seed, val_qids=[], num_workers=cfg.data.num_workers)
+    datamodule = TrainData(
+        ExampleSet(tokens, targets_of(base, "np"), examples.groups),
+        Collate(model.backbone.pad_token_id, model.start_id),
+        batch_size=cfg.data.batch_size,
+        seed=cfg.trainer.seed,
+        val_qids=[],
+        num_workers=cfg.data.num_workers,
+    )
     module = ContrastiveModule(model, cfg)
     module.train()
     last = stage / "lightning" / "last.ckpt"
@@ -159,5 +170,8 @@ def run_stage(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, *
     with atomic_dir(done, overwrite=True) as tmp:
         model.backbone.model.save_pretrained(tmp)
         model.backbone.tokenizer.save_pretrained(tmp)
-    say(f"contrastive stage 1: {int(trainer.global_step)} steps in {(time.perf_counter() - start) / 60:.1f} min -> {done}")
+    say(
+        f"contrastive stage 1: {int(trainer.global_step)} steps in "
+        f"{(time.perf_counter() - start) / 60:.1f} min -> {done}"
+    )
     return str(done)

@@ -77,15 +77,29 @@ class Collate:
             labels[row, : len(target)] = target
             dec[row, 1 : len(target)] = target[:-1]
         example = torch.tensor([i for i, _, _ in items], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": mask, "decoder_input_ids": dec, "labels": labels,
-                "example": example}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "decoder_input_ids": dec,
+            "labels": labels,
+            "example": example,
+        }
 
 
 class TrainData(pl.LightningDataModule):
     """Training batches over ``examples`` and validation batches of query ids (``val_qids``)."""
 
-    def __init__(self, examples: ExampleSet, collate: Collate, *, batch_size: int, seed: int,
-                 val_qids: Sequence[str] = (), val_batch_size: int = 32, num_workers: int = 0):
+    def __init__(
+        self,
+        examples: ExampleSet,
+        collate: Collate,
+        *,
+        batch_size: int,
+        seed: int,
+        val_qids: Sequence[str] = (),
+        val_batch_size: int = 32,
+        num_workers: int = 0,
+    ):
         super().__init__()
         self.examples, self.collate = examples, collate
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
@@ -98,8 +112,14 @@ class TrainData(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._placement()
         sampler = EpochShuffle(len(self.examples), self.seed, rank, world)
-        return DataLoader(self.examples, batch_size=self.batch_size, sampler=sampler, collate_fn=self.collate,
-                          num_workers=self.num_workers, drop_last=False)
+        return DataLoader(
+            self.examples,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            drop_last=False,
+        )
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._placement()

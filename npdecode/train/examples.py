@@ -86,11 +86,19 @@ def doc_groups(members: list[list[tuple[str, int]]]) -> dict[str, int]:
 
 
 def build_examples(
-    corpus: Mapping[str, Mapping[str, str]], group_of: Mapping[str, int], queries: Mapping[str, str],
-    qrels: Mapping[str, Mapping[str, int]], config: DataConfig, *, n_validation: int, seed: int,
+    corpus: Mapping[str, Mapping[str, str]],
+    group_of: Mapping[str, int],
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    config: DataConfig,
+    *,
+    n_validation: int,
+    seed: int,
 ) -> tuple[Examples, ValidationSet]:
     """The training examples and the validation set of a run (deterministic for a seed)."""
-    judged = sorted(q for q, rel in qrels.items() if q in queries and any(v > 0 and d in group_of for d, v in rel.items()))
+    judged = sorted(
+        q for q, rel in qrels.items() if q in queries and any(v > 0 and d in group_of for d, v in rel.items())
+    )
     random.Random(seed).shuffle(judged)
     held = sorted(judged[:n_validation]) if len(judged) > n_validation else []
     train_qids = sorted(set(judged) - set(held))
@@ -107,8 +115,9 @@ def build_examples(
         for text in pseudo_queries(doc_id, doc.get("text", ""), config.pseudo_queries, seed):
             ex.add(text, "pseudo", group_of[doc_id])
     if held:
-        validation = ValidationSet({q: queries[q] for q in held},
-                                   {q: {d: int(v) for d, v in qrels[q].items()} for q in held}, "queries")
+        validation = ValidationSet(
+            {q: queries[q] for q in held}, {q: {d: int(v) for d, v in qrels[q].items()} for q in held}, "queries"
+        )
     else:
         validation = _memorisation_set(corpus, group_of, config, n_validation, seed)
     return ex, validation

@@ -41,7 +41,9 @@ class EncoderStateCache:
     def __len__(self) -> int:
         return len(self.states)
 
-    def fetch(self, encoder, ids: torch.Tensor, mask: torch.Tensor, keys: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def fetch(
+        self, encoder, ids: torch.Tensor, mask: torch.Tensor, keys: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded states ``(B, T, d)`` and mask ``(B, T)`` for a batch, encoding missing rows."""
         missing = [i for i, key in enumerate(keys) if key not in self.states]
         if missing:
@@ -68,8 +70,13 @@ class GRModule(pl.LightningModule):
     on each validation batch of query ids; the run builds it over the run's trie and index.
     """
 
-    def __init__(self, model: NpModel | VanillaModel, config: TrainConfig, validator: Any = None,
-                 group_ce: list[list[int]] | None = None):
+    def __init__(
+        self,
+        model: NpModel | VanillaModel,
+        config: TrainConfig,
+        validator: Any = None,
+        group_ce: list[list[int]] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.config = config
@@ -105,7 +112,12 @@ class GRModule(pl.LightningModule):
         hidden, _ = self.model._decode(self.model.embed(batch["decoder_input_ids"]), enc, enc_mask)  # (B, L, d)
         labels = batch["labels"]
         sampled = self.config.model.sampled_negatives
-        if sampled is not None and self.training and isinstance(self.model, NpModel) and sampled < self.model.vocab_size:
+        if (
+            sampled is not None
+            and self.training
+            and isinstance(self.model, NpModel)
+            and sampled < self.model.vocab_size
+        ):
             rows = self.candidate_rows(labels, sampled)
             logits = self.model.logits(hidden, rows)  # (B, L, |rows|)
             labels = torch.where(labels >= 0, torch.searchsorted(rows, labels.clamp(min=0)), labels)
@@ -153,12 +165,22 @@ class GRModule(pl.LightningModule):
         values = self.validator(self.model, batch)
         for metric, per_query in values.items():
             mean = sum(per_query) / len(per_query)
-            self.log(f"val/{metric}", mean, prog_bar=metric == self.config.validation.metric,
-                     batch_size=len(per_query), sync_dist=True)
+            self.log(
+                f"val/{metric}",
+                mean,
+                prog_bar=metric == self.config.validation.metric,
+                batch_size=len(per_query),
+                sync_dist=True,
+            )
 
     # ---- CE table (CE-encoder variants) --------------------------------------------------
-    def replace_ce(self, ce: torch.Tensor, ce_token_ids: torch.Tensor, group_ce: torch.Tensor | None = None,
-                   epoch: int | None = None) -> None:
+    def replace_ce(
+        self,
+        ce: torch.Tensor,
+        ce_token_ids: torch.Tensor,
+        group_ce: torch.Tensor | None = None,
+        epoch: int | None = None,
+    ) -> None:
         """Swap in a rebuilt CE table (same row layout: special rows first) and, for a run that
         tracks them, the documents' new CE ids; optimizer state of a trainable table is reset by
         the caller. Same-shape tensors are copied in place (ddp keeps references to buffers)."""
@@ -197,8 +219,13 @@ class GRModule(pl.LightningModule):
         if opt_cfg.encoder_lr is not None:  # the (pretrained) encoder at its own, usually lower, rate
             encoder = {id(p) for p in self.model.backbone.encoder.parameters()}
             groups[0]["params"] = [p for p in main if id(p) not in encoder]
-            groups.append({"params": [p for p in main if id(p) in encoder], "lr": opt_cfg.encoder_lr,
-                           "weight_decay": opt_cfg.weight_decay})
+            groups.append(
+                {
+                    "params": [p for p in main if id(p) in encoder],
+                    "lr": opt_cfg.encoder_lr,
+                    "weight_decay": opt_cfg.weight_decay,
+                }
+            )
         optimizer = make_optimizer(opt_cfg.optimizer, groups, opt_cfg.lr)
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         factor = lr_factor(opt_cfg.schedule, opt_cfg.warmup_steps, total, time_done(self._trainer))

@@ -100,14 +100,23 @@ def prepare(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, ind
     examples, validation, tokens = make_examples(config, out, model, data, corpus, index, say)
     mode = "token" if config.model.variant == "vanilla" else "ce"
     trie = Trie.load(index.trie_path(mode))
-    validator = Validator(trie, [index.live_doc_ids(g) for g in range(len(index.groups))], validation.queries,
-                          validation.qrels, beam=config.validation.beam)
+    validator = Validator(
+        trie,
+        [index.live_doc_ids(g) for g in range(len(index.groups))],
+        validation.queries,
+        validation.qrels,
+        beam=config.validation.beam,
+    )
     tracked = [g.ce for g in index.groups] if config.model.ce_encoder == "async" else None
     module = GRModule(model, config, validator if validation.queries else None, group_ce=tracked)
-    datamodule = TrainData(ExampleSet(tokens, targets_of(index, config.model.variant), examples.groups),
-                           Collate(model.backbone.pad_token_id, model.start_id), batch_size=config.data.batch_size,
-                           seed=config.trainer.seed, val_qids=sorted(validation.queries),
-                           num_workers=config.data.num_workers)
+    datamodule = TrainData(
+        ExampleSet(tokens, targets_of(index, config.model.variant), examples.groups),
+        Collate(model.backbone.pad_token_id, model.start_id),
+        batch_size=config.data.batch_size,
+        seed=config.trainer.seed,
+        val_qids=sorted(validation.queries),
+        num_workers=config.data.num_workers,
+    )
     return module, datamodule, examples, validation
 
 
@@ -146,8 +155,9 @@ def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index,
         callbacks.append(AsyncCE(rebuilder, config.model.async_every_n_epochs, say=say))
     start = time.perf_counter()
     with quiet_fit(config):
-        trainer, checkpoint_cb = make_trainer(config, out, has_validation=module.validator is not None,
-                                              callbacks=callbacks)
+        trainer, checkpoint_cb = make_trainer(
+            config, out, has_validation=module.validator is not None, callbacks=callbacks
+        )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     seconds = time.perf_counter() - start
     if trainer.interrupted:
@@ -159,7 +169,10 @@ def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index,
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
         score = checkpoint_cb.best_model_score  # None in the launching process of a ddp_spawn run
-        say(f"selected {Path(best).name}" + (f" (val {config.validation.metric} {float(score):.4f})" if score is not None else ""))
+        say(
+            f"selected {Path(best).name}"
+            + (f" (val {config.validation.metric} {float(score):.4f})" if score is not None else "")
+        )
     if rebuilder is not None:  # the run's index becomes the table the selected model trained with
         from npdecode.index.layout import load_index
         from npdecode.train.async_ce import apply_targets, write_final_index
@@ -167,7 +180,9 @@ def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index,
         write_final_index(module, rebuilder, out / "index", out / "checkpoint")
         apply_targets(None, module)
         index = load_index(out / "index")
-    return _save_run(config, out, backbone_ref, data, corpus, index, module, trainer, examples, validation, seconds, say)
+    return _save_run(
+        config, out, backbone_ref, data, corpus, index, module, trainer, examples, validation, seconds, say
+    )
 
 
 def _check_resumable(ckpt: Path, module) -> None:
@@ -177,11 +192,14 @@ def _check_resumable(ckpt: Path, module) -> None:
     mine = module.state_dict()
     bad = [k for k in mine if k not in state or tuple(state[k].shape) != tuple(mine[k].shape)]
     if bad:
-        raise NpdecodeError(f"{ckpt} was saved for another model or index ({bad[0]} differs); "
-                            "start a new run dir instead of --resume")
+        raise NpdecodeError(
+            f"{ckpt} was saved for another model or index ({bad[0]} differs); start a new run dir instead of --resume"
+        )
 
 
-def _save_run(config, out: Path, backbone_ref, data, corpus, index, module, trainer, examples, validation, seconds, say):
+def _save_run(
+    config, out: Path, backbone_ref, data, corpus, index, module, trainer, examples, validation, seconds, say
+):
     """Write checkpoint/, point the index at it, measure memorisation, write manifest.json last."""
     from npdecode.corpus import corpus_digest
     from npdecode.index.manifest import model_digest, now, package_versions, read_manifest, write_manifest
@@ -197,20 +215,36 @@ def _save_run(config, out: Path, backbone_ref, data, corpus, index, module, trai
     memo = memorisation(model, index, corpus, config)
     steps, epochs = _progress(trainer, out)
     run = {
-        "format": "npdecode-run/1", "created": now(), "config": config.model_dump(mode="json"),
+        "format": "npdecode-run/1",
+        "created": now(),
+        "config": config.model_dump(mode="json"),
         "backbone": {"ref": backbone_ref, "digest": model_digest(backbone_ref)},
-        "data": {"dataset": config.data.dataset, "corpus": str(Path(data.corpus_path).resolve()),
-                 "corpus_digest": corpus_digest(data.corpus_path), "notes": data.notes,
-                 "examples": examples.counts(), "validation": {"kind": validation.kind, "queries": len(validation.queries)}},
-        "training": {"steps": steps, "epochs": epochs, "seconds": round(seconds, 1),
-                     "examples_per_second": round(steps * config.data.batch_size * config.optim.accumulate / max(seconds, 1e-9), 1)},
+        "data": {
+            "dataset": config.data.dataset,
+            "corpus": str(Path(data.corpus_path).resolve()),
+            "corpus_digest": corpus_digest(data.corpus_path),
+            "notes": data.notes,
+            "examples": examples.counts(),
+            "validation": {"kind": validation.kind, "queries": len(validation.queries)},
+        },
+        "training": {
+            "steps": steps,
+            "epochs": epochs,
+            "seconds": round(seconds, 1),
+            "examples_per_second": round(
+                steps * config.data.batch_size * config.optim.accumulate / max(seconds, 1e-9), 1
+            ),
+        },
         "metrics": {"validation": final_val, "memorisation_success_1": memo},
         "versions": package_versions(),
     }
     with open(out / MANIFEST, "w", encoding="utf-8") as fh:
         json.dump(run, fh, indent=2)
-    say(f"{out}: {steps} steps in {seconds / 60:.1f} min; validation {json.dumps({k: round(v, 4) for k, v in final_val.items()})}; "
-        f"memorisation Hits@1 {memo:.3f}")
+    say(
+        f"{out}: {steps} steps in {seconds / 60:.1f} min; "
+        f"validation {json.dumps({k: round(v, 4) for k, v in final_val.items()})}; "
+        f"memorisation Hits@1 {memo:.3f}"
+    )
     return run
 
 

@@ -69,8 +69,9 @@ def load_training_data(dataset: str | None, data_dir: str | None, split: str) ->
         raise NpdecodeError("no dataset: set data.dataset in the config or pass --dataset NAME_OR_DIR")
     try:
         ds = load_dataset(dataset, split=split, data_dir=data_dir)
-        return TrainingData(ds.corpus_path, dict(ds.queries), {q: dict(r) for q, r in ds.qrels.judgments.items()},
-                            list(ds.notes))
+        return TrainingData(
+            ds.corpus_path, dict(ds.queries), {q: dict(r) for q, r in ds.qrels.judgments.items()}, list(ds.notes)
+        )
     except NpdecodeError as err:
         corpus = _bare_corpus(dataset)
         if corpus is None:

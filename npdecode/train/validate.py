@@ -19,8 +19,16 @@ class Validator:
     vanilla); ``group_docs[g]`` lists the documents of trie value ``g``.
     """
 
-    def __init__(self, trie: Any, group_docs: Sequence[Sequence[str]], queries: Mapping[str, str],
-                 qrels: Mapping[str, Mapping[str, int]], *, beam: int = 10, k: int = 10):
+    def __init__(
+        self,
+        trie: Any,
+        group_docs: Sequence[Sequence[str]],
+        queries: Mapping[str, str],
+        qrels: Mapping[str, Mapping[str, int]],
+        *,
+        beam: int = 10,
+        k: int = 10,
+    ):
         self.trie, self.group_docs = trie, [list(d) for d in group_docs]
         self.queries, self.qrels = dict(queries), {q: dict(r) for q, r in qrels.items()}
         self.beam, self.k = beam, k
@@ -45,8 +53,13 @@ class Validator:
 
         qids = list(qids)
         run = self.run(model, qids)
-        evaluation = evaluate({q: self.qrels[q] for q in qids}, run, queries=qids, measures=("ndcg_cut.10", "success.1", "Rprec"),
-                              mrr_cutoffs=())
+        evaluation = evaluate(
+            {q: self.qrels[q] for q in qids},
+            run,
+            queries=qids,
+            measures=("ndcg_cut.10", "success.1", "Rprec"),
+            mrr_cutoffs=(),
+        )
         return {m: [evaluation.per_query.get(q, {}).get(m, 0.0) for q in qids] for m in VAL_METRICS}
 
     def mean(self, model: Any, batch_size: int = 64) -> dict[str, float]:
@@ -76,6 +89,11 @@ def memorisation(model: Any, index: Any, corpus: Mapping[str, Mapping[str, str]]
     queries = {d: index_input(corpus[d], config.data) for d in picked}
     qrels = {d: {d: 1} for d in picked}
     mode = "token" if config.model.variant == "vanilla" else "ce"
-    validator = Validator(Trie.load(index.trie_path(mode)), [index.live_doc_ids(g) for g in range(len(index.groups))],
-                          queries, qrels, beam=config.validation.beam)
+    validator = Validator(
+        Trie.load(index.trie_path(mode)),
+        [index.live_doc_ids(g) for g in range(len(index.groups))],
+        queries,
+        qrels,
+        beam=config.validation.beam,
+    )
     return validator.mean(model)["success_1"]

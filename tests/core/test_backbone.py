@@ -18,8 +18,11 @@ def test_families_and_ids(backbone_dir):
     assert bb.d_model == 32
     ids, mask = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
     assert bb.encode(ids, mask).shape == (1, 4, 32)
-    expected = {"t5": (1, 0), "bart": (bb.tokenizer.eos_token_id, bb.tokenizer.eos_token_id),
-                "bert2bert": (bb.tokenizer.sep_token_id, bb.tokenizer.cls_token_id)}[bb.family]
+    expected = {
+        "t5": (1, 0),
+        "bart": (bb.tokenizer.eos_token_id, bb.tokenizer.eos_token_id),
+        "bert2bert": (bb.tokenizer.sep_token_id, bb.tokenizer.cls_token_id),
+    }[bb.family]
     assert (bb.eos_token_id, bb.decoder_start_token_id) == expected
     start_row = bb.tokenizer.bos_token_id if bb.family == "bart" else bb.decoder_start_token_id  # never EOS
     assert bb.start_row_token_id == start_row != bb.eos_token_id
@@ -114,8 +117,10 @@ def test_bert2bert_cross_attention_starts_as_the_last_self_attention(bert2bert_d
         cross = layer.crossattention.state_dict()
         assert cross.keys() == last.keys() and all(torch.equal(cross[k], last[k]) for k in last)
     plain = load_backbone(bert2bert_dir).model  # the default leaves them new
-    assert not torch.equal(plain.decoder.bert.encoder.layer[0].crossattention.self.query.weight,
-                           plain.encoder.encoder.layer[-1].attention.self.query.weight)
+    assert not torch.equal(
+        plain.decoder.bert.encoder.layer[0].crossattention.self.query.weight,
+        plain.encoder.encoder.layer[-1].attention.self.query.weight,
+    )
     with pytest.raises(NpdecodeError, match="cross_init"):
         make_bert2bert(encoder_dir, tmp_path / "bad", cross_init="mirror")
 
@@ -127,8 +132,11 @@ def test_keep_decoder_layers_survives_a_save(request, family, tmp_path):
     backbone.model.save_pretrained(tmp_path / "m")
     backbone.tokenizer.save_pretrained(tmp_path / "m")
     again = load_backbone(tmp_path / "m")
-    decoder = again.model.decoder.bert.encoder.layer if family == "bert2bert" else (
-        again.decoder.block if family == "t5" else again.decoder.layers)
+    decoder = (
+        again.model.decoder.bert.encoder.layer
+        if family == "bert2bert"
+        else (again.decoder.block if family == "t5" else again.decoder.layers)
+    )
     assert len(decoder) == 1
     with pytest.raises(NpdecodeError, match="decoder_layers=3"):
         again.keep_decoder_layers(3)

@@ -27,8 +27,10 @@ REORDERS = [
 
 @pytest.fixture(scope="module")
 def backbones(t5_dir, t5_gated_dir, bart_dir, bert2bert_dir):
-    return {k: load_backbone(d) for k, d in
-            {"t5": t5_dir, "t5_gated": t5_gated_dir, "bart": bart_dir, "bert2bert": bert2bert_dir}.items()}
+    return {
+        k: load_backbone(d)
+        for k, d in {"t5": t5_dir, "t5_gated": t5_gated_dir, "bart": bart_dir, "bert2bert": bert2bert_dir}.items()
+    }
 
 
 def _run(model, ids, mask, inputs):

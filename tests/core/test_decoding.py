@@ -50,8 +50,10 @@ def test_np_token_trie_is_logsumexp_over_ce_rows(t5_dir):
     g = torch.Generator().manual_seed(4)
     seqs = []
     while len(seqs) < 8:
-        s = [tokens[i] for i in torch.randint(0, len(tokens), (int(torch.randint(1, 4, (1,), generator=g)),),
-                                              generator=g)] + [tid[1]]
+        s = [
+            tokens[i]
+            for i in torch.randint(0, len(tokens), (int(torch.randint(1, 4, (1,), generator=g)),), generator=g)
+        ] + [tid[1]]
         if s not in seqs:
             seqs.append(s)
     trie = build_trie(seqs, id_space="token")
@@ -82,8 +84,12 @@ def test_vanilla_token_trie_equals_exhaustive(bart_dir):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    n_docs=st.integers(1, 25), vocab=st.integers(4, 20), beam=st.integers(1, 6), k=st.integers(1, 30),
-    seed=st.integers(0, 10_000), shared=st.booleans(),
+    n_docs=st.integers(1, 25),
+    vocab=st.integers(4, 20),
+    beam=st.integers(1, 6),
+    k=st.integers(1, 30),
+    seed=st.integers(0, 10_000),
+    shared=st.booleans(),
 )
 def test_every_result_is_a_stored_path(n_docs, vocab, beam, k, seed, shared):
     """Property: results are stored documents, no duplicates, best first, k found when possible."""
@@ -184,8 +190,11 @@ def test_np_group_mode_equals_best_row_sequence_by_brute_force(t5_dir):
     seqs.append([seqs[0][0], tid[1]] if len(seqs[0]) > 2 else seqs[0][:1] + [tokens[0], tid[1]])  # a shared prefix
     trie = build_trie(seqs, id_space="token")
     for query in QUERIES:
-        choices = [(i, list(rows) + [1]) for i, s in enumerate(seqs)
-                   for rows in itertools.product(*(rows_of[t] for t in s[:-1]))]
+        choices = [
+            (i, list(rows) + [1])
+            for i, s in enumerate(seqs)
+            for rows in itertools.product(*(rows_of[t] for t in s[:-1]))
+        ]
         scored = exhaustive(model, query, [c for _, c in choices])
         best: dict[int, float] = {}
         for j, score in scored:

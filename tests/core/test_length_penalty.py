@@ -30,9 +30,18 @@ def _hf_ranked(model: VanillaModel, paths: list[list[int]], query: str, length_p
     hf = model.backbone.model
     enc = model.backbone.tokenizer([query], return_tensors="pt")
     n = len(paths)
-    out = hf.generate(**enc, num_beams=n, num_return_sequences=n, max_new_tokens=max(map(len, paths)) + 1,
-                      prefix_allowed_tokens_fn=allowed, length_penalty=length_penalty, early_stopping="never",
-                      do_sample=False, output_scores=True, return_dict_in_generate=True)
+    out = hf.generate(
+        **enc,
+        num_beams=n,
+        num_return_sequences=n,
+        max_new_tokens=max(map(len, paths)) + 1,
+        prefix_allowed_tokens_fn=allowed,
+        length_penalty=length_penalty,
+        early_stopping="never",
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     index = {tuple(p): i for i, p in enumerate(paths)}
     ranked = []
     for seq, score in zip(out.sequences[:, 1:].tolist(), out.sequences_scores.tolist()):

@@ -15,8 +15,10 @@ from tests.core.helpers import make_np_model
 
 @pytest.fixture(scope="module")
 def backbones(t5_dir, t5_gated_dir, bart_dir, bert2bert_dir):
-    return {k: load_backbone(d) for k, d in
-            {"t5": t5_dir, "t5_gated": t5_gated_dir, "bart": bart_dir, "bert2bert": bert2bert_dir}.items()}
+    return {
+        k: load_backbone(d)
+        for k, d in {"t5": t5_dir, "t5_gated": t5_gated_dir, "bart": bart_dir, "bert2bert": bert2bert_dir}.items()
+    }
 
 
 FAMILIES = ["t5", "t5_gated", "bart", "bert2bert"]
@@ -90,8 +92,15 @@ def test_frozen_by_default_trainable_on_request(backbones):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_checkpoint_round_trip_bit_exact(backbones, family, tmp_path):
     bb = backbones[family]
-    model = NpModel(bb, make_np_model(bb, seed=3).ce.detach(), make_np_model(bb, seed=3).ce_token_ids,
-                    start_ce_id=0, eos_ce_id=1, logit_scale=0.37, learn_scale=True)
+    model = NpModel(
+        bb,
+        make_np_model(bb, seed=3).ce.detach(),
+        make_np_model(bb, seed=3).ce_token_ids,
+        start_ce_id=0,
+        eos_ce_id=1,
+        logit_scale=0.37,
+        learn_scale=True,
+    )
     save_model(model, tmp_path / "ckpt")
     meta = json.loads((tmp_path / "ckpt" / NPDECODE_JSON).read_text())
     assert meta["kind"] == "np" and meta["learn_scale"] is True

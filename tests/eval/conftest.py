@@ -22,7 +22,10 @@ QRELS = [("q1", "d1", 2), ("q1", "d5", 1), ("q2", "d2", 1), ("q2", "d4", -1), ("
 def write_beir(folder: Path) -> Path:
     (folder / "qrels").mkdir(parents=True)
     with open(folder / "corpus.jsonl", "w") as fh:
-        fh.writelines(json.dumps({"_id": i, "title": title, "text": text, "metadata": {}}) + "\n" for i, (title, text) in DOCS.items())
+        fh.writelines(
+            json.dumps({"_id": i, "title": title, "text": text, "metadata": {}}) + "\n"
+            for i, (title, text) in DOCS.items()
+        )
     with open(folder / "queries.jsonl", "w") as fh:
         fh.writelines(json.dumps({"_id": i, "text": text, "metadata": {}}) + "\n" for i, text in QUERIES.items())
     with open(folder / "qrels" / "test.tsv", "w") as fh:
@@ -43,7 +46,10 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny_bert")
-    words = sorted({w for t, x in DOCS.values() for w in f"{t} {x}".lower().split()} | {w for q in QUERIES.values() for w in q.split()})
+    words = sorted(
+        {w for t, x in DOCS.values() for w in f"{t} {x}".lower().split()}
+        | {w for q in QUERIES.values() for w in q.split()}
+    )
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)

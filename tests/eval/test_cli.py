@@ -54,7 +54,9 @@ def test_user_mistakes_are_one_line_errors(beir_dir, tmp_path, capsys):
     err = _fail(["eval", "--dataset", str(beir_dir), "--retriever", "nope", "--json", str(tmp_path / "m.json")], capsys)
     assert "unknown retriever 'nope'" in err and not (tmp_path / "m.json").exists()
     (beir_dir / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n{"_id": "d1", "text": "y"}\n')
-    err = _fail(["eval", "--dataset", str(beir_dir), "--json", str(tmp_path / "m.json"), "--cache-dir", str(tmp_path)], capsys)
+    err = _fail(
+        ["eval", "--dataset", str(beir_dir), "--json", str(tmp_path / "m.json"), "--cache-dir", str(tmp_path)], capsys
+    )
     assert "duplicate document id 'd1'" in err and not (tmp_path / "m.json").exists()
 
 

@@ -109,12 +109,34 @@ def test_kilt_nq_from_official_files(tmp_path):
 def test_nq320k_from_nci_schema(tmp_path):
     folder = tmp_path / "d" / "nq320k"
     folder.mkdir(parents=True)
-    corpus = [{"docid": 0, "document": "The Walking Dead (season 8)the eighth season ..."}, {"docid": 1, "document": "Email marketingis ..."}]
+    corpus = [
+        {"docid": 0, "document": "The Walking Dead (season 8)the eighth season ..."},
+        {"docid": 1, "document": "Email marketingis ..."},
+    ]
     pairs = {
-        "train.jsonl": [{"query": "what is opt-in email", "docid": 1, "nq_id": "11", "url": "u", "title": "Email marketing", "long_answer": "", "short_answer": ""}],
-        "valid.jsonl": [{"query": "when is the last episode of season 8 of the walking dead", "docid": 0, "nq_id": "5225754983651766092",
-                         "url": "u", "title": "The Walking Dead (season 8)", "long_answer": "x", "short_answer": ""}],
-    }  # fmt: skip
+        "train.jsonl": [
+            {
+                "query": "what is opt-in email",
+                "docid": 1,
+                "nq_id": "11",
+                "url": "u",
+                "title": "Email marketing",
+                "long_answer": "",
+                "short_answer": "",
+            }
+        ],
+        "valid.jsonl": [
+            {
+                "query": "when is the last episode of season 8 of the walking dead",
+                "docid": 0,
+                "nq_id": "5225754983651766092",
+                "url": "u",
+                "title": "The Walking Dead (season 8)",
+                "long_answer": "x",
+                "short_answer": "",
+            }
+        ],
+    }
     (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
     for name, rows in pairs.items():
         (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))

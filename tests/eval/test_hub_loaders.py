@@ -38,12 +38,34 @@ def test_beir_hub_copy_written_in_beir_layout(tmp_path, monkeypatch):
 
 
 def test_kilt_nq_from_hub_schema(tmp_path, monkeypatch):
-    task_row = {"id": "q1", "input": "who wrote hamlet", "meta": {"left_context": ""},
-                "output": [{"answer": "Shakespeare", "meta": {"score": 0},
-                            "provenance": [{"wikipedia_id": "1001", "title": "Hamlet", "section": "Abstract",
-                                            "start_paragraph_id": 1, "end_paragraph_id": 1, "bleu_score": 1.0}]}]}
-    page = {"kilt_id": "1", "wikipedia_id": "1001", "wikipedia_title": "Hamlet",
-            "text": {"paragraph": ["Hamlet\n", "A tragedy.\n"]}, "categories": "Plays"}
+    task_row = {
+        "id": "q1",
+        "input": "who wrote hamlet",
+        "meta": {"left_context": ""},
+        "output": [
+            {
+                "answer": "Shakespeare",
+                "meta": {"score": 0},
+                "provenance": [
+                    {
+                        "wikipedia_id": "1001",
+                        "title": "Hamlet",
+                        "section": "Abstract",
+                        "start_paragraph_id": 1,
+                        "end_paragraph_id": 1,
+                        "bleu_score": 1.0,
+                    }
+                ],
+            }
+        ],
+    }
+    page = {
+        "kilt_id": "1",
+        "wikipedia_id": "1001",
+        "wikipedia_title": "Hamlet",
+        "text": {"paragraph": ["Hamlet\n", "A tragedy.\n"]},
+        "categories": "Plays",
+    }
     calls = _serve(monkeypatch, {("facebook/kilt_tasks", "nq"): {"validation": [task_row]},
                                  ("facebook/kilt_wikipedia", None): {"full": [page]}})  # fmt: skip
     ds = load_dataset("nq", split="dev", cache=tmp_path / "cache")
@@ -53,7 +75,15 @@ def test_kilt_nq_from_hub_schema(tmp_path, monkeypatch):
 
 
 def test_nq320k_from_hub_schema(tmp_path, monkeypatch):
-    pair = {"query": "q text", "docid": 7, "nq_id": "123", "url": "u", "title": "T", "long_answer": "", "short_answer": ""}
+    pair = {
+        "query": "q text",
+        "docid": 7,
+        "nq_id": "123",
+        "url": "u",
+        "title": "T",
+        "long_answer": "",
+        "short_answer": "",
+    }
     _serve(monkeypatch, {("dqmis/NQ320K-NCI", "corpus"): {"corpus": [{"docid": 7, "document": "Tdoc"}]},
                          ("dqmis/NQ320K-NCI", "pairs"): {"train": [pair], "validation": [pair]}})  # fmt: skip
     ds = load_dataset("nq320k", split="test", cache=tmp_path / "cache")

@@ -75,7 +75,9 @@ def test_paired_pvalue():
 def _random_case(seed: int, n_queries: int = 60, n_docs: int = 200):
     rng = random.Random(seed)
     docs = [f"d{i}" for i in range(n_docs)]
-    qrels = {f"q{i}": {d: rng.choice([0, 1, 1, 2, 3]) for d in rng.sample(docs, rng.randint(1, 6))} for i in range(n_queries)}
+    qrels = {
+        f"q{i}": {d: rng.choice([0, 1, 1, 2, 3]) for d in rng.sample(docs, rng.randint(1, 6))} for i in range(n_queries)
+    }
     # distinct scores so the ranking is the same under any tie-break rule
     run = {q: {d: s for d, s in zip(rng.sample(docs, 120), rng.sample(range(10**6), 120))} for q in qrels}
     run = {q: {d: float(s) / 1000 for d, s in docs_.items()} for q, docs_ in run.items()}

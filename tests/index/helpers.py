@@ -22,7 +22,13 @@ def toy_corpus_file(tmp_path: Path, n_docs: int = 12, seed: int = 0, name: str =
 
 def fast_config(**overrides) -> IndexConfig:
     """Small shards and batches (several of each on a toy corpus), no progress bar, CPU."""
-    base = {"shard_size": 5, "batch_tokens": 128, "batch_size": 3, "progress": False, "accelerator": "cpu",
-            "max_length": 64}
+    base = {
+        "shard_size": 5,
+        "batch_tokens": 128,
+        "batch_size": 3,
+        "progress": False,
+        "accelerator": "cpu",
+        "max_length": 64,
+    }
     base.update(overrides)
     return IndexConfig(**base)

@@ -252,8 +252,10 @@ def test_max_length_is_cut_to_the_backbone_positions(bart_dir, tmp_path, caplog)
 
     from npdecode.index.config import IndexConfig
 
-    long_text = {"d0": {"title": "Alpha River", "text": " ".join(["gamma star"] * 300)},
-                 "d1": {"title": "Iron Gold", "text": "harbor"}}
+    long_text = {
+        "d0": {"title": "Alpha River", "text": " ".join(["gamma star"] * 300)},
+        "d1": {"title": "Iron Gold", "text": "harbor"},
+    }
     corpus = write_jsonl(long_text, tmp_path / "c.jsonl")
     config = IndexConfig(progress=False, accelerator="cpu")
     assert config.max_length == 512

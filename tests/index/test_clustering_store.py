@@ -19,8 +19,11 @@ def _occurrences(seed=0, n=300, dim=8, vocab=7):
 
 
 # small groups run numpy k-means; groups of >= faiss_min_points run faiss (or torch without it)
-PATHS = {"numpy": {"faiss_min_points": 10**9}, "faiss": {"faiss_min_points": 0, "use_faiss": True},
-         "torch": {"faiss_min_points": 0, "use_faiss": False}}
+PATHS = {
+    "numpy": {"faiss_min_points": 10**9},
+    "faiss": {"faiss_min_points": 0, "use_faiss": True},
+    "torch": {"faiss_min_points": 0, "use_faiss": False},
+}
 
 
 @pytest.mark.parametrize("path", sorted(PATHS))

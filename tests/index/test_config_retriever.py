@@ -61,8 +61,12 @@ def test_eval_command_runs_np_and_genre_on_a_beir_folder(t5_dir, tmp_path, capsy
     (folder / "qrels").mkdir(parents=True)
     write_jsonl(corpus, folder / "corpus.jsonl")
     ids = list(corpus)
-    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": corpus[d]["title"]}) + "\n" for i, d in enumerate(ids[:4])))
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{d}\t1\n" for i, d in enumerate(ids[:4])))
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": f"q{i}", "text": corpus[d]["title"]}) + "\n" for i, d in enumerate(ids[:4]))
+    )
+    (folder / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{d}\t1\n" for i, d in enumerate(ids[:4]))
+    )
     build_index(folder, t5_dir, tmp_path / "idx", fast_config())
     out = tmp_path / "m.json"
     main(["eval", "-d", str(folder), "-r", "bm25", "-r", "np", "-r", "genre", "--index", str(tmp_path / "idx"),
@@ -71,5 +75,10 @@ def test_eval_command_runs_np_and_genre_on_a_beir_folder(t5_dir, tmp_path, capsy
     assert list(report["retrievers"]) == ["bm25", "np", "genre"]
     for name in ("np", "genre"):
         metrics = report["retrievers"][name]["metrics"]
-        assert 0.0 <= metrics["ndcg_cut_10"] <= 1.0 and set(report["retrievers"][name]["per_query"]) == {"q0", "q1", "q2", "q3"}
+        assert 0.0 <= metrics["ndcg_cut_10"] <= 1.0 and set(report["retrievers"][name]["per_query"]) == {
+            "q0",
+            "q1",
+            "q2",
+            "q3",
+        }
     assert "np" in capsys.readouterr().out

@@ -23,7 +23,9 @@ def test_two_processes_build_the_same_index_as_one(t5_dir, tmp_path):
     one, two = load_index(tmp_path / "one"), load_index(tmp_path / "two")
     np.testing.assert_allclose(one.vectors, two.vectors, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(one.token_ids, two.token_ids)
-    assert [(g.identifier, g.doc_ids, g.ce) for g in one.groups] == [(g.identifier, g.doc_ids, g.ce) for g in two.groups]
+    assert [(g.identifier, g.doc_ids, g.ce) for g in one.groups] == [
+        (g.identifier, g.doc_ids, g.ce) for g in two.groups
+    ]
     for mode in ("ce", "token"):
         a, b = Trie.load(one.trie_path(mode)), Trie.load(two.trie_path(mode))
         for field in ("indptr", "edge_ids", "term_nodes", "term_values"):
@@ -35,8 +37,22 @@ def test_index_and_search_commands(t5_dir, tmp_path, capsys):
     path = write_jsonl(corpus, tmp_path / "c.jsonl")
     cfg = tmp_path / "index.yml"
     cfg.write_text("shard_size: 4\nbatch_tokens: 128\nprogress: false\naccelerator: cpu\nmax_length: 64\n")
-    main(["index", str(path), "--model", str(t5_dir), "--out", str(tmp_path / "idx"), "--config", str(cfg),
-          "--k", "3", "--trie-mode", "token"])
+    main(
+        [
+            "index",
+            str(path),
+            "--model",
+            str(t5_dir),
+            "--out",
+            str(tmp_path / "idx"),
+            "--config",
+            str(cfg),
+            "--k",
+            "3",
+            "--trie-mode",
+            "token",
+        ]
+    )
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["config"]["k"] == 3 and manifest["config"]["trie_mode"] == "token"
     capsys.readouterr()
@@ -53,8 +69,20 @@ def test_index_and_search_commands(t5_dir, tmp_path, capsys):
     assert err.value.code == 2 and "ivf[:NPROBE" in capsys.readouterr().err
     queries = tmp_path / "q.tsv"
     queries.write_text("q1\tgamma star\nq2\tiron gold\n")
-    main(["search", str(tmp_path / "idx"), "--queries", str(queries), "--run", str(tmp_path / "run.trec"),
-          "-k", "5", "--retriever", "genre"])
+    main(
+        [
+            "search",
+            str(tmp_path / "idx"),
+            "--queries",
+            str(queries),
+            "--run",
+            str(tmp_path / "run.trec"),
+            "-k",
+            "5",
+            "--retriever",
+            "genre",
+        ]
+    )
     rows = [line.split() for line in (tmp_path / "run.trec").read_text().splitlines()]
     assert {r[0] for r in rows} == {"q1", "q2"} and len(rows) == 10 and all(r[2] in corpus for r in rows)
     extra = write_jsonl({"new": {"title": "Brand New Title", "text": "harbor"}}, tmp_path / "n.jsonl")

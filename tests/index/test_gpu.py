@@ -29,7 +29,8 @@ def test_bf16_gpu_index_matches_fp32_cpu_index(t5_dir, tmp_path):
     cpu, gpu = load_index(tmp_path / "cpu"), load_index(tmp_path / "gpu")
     assert [g.ce for g in cpu.groups] == [g.ce for g in gpu.groups]
     cos = (cpu.vectors * gpu.vectors).sum(1) / (
-        np.linalg.norm(cpu.vectors, axis=1) * np.linalg.norm(gpu.vectors, axis=1))
+        np.linalg.norm(cpu.vectors, axis=1) * np.linalg.norm(gpu.vectors, axis=1)
+    )
     assert cos.min() > 0.99  # bf16 autocast: close to fp32, not equal
     store = load_store(gpu.store_path(), device="cuda")
     _, ids = store.search(gpu.vectors[:8], 1)

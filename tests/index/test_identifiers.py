@@ -63,15 +63,20 @@ def test_empty_document_is_a_clear_error():
 
 
 _word = st.sampled_from(["a", "b", "c", "d"])
-_doc = st.fixed_dictionaries({
-    "title": st.lists(_word, max_size=2).map(" ".join),
-    "text": st.lists(_word, min_size=1, max_size=6).map(" ".join),
-})
+_doc = st.fixed_dictionaries(
+    {
+        "title": st.lists(_word, max_size=2).map(" ".join),
+        "text": st.lists(_word, min_size=1, max_size=6).map(" ".join),
+    }
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.dictionaries(st.text("xyz0123", min_size=1, max_size=3), _doc, min_size=1, max_size=12),
-       st.integers(1, 4), st.randoms(use_true_random=False))
+@given(
+    st.dictionaries(st.text("xyz0123", min_size=1, max_size=3), _doc, min_size=1, max_size=12),
+    st.integers(1, 4),
+    st.randoms(use_true_random=False),
+)
 def test_unique_deterministic_and_order_free(corpus, cap, rnd):
     groups = assign_identifiers(corpus, max_words=cap)
     names = [g.identifier for g in groups]

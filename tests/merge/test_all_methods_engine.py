@@ -21,7 +21,11 @@ def _recipe(name, a, b, c):
     per = {k: 0.5 for k, v in method.tensor_params.items() if v is REQUIRED or k in ("weight", "density")}
     glob = {k: 0.5 for k, v in method.global_params.items() if v is REQUIRED}
     models = [a] if name in SINGLE else [a, b] if name in PAIR_WITH_BASE else [b, c]
-    recipe = {"merge_method": name, "models": [{"model": str(m), "parameters": per} for m in models], "parameters": glob}
+    recipe = {
+        "merge_method": name,
+        "models": [{"model": str(m), "parameters": per} for m in models],
+        "parameters": glob,
+    }
     if method.requires_base or name in PAIR_WITH_BASE:
         recipe["base_model"] = str(a)
     return recipe

@@ -44,7 +44,9 @@ def test_cli_writes_a_complete_checkpoint(checkpoints, tmp_path):
     assert yaml.safe_load((out / "mergekit_config.yml").read_text())["merge_method"] == "task_arithmetic"
     assert json.loads((out / "config.json").read_text())["dtype"] == "float64"
     merged, ta, tb = read_tensors(out), read_tensors(a), read_tensors(b)
-    torch.testing.assert_close(merged["shared.weight"], (ta["shared.weight"] + 0.5 * (tb["shared.weight"] - ta["shared.weight"])).double())
+    torch.testing.assert_close(
+        merged["shared.weight"], (ta["shared.weight"] + 0.5 * (tb["shared.weight"] - ta["shared.weight"])).double()
+    )
 
 
 def test_no_copy_tokenizer(checkpoints, tmp_path):
@@ -58,11 +60,19 @@ def test_no_copy_tokenizer(checkpoints, tmp_path):
 
 def test_random_seed_makes_dare_reproducible(checkpoints, tmp_path):
     a, b, c = (str(checkpoints("llama", s)) for s in (0, 1, 2))
-    recipe = _recipe(tmp_path, {"merge_method": "dare_ties", "base_model": a,
-                                "models": [{"model": m, "parameters": {"weight": 0.5, "density": 0.5}} for m in (b, c)]})  # fmt: skip
+    recipe = _recipe(
+        tmp_path,
+        {
+            "merge_method": "dare_ties",
+            "base_model": a,
+            "models": [{"model": m, "parameters": {"weight": 0.5, "density": 0.5}} for m in (b, c)],
+        },
+    )
     outs = {}
     for name, seed in (("x", "1"), ("y", "1"), ("z", "2")):
-        result = CliRunner().invoke(merge_command, [recipe, str(tmp_path / name), "--random-seed", seed, "--no-progress"])
+        result = CliRunner().invoke(
+            merge_command, [recipe, str(tmp_path / name), "--random-seed", seed, "--no-progress"]
+        )
         assert result.exit_code == 0, result.output
         outs[name] = read_tensors(tmp_path / name)
     q = "model.layers.0.self_attn.q_proj.weight"
@@ -81,8 +91,14 @@ def test_a_merge_without_seed_records_the_seed_it_drew_and_reproduces_from_it(ch
     import re
 
     a, b, c = (str(checkpoints("llama", s)) for s in (0, 1, 2))
-    recipe = _recipe(tmp_path, {"merge_method": "dare_ties", "base_model": a,
-                                "models": [{"model": m, "parameters": {"weight": 0.5, "density": 0.5}} for m in (b, c)]})  # fmt: skip
+    recipe = _recipe(
+        tmp_path,
+        {
+            "merge_method": "dare_ties",
+            "base_model": a,
+            "models": [{"model": m, "parameters": {"weight": 0.5, "density": 0.5}} for m in (b, c)],
+        },
+    )
     result = CliRunner().invoke(merge_command, [recipe, str(tmp_path / "drawn"), "--no-progress"])
     assert result.exit_code == 0, result.output
     copy = (tmp_path / "drawn" / "mergekit_config.yml").read_text()
@@ -118,8 +134,9 @@ def test_leftovers_of_a_killed_merge_are_removed_by_the_next_run(checkpoints, tm
         api.SafetensorsSink = writer.SafetensorsSink
         api.merge_models({recipe!r}, {str(out)!r})
     """)
-    killed = subprocess.run([sys.executable, "-c", script], check=False, cwd=os.getcwd(), capture_output=True,
-                            timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", script], check=False, cwd=os.getcwd(), capture_output=True, timeout=300
+    )
     assert killed.returncode == -9
     left = list(tmp_path.glob(".out.tmp-*"))
     assert len(left) == 1 and not out.exists()

@@ -39,11 +39,18 @@ def test_gr_checkpoints_merge_backbone_only(checkpoints, tmp_path):
         (d / "npdecode.json").write_text(json.dumps({"kind": "np"}))
         gr.append(d)
     out = tmp_path / "merged"
-    merge_models(load_recipe(Path(__file__).resolve().parents[2] / "configs" / "merge-gr-checkpoints.yml")
-                 .model_copy(update={"base_model": str(gr[0]),
-                                     "models": tuple(m.model_copy(update={"model": str(g)})
-                                                     for m, g in zip(load_recipe(CONFIGS[0].parent / "merge-gr-checkpoints.yml").models, gr))}),
-                 out)  # fmt: skip
+    merge_models(
+        load_recipe(Path(__file__).resolve().parents[2] / "configs" / "merge-gr-checkpoints.yml").model_copy(
+            update={
+                "base_model": str(gr[0]),
+                "models": tuple(
+                    m.model_copy(update={"model": str(g)})
+                    for m, g in zip(load_recipe(CONFIGS[0].parent / "merge-gr-checkpoints.yml").models, gr)
+                ),
+            }
+        ),
+        out,
+    )
     assert not (out / "npdecode_ce.safetensors").exists() and not (out / "npdecode.json").exists()
     merged = read_tensors(out)
     assert "ce" not in merged and set(merged) == set(read_tensors(gr[0])) - {"ce", "ce_token_ids"}

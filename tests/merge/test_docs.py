@@ -14,14 +14,21 @@ def methods_table() -> str:
     registry.load_builtin_methods()
 
     def fmt(params: dict) -> str:
-        return ", ".join(f"`{k}`" + (" (required)" if v is registry.REQUIRED else f" = {v}") for k, v in params.items()) or "—"
+        return (
+            ", ".join(f"`{k}`" + (" (required)" if v is registry.REQUIRED else f" = {v}") for k, v in params.items())
+            or "—"
+        )
 
-    lines = ["| method | base model | random | global parameters (default) | per-model parameters (default) |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| method | base model | random | global parameters (default) | per-model parameters (default) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name in registry.all_methods():
         m = registry.get_method(name)
-        lines.append(f"| {m.name} | {'required' if m.requires_base else 'optional'} | {'yes' if m.uses_random else ''} | "
-                     f"{fmt(m.global_params)} | {fmt(m.tensor_params)} |")
+        lines.append(
+            f"| {m.name} | {'required' if m.requires_base else 'optional'} | {'yes' if m.uses_random else ''} | "
+            f"{fmt(m.global_params)} | {fmt(m.tensor_params)} |"
+        )
     return "\n".join(lines)
 
 

@@ -73,8 +73,11 @@ def test_missing_tensor_is_an_error_unless_the_recipe_fills_it(checkpoints, tmp_
     state = load_file(holed / "model.safetensors")
     del state["model.layers.1.mlp.up_proj.weight"]
     save_file(state, holed / "model.safetensors", metadata={"format": "pt"})
-    recipe = {"merge_method": "linear", "base_model": a,
-              "models": [{"model": a, "parameters": {"weight": 1}}, {"model": str(holed), "parameters": {"weight": 1}}]}  # fmt: skip
+    recipe = {
+        "merge_method": "linear",
+        "base_model": a,
+        "models": [{"model": a, "parameters": {"weight": 1}}, {"model": str(holed), "parameters": {"weight": 1}}],
+    }
     with pytest.raises(NpdecodeError, match="has no tensor 'model.layers.1.mlp.up_proj.weight'"):
         merge_models(recipe, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -87,8 +90,13 @@ def test_missing_tensor_is_an_error_unless_the_recipe_fills_it(checkpoints, tmp_
 
 
 def test_mixed_architectures_need_allow_crimes(checkpoints, tmp_path):
-    recipe = {"merge_method": "linear", "models": [{"model": str(checkpoints("llama", 0)), "parameters": {"weight": 1}},
-                                                   {"model": str(checkpoints("gpt2", 0)), "parameters": {"weight": 1}}]}  # fmt: skip
+    recipe = {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(checkpoints("llama", 0)), "parameters": {"weight": 1}},
+            {"model": str(checkpoints("gpt2", 0)), "parameters": {"weight": 1}},
+        ],
+    }
     with pytest.raises(NpdecodeError, match="--allow-crimes"):
         merge_models(recipe, tmp_path / "out")
 
@@ -127,16 +135,25 @@ def test_dry_run_writes_nothing(checkpoints, tmp_path, capsys):
 
 
 def test_recipe_schema_is_frozen_and_normalizes_parameters():
-    recipe = load_recipe({"merge_method": "slerp", "base_model": "x",
-                          "slices": [{"sources": [{"model": "x", "layer_range": [0, 4]}, {"model": "y", "layer_range": [0, 4]}]}],
-                          "parameters": {"t": [{"filter": "self_attn", "value": [0, 1]}, {"value": 0.5}]}})  # fmt: skip
+    recipe = load_recipe(
+        {
+            "merge_method": "slerp",
+            "base_model": "x",
+            "slices": [{"sources": [{"model": "x", "layer_range": [0, 4]}, {"model": "y", "layer_range": [0, 4]}]}],
+            "parameters": {"t": [{"filter": "self_attn", "value": [0, 1]}, {"value": 0.5}]},
+        }
+    )
     setting = recipe.parameters["t"]
     assert setting[0].filter == "self_attn" and setting[0].value == (0.0, 1.0) and setting[1].value == 0.5
     with pytest.raises(pydantic.ValidationError):
         recipe.merge_method = "linear"  # frozen
     with pytest.raises(NpdecodeError, match="same number of layers"):
-        load_recipe({"merge_method": "passthrough",
-                     "slices": [{"sources": [{"model": "x", "layer_range": [0, 4]}, {"model": "y", "layer_range": [0, 3]}]}]})  # fmt: skip
+        load_recipe(
+            {
+                "merge_method": "passthrough",
+                "slices": [{"sources": [{"model": "x", "layer_range": [0, 4]}, {"model": "y", "layer_range": [0, 3]}]}],
+            }
+        )
 
 
 def test_shape_mismatch_names_the_tensor():
@@ -147,7 +164,9 @@ def test_shape_mismatch_names_the_tensor():
     sds = {"x": {"w": torch.zeros(3, 4)}, "y": {"w": torch.zeros(3, 5)}}
     recipe = {"merge_method": "linear", "models": [{"model": "x", "parameters": {"weight": 1}},
                                                    {"model": "y", "parameters": {"weight": 1}}]}  # fmt: skip
-    with pytest.raises(NpdecodeError, match=r"tensor 'w' has different shapes across inputs \(x: \[3, 4\], y: \[3, 5\]\)"):
+    with pytest.raises(
+        NpdecodeError, match=r"tensor 'w' has different shapes across inputs \(x: \[3, 4\], y: \[3, 5\]\)"
+    ):
         merge_state_dicts(recipe, sds)
 
 

@@ -70,8 +70,11 @@ def test_gradient_over_many_layers_is_piecewise_linear(checkpoints, tmp_path):
 
     deep = save_checkpoint("llama", tmp_path / "deep", seed=3, layers=5)
     gradient = [0.0, 1.0, 0.0]
-    recipe = {"merge_method": "linear", "models": [{"model": str(deep), "parameters": {"weight": gradient}}],
-              "parameters": {"normalize": False}}  # a zero weight cannot be normalised
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": str(deep), "parameters": {"weight": gradient}}],
+        "parameters": {"normalize": False},
+    }  # a zero weight cannot be normalised
     plan = plan_merge(recipe)
     for layer in range(5):
         t = layer / 4
@@ -85,8 +88,10 @@ def test_in_memory_state_dicts_merge():
 
     g = torch.Generator().manual_seed(0)
     sd = {k: {"w": torch.randn(3, 4, generator=g), "b": torch.randn(4, generator=g)} for k in ("x", "y")}
-    recipe = {"merge_method": "linear", "models": [{"model": "x", "parameters": {"weight": 1.0}},
-                                                   {"model": "y", "parameters": {"weight": 3.0}}]}
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": "x", "parameters": {"weight": 1.0}}, {"model": "y", "parameters": {"weight": 3.0}}],
+    }
     out = merge_state_dicts(recipe, sd)
     for name in ("w", "b"):
         torch.testing.assert_close(out[name], (sd["x"][name] + 3 * sd["y"][name]) / 4)

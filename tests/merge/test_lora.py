@@ -37,12 +37,18 @@ def test_lora_adapter_is_merged_into_its_model(checkpoints, tmp_path):
     scale = 6.0 / 2
     p = "base_model.model."
     q = "model.layers.0.self_attn.q_proj.weight"
-    expected_q = orig[q].double() + scale * lora[p + q.replace(".weight", ".lora_B.weight")].double() @ lora[
-        p + q.replace(".weight", ".lora_A.weight")
-    ].double()
+    expected_q = (
+        orig[q].double()
+        + scale
+        * lora[p + q.replace(".weight", ".lora_B.weight")].double()
+        @ lora[p + q.replace(".weight", ".lora_A.weight")].double()
+    )
     torch.testing.assert_close(merged[q].double(), expected_q.float().double())
     emb = "model.embed_tokens.weight"
-    delta = (lora[p + "model.embed_tokens.lora_embedding_B"].double() @ lora[p + "model.embed_tokens.lora_embedding_A"].double()).T
+    delta = (
+        lora[p + "model.embed_tokens.lora_embedding_B"].double()
+        @ lora[p + "model.embed_tokens.lora_embedding_A"].double()
+    ).T
     torch.testing.assert_close(merged[emb].double(), (orig[emb].double() + scale * delta).float().double())
     assert torch.equal(merged["lm_head.weight"], lora[p + "lm_head.weight"])
     untouched = "model.layers.1.self_attn.q_proj.weight"

@@ -116,9 +116,7 @@ def test_karcher_is_the_fixed_point_on_the_sphere():
 def test_task_arithmetic(normalize, lam):
     base, xs = make_inputs(3)
     ws = [0.4, 0.9, -0.3]
-    got = run(
-        "task_arithmetic", xs, base, {"weight": ws}, {"normalize": normalize, "lambda": lam}, base_listed=True
-    )
+    got = run("task_arithmetic", xs, base, {"weight": ws}, {"normalize": normalize, "lambda": lam}, base_listed=True)
     close(got, ref.task_vectors_merge(base, [x - base for x in xs], ws, False, normalize, lam))
 
 
@@ -148,9 +146,7 @@ def test_ties_rescale_preserves_l1_of_each_task_vector():
 def test_breadcrumbs(name, consensus, density, gamma):
     base, xs = make_inputs(2, shape=(10, 10))
     ws = [0.7, 1.2]
-    got = run(
-        name, xs, base, {"weight": ws, "density": [density] * 2, "gamma": [gamma] * 2}, {"normalize": True}
-    )
+    got = run(name, xs, base, {"weight": ws, "density": [density] * 2, "gamma": [gamma] * 2}, {"normalize": True})
     tvs = [ref.breadcrumbs_prune(x - base, density, gamma) for x in xs]
     close(got, ref.task_vectors_merge(base, tvs, ws, consensus, True))
     if density < 1:  # exactly int(density * n) entries of each task vector survive
@@ -228,9 +224,7 @@ def test_dare_same_mask_in_float32_and_float64():
     for dtype in (torch.float32, torch.float64):
         b, t = torch.from_numpy(base).to(dtype), torch.from_numpy(x).to(dtype)
         params = dict(method.global_params)
-        out = method.func(
-            [t], b, {"weight": [1.0], "density": [0.4]}, params, torch.Generator().manual_seed(3)
-        )
+        out = method.func([t], b, {"weight": [1.0], "density": [0.4]}, params, torch.Generator().manual_seed(3))
         outs.append((out != b).numpy())
     assert np.array_equal(*outs)
 

@@ -36,7 +36,9 @@ def crafted(n, m, seed, dtype):
     ordinary values of many magnitudes."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.randint(-3, 4, (n, m), generator=g).to(dtype) / 4
-    fine = torch.randn(n, m, generator=g, dtype=torch.float64).to(dtype) * 10.0 ** torch.randint(-4, 2, (n, m), generator=g)
+    fine = torch.randn(n, m, generator=g, dtype=torch.float64).to(dtype) * 10.0 ** torch.randint(
+        -4, 2, (n, m), generator=g
+    )
     pick = torch.rand(n, m, generator=g) < 0.5
     ds = torch.where(pick, coarse, fine)
     if n >= 2:
@@ -54,7 +56,9 @@ def crafted(n, m, seed, dtype):
 def test_mixer_equals_mask_formulation_bit_for_bit(dtype, n, consensus, normalize, weights_kind, lam):
     m = 3000
     ds, base = crafted(n, m, seed=n + 10 * int(consensus), dtype=dtype)
-    weights = {"positive": [0.3, 1.0, 0.45], "mixed": [0.5, -0.8, 0.3], "cancelling": [0.5, -0.5, 1.0]}[weights_kind][:n]
+    weights = {"positive": [0.3, 1.0, 0.45], "mixed": [0.5, -0.8, 0.3], "cancelling": [0.5, -0.5, 1.0]}[weights_kind][
+        :n
+    ]
     ds = [d * w for d, w in zip(ds, weights)]
     want = mask_reference(ds, weights, base, consensus, normalize, lam)
     mixer = BlockMixer(
@@ -112,7 +116,9 @@ def test_multislerp_blocks_equal_the_float64_reference(block, with_base, monkeyp
     ws = [0.5, 1.0, 2.0]
     b = base if with_base else None
     np_got = run("multislerp", xs, b, model_params={"weight": ws})
-    torch.testing.assert_close(torch.from_numpy(np_got), torch.from_numpy(ref.multislerp(xs, ws, b)), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        torch.from_numpy(np_got), torch.from_numpy(ref.multislerp(xs, ws, b)), rtol=1e-10, atol=1e-10
+    )
 
 
 @pytest.mark.parametrize("block", [1, 7, 1 << 15])
@@ -222,7 +228,9 @@ def test_kth_smallest_equals_kthvalue(dtype):
     from npdecode.merge.methods._select import kth_smallest as _kth_smallest
 
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(5003, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-5, 3, (5003,), generator=g)).to(dtype)
+    x = (torch.randn(5003, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-5, 3, (5003,), generator=g)).to(
+        dtype
+    )
     x[::7], x[::11], x[::13] = x[3], -0.0, 0.0  # duplicates and both zeros
     for k in (1, 2, 777, 2502, 5002, 5003):
         assert _kth_smallest(x, k).item() == torch.kthvalue(x, k).values.item()

@@ -56,9 +56,7 @@ def test_output_shape_dtype_and_finite(name, dtype, shape):
     n, with_base, model_params, params = SETUPS[name]
     g = torch.Generator().manual_seed(0)
     base = torch.randn(shape, generator=g, dtype=torch.float64)
-    tensors = [
-        (base + 0.2 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype) for _ in range(n)
-    ]
+    tensors = [(base + 0.2 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype) for _ in range(n)]
     b = base.to(dtype) if with_base else None
     before = [t.clone() for t in tensors], (b.clone() if b is not None else None)
     out = call(name, tensors, b, model_params, params)
@@ -69,9 +67,7 @@ def test_output_shape_dtype_and_finite(name, dtype, shape):
     if b is not None:
         assert torch.equal(b, before[1])
     if dtype == torch.float32:  # float32 stays close to float64 (same random draws for DARE/DELLA)
-        ref = call(
-            name, [t.double() for t in tensors], base.double() if with_base else None, model_params, params
-        )
+        ref = call(name, [t.double() for t in tensors], base.double() if with_base else None, model_params, params)
         torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
@@ -221,9 +217,7 @@ def test_cuda_matches_cpu(name):
     tensors = [base + 0.2 * torch.randn(64, 48, generator=g) for _ in range(n)]
     cpu = call(name, tensors, base if with_base else None, model_params, params)
     method = get_method(name)
-    per_model = {k: [d] * n for k, d in method.tensor_params.items()} | {
-        k: [v] * n for k, v in model_params.items()
-    }
+    per_model = {k: [d] * n for k, d in method.tensor_params.items()} | {k: [v] * n for k, v in model_params.items()}
     cuda_gen = torch.Generator(device="cuda").manual_seed(0)
     gpu = method.func(
         [t.cuda() for t in tensors], base.cuda() if with_base else None, per_model,

@@ -25,9 +25,7 @@ def test_every_required_method_is_registered():
 
 def test_every_method_module_registered_itself():
     modules = {
-        f"{methods.__name__}.{m.name}"
-        for m in pkgutil.iter_modules(methods.__path__)
-        if not m.name.startswith("_")
+        f"{methods.__name__}.{m.name}" for m in pkgutil.iter_modules(methods.__path__) if not m.name.startswith("_")
     }
     registered_from = {m.module for m in all_methods().values()}
     assert modules <= registered_from, f"modules that registered nothing: {sorted(modules - registered_from)}"
@@ -89,9 +87,7 @@ def test_third_party_method_from_entry_point(monkeypatch):
     def merge_max(tensors, base, model_params, params, generator):
         return torch.stack(tensors).amax(dim=0) * params["gain"]
 
-    plugin = MergeMethod(
-        name="elementwise_max", func=merge_max, global_params={"gain": 1.0}, module="acme.merge"
-    )
+    plugin = MergeMethod(name="elementwise_max", func=merge_max, global_params={"gain": 1.0}, module="acme.merge")
     entry = SimpleNamespace(name="elementwise_max", load=lambda: plugin)
     seen_groups = []
 
@@ -132,6 +128,9 @@ def test_method_defaults_are_written_once_in_the_registry():
 
     from npdecode.merge import methods
 
-    offenders = [p.name for p in Path(methods.__path__[0]).glob("*.py")
-                 if re.search(r"\bparams\.get\(", p.read_text(encoding="utf-8"))]
+    offenders = [
+        p.name
+        for p in Path(methods.__path__[0]).glob("*.py")
+        if re.search(r"\bparams\.get\(", p.read_text(encoding="utf-8"))
+    ]
     assert not offenders, offenders

@@ -61,9 +61,9 @@ def test_magnitude_equals_argsort_reference(dtype, density, kind, monkeypatch):
         tv = (torch.randint(-9, 10, (40, 61), generator=g).double() / 8).to(dtype)
         tv.view(-1)[::97] = float("nan")
     else:  # mostly zeros: the cut can be zero itself
-        tv = (
-            torch.randn(40, 61, generator=g, dtype=torch.float64) * (torch.rand(40, 61, generator=g) < 0.05)
-        ).to(dtype)
+        tv = (torch.randn(40, 61, generator=g, dtype=torch.float64) * (torch.rand(40, 61, generator=g) < 0.05)).to(
+            dtype
+        )
     got, want = _sparsify.magnitude(tv, density), argsort_trim(tv, density)
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(got.nan_to_num(), want.nan_to_num())
@@ -142,9 +142,7 @@ def test_dare_engine_any_block_size(name, consensus, block, monkeypatch):
     monkeypatch.setattr(_mixing, "CPU_BLOCK", block)
     base, xs = make_inputs(3)
     ws, ds = [0.6, 1.0, 0.4], [0.5, 0.3, 0.8]
-    got = run(
-        name, xs, base, {"weight": ws, "density": ds}, {"normalize": True}, torch.Generator().manual_seed(7)
-    )
+    got = run(name, xs, base, {"weight": ws, "density": ds}, {"normalize": True}, torch.Generator().manual_seed(7))
     us = _dare_uniforms(7, 3, base.shape)
     tvs = [ref.dare_prune(x - base, d, u, True) for x, d, u in zip(xs, ds, us)]
     close(got, ref.task_vectors_merge(base, tvs, ws, consensus, True))

@@ -55,7 +55,9 @@ def test_modules_merge_encoder_and_stack_decoder(checkpoints, tmp_path):
     assert (cfg["num_layers"], cfg["num_decoder_layers"]) == (2, 3)
     merged, ta, tb = read_tensors(out), read_tensors(a), read_tensors(b)
     q = "layer.0.SelfAttention.q.weight"
-    torch.testing.assert_close(merged[f"encoder.block.1.{q}"], (ta[f"encoder.block.1.{q}"] + tb[f"encoder.block.1.{q}"]) / 2)
+    torch.testing.assert_close(
+        merged[f"encoder.block.1.{q}"], (ta[f"encoder.block.1.{q}"] + tb[f"encoder.block.1.{q}"]) / 2
+    )
     assert torch.equal(merged[f"decoder.block.2.{q}"], tb[f"decoder.block.1.{q}"])
     assert torch.equal(merged["lm_head.weight"], tb["lm_head.weight"])
     model = load_hf("t5v11", out)

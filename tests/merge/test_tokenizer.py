@@ -60,8 +60,10 @@ def test_union_tokenizer_aligns_every_vocab_tensor(family, two_vocabs, tmp_path)
 
     merged, ta, tb = read_tensors(out), read_tensors(a), read_tensors(b)
     ida, idb = {t: i for i, t in enumerate(va)}, {t: i for i, t in enumerate(vb)}
-    vocab_tensors = {"bart": {"model.shared.weight": 0, "final_logits_bias": 1},
-                     "t5v11": {"shared.weight": 0, "lm_head.weight": 0, "encoder.embed_tokens.weight": 0}}[family]  # fmt: skip
+    vocab_tensors = {
+        "bart": {"model.shared.weight": 0, "final_logits_bias": 1},
+        "t5v11": {"shared.weight": 0, "lm_head.weight": 0, "encoder.embed_tokens.weight": 0},
+    }[family]
     for name, axis in vocab_tensors.items():
         out_rows, ra, rb = _rows(merged[name], axis), _rows(ta[name], axis), _rows(tb[name], axis)
         assert out_rows.shape[0] == rows
@@ -73,7 +75,7 @@ def test_union_tokenizer_aligns_every_vocab_tensor(family, two_vocabs, tmp_path)
             else:
                 expected = rb[idb[token]]  # the only model that has it
             torch.testing.assert_close(out_rows[i], expected, msg=f"{name} row of {token!r}")
-        assert torch.count_nonzero(out_rows[len(vocab):]) == 0  # padding rows
+        assert torch.count_nonzero(out_rows[len(vocab) :]) == 0  # padding rows
     model = load_hf(family, out)
     assert torch.isfinite(logits_of(family, model, vocab=len(vocab))).all()
 
@@ -104,8 +106,10 @@ def test_vocab_mismatch_without_tokenizer_setting_is_an_error(two_vocabs, tmp_pa
     from npdecode.errors import NpdecodeError
 
     a, b, _, _ = two_vocabs["bart"]
-    recipe = {"merge_method": "linear",
-              "models": [{"model": str(a), "parameters": {"weight": 1}}, {"model": str(b), "parameters": {"weight": 1}}]}  # fmt: skip
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": str(a), "parameters": {"weight": 1}}, {"model": str(b), "parameters": {"weight": 1}}],
+    }
     with pytest.raises(NpdecodeError, match="vocabulary sizes differ"):
         merge_models(recipe, tmp_path / "out")
     assert not (tmp_path / "out").exists()

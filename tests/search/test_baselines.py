@@ -72,7 +72,9 @@ def _reference_embeddings(model_dir, texts):
 
 
 def test_dense_scores_equal_float64_reference(beir_dir, tmp_path, tiny_bert_dir):
-    retriever = build_dense(beir_dir, SearchOptions(model=str(tiny_bert_dir), device="cpu", cache_dir=tmp_path, batch_size=2, max_length=64))
+    retriever = build_dense(
+        beir_dir, SearchOptions(model=str(tiny_bert_dir), device="cpu", cache_dir=tmp_path, batch_size=2, max_length=64)
+    )
     texts = [f"{t} {x}".strip() for t, x in DOCS.values()]
     docs = _reference_embeddings(tiny_bert_dir, texts)
     query = _reference_embeddings(tiny_bert_dir, ["cats purr"])[0]
@@ -88,7 +90,9 @@ def test_dense_cache_reused_and_resumed(beir_dir, tmp_path, tiny_bert_dir, monke
     first = build_dense(beir_dir, options).search({"q": "dogs"}, 5)
     calls = []
     original = DenseEncoder.encode
-    monkeypatch.setattr(DenseEncoder, "encode", lambda self, texts, progress=False: calls.append(len(texts)) or original(self, texts))
+    monkeypatch.setattr(
+        DenseEncoder, "encode", lambda self, texts, progress=False: calls.append(len(texts)) or original(self, texts)
+    )
     assert build_dense(beir_dir, options).search({"q": "dogs"}, 5) == first
     assert calls == [1]  # only the query was encoded: the corpus came from the cache
     chunk = next((tmp_path / "dense").rglob("chunk-00000.npy"))

@@ -38,8 +38,11 @@ def test_entry_point_plugins_register_and_cannot_take_a_builtin_name(monkeypatch
     monkeypatch.setattr(registry, "_loaded", False)
     monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
     monkeypatch.setattr(registry, "_BUILTIN", set())
-    monkeypatch.setattr(registry, "entry_points", lambda group: [EP("plugin-test", factory)]
-                        if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(
+        registry,
+        "entry_points",
+        lambda group: [EP("plugin-test", factory)] if group == registry.ENTRY_POINT_GROUP else [],
+    )
     for mod in ("bm25", "dense", "generative"):  # re-register the built-ins as a fresh process would
         monkeypatch.delitem(__import__("sys").modules, f"npdecode.search.retrievers.{mod}")
     monkeypatch.setattr(registry, "_FACTORIES", {})

@@ -28,20 +28,32 @@ def toy_beir(folder: Path, n_docs: int = 20, *, train_queries: bool = True, seed
     return folder
 
 
-FAST_INDEX = {"shard_size": 8, "batch_tokens": 256, "batch_size": 8, "progress": False, "accelerator": "cpu",
-              "max_length": 64}
+FAST_INDEX = {
+    "shard_size": 8,
+    "batch_tokens": 256,
+    "batch_size": 8,
+    "progress": False,
+    "accelerator": "cpu",
+    "max_length": 64,
+}
 
 
 def fast_config(backbone: str | Path, dataset: str | Path, **sections):
     """A config that trains a tiny model for a few steps on CPU, no progress bar."""
-    data = {"backbone": str(backbone),
-            "data": {"dataset": str(dataset), "batch_size": 8, "max_input_length": 32,
-                     "pseudo_queries": {"per_document": 1}},
-            "model": {"variant": "np", "logit_scale": 1.0},
-            "optim": {"optimizer": "adamw", "lr": 3e-3, "schedule": "constant"},
-            "trainer": {"accelerator": "cpu", "max_steps": 4, "progress": False, "log_every_n_steps": 1},
-            "validation": {"queries": 4, "beam": 4},
-            "index": FAST_INDEX}
+    data = {
+        "backbone": str(backbone),
+        "data": {
+            "dataset": str(dataset),
+            "batch_size": 8,
+            "max_input_length": 32,
+            "pseudo_queries": {"per_document": 1},
+        },
+        "model": {"variant": "np", "logit_scale": 1.0},
+        "optim": {"optimizer": "adamw", "lr": 3e-3, "schedule": "constant"},
+        "trainer": {"accelerator": "cpu", "max_steps": 4, "progress": False, "log_every_n_steps": 1},
+        "validation": {"queries": 4, "beam": 4},
+        "index": FAST_INDEX,
+    }
     for key, value in sections.items():
         data.setdefault(key, {})
         if isinstance(value, dict):

@@ -59,12 +59,23 @@ def test_async_rebuild_equals_a_fresh_index_with_the_current_weights(t5_dir, toy
                 backbone = module.model.backbone
                 backbone.model.save_pretrained(tmp_path / "now")
                 backbone.tokenizer.save_pretrained(tmp_path / "now")
-                seen.update(ce=module.model.ce.detach().clone(), tokens=module.model.ce_token_ids.clone(),
-                            targets=module.targets(), ce_epoch=int(module.ce_epoch))
+                seen.update(
+                    ce=module.model.ce.detach().clone(),
+                    tokens=module.model.ce_token_ids.clone(),
+                    targets=module.targets(),
+                    ce_epoch=int(module.ce_epoch),
+                )
 
     _with_callback(monkeypatch, Probe())
-    config = fast_config(t5_dir, toy, model={"ce_encoder": "async"}, data={"batch_size": 64},
-                         optim={"lr": 1e-2}, trainer={"max_epochs": 2, "max_steps": -1}, validation={"queries": 0})
+    config = fast_config(
+        t5_dir,
+        toy,
+        model={"ce_encoder": "async"},
+        data={"batch_size": 64},
+        optim={"lr": 1e-2},
+        trainer={"max_epochs": 2, "max_steps": -1},
+        validation={"queries": 0},
+    )
     train_run(load(config), tmp_path / "run")
     fresh = load_index(build_index(toy / "corpus.jsonl", tmp_path / "now", tmp_path / "fresh", load(config).index))
     assert seen["ce_epoch"] == 1
@@ -80,8 +91,15 @@ def test_async_rebuild_equals_a_fresh_index_with_the_current_weights(t5_dir, toy
 def test_async_run_index_is_the_table_the_model_trained_with(t5_dir, toy, tmp_path, capsys):
     from npdecode.cli import main
 
-    config = fast_config(t5_dir, toy, model={"ce_encoder": "async"}, data={"batch_size": 64},
-                         optim={"lr": 1e-2}, trainer={"max_epochs": 3, "max_steps": -1}, validation={"queries": 0})
+    config = fast_config(
+        t5_dir,
+        toy,
+        model={"ce_encoder": "async"},
+        data={"batch_size": 64},
+        optim={"lr": 1e-2},
+        trainer={"max_epochs": 3, "max_steps": -1},
+        validation={"queries": 0},
+    )
     train_run(load(config), tmp_path / "run")
     index = load_index(tmp_path / "run" / "index")
     model = load_model(tmp_path / "run" / "checkpoint")
@@ -89,7 +107,9 @@ def test_async_run_index_is_the_table_the_model_trained_with(t5_dir, toy, tmp_pa
     assert torch.equal(torch.from_numpy(index.token_ids), model.ce_token_ids)
     base = load_index(build_index(toy / "corpus.jsonl", t5_dir, tmp_path / "base", load(config).index))
     assert not np.allclose(base.vectors, index.vectors, atol=1e-4)
-    assert json.loads((tmp_path / "run" / "index" / "manifest.json").read_text())["model"]["checkpoint"] == "../checkpoint"
+    assert (
+        json.loads((tmp_path / "run" / "index" / "manifest.json").read_text())["model"]["checkpoint"] == "../checkpoint"
+    )
     assert not any(p.name.startswith(".index") for p in (tmp_path / "run").iterdir())
     capsys.readouterr()
     main(["search", str(tmp_path / "run" / "index"), "alpha river", "-k", "3"])
@@ -99,9 +119,17 @@ def test_async_run_index_is_the_table_the_model_trained_with(t5_dir, toy, tmp_pa
 def test_async_resume_continues_with_the_rebuilt_table(t5_dir, toy, tmp_path, monkeypatch):
     """Killed after the rebuild of epoch 2, resumed: the same weights, table and index as a run
     that was never interrupted."""
-    config = load(fast_config(t5_dir, toy, model={"ce_encoder": "async"}, data={"batch_size": 64},
-                              optim={"lr": 1e-2}, trainer={"max_epochs": 4, "max_steps": -1},
-                              validation={"queries": 0}))
+    config = load(
+        fast_config(
+            t5_dir,
+            toy,
+            model={"ce_encoder": "async"},
+            data={"batch_size": 64},
+            optim={"lr": 1e-2},
+            trainer={"max_epochs": 4, "max_steps": -1},
+            validation={"queries": 0},
+        )
+    )
     train_run(config, tmp_path / "whole")
 
     class Crash(pl.Callback):
@@ -159,9 +187,13 @@ def test_contrastive_loss_matches_a_float64_computation_by_hand(negatives):
 
 
 def test_contrastive_stage_loss_falls_and_stage_two_starts_from_its_weights(t5_dir, toy, tmp_path):
-    config = fast_config(t5_dir, toy, model={"ce_encoder": "contrastive"},
-                         contrastive={"max_epochs": 20, "batch_size": 16, "lr": 1e-2, "warmup_steps": 0, "scale": 1.0},
-                         trainer={"max_epochs": 1, "max_steps": -1})
+    config = fast_config(
+        t5_dir,
+        toy,
+        model={"ce_encoder": "contrastive"},
+        contrastive={"max_epochs": 20, "batch_size": 16, "lr": 1e-2, "warmup_steps": 0, "scale": 1.0},
+        trainer={"max_epochs": 1, "max_steps": -1},
+    )
     train_run(load(config), tmp_path / "run")
     losses = _metric_column(tmp_path / "run" / "contrastive" / "logs" / "csv" / "metrics.csv", "contrastive/loss")
     assert len(losses) >= 40 and np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
@@ -175,9 +207,15 @@ def test_contrastive_stage_loss_falls_and_stage_two_starts_from_its_weights(t5_d
 
 
 def test_contrastive_resumes_in_stage_one(t5_dir, toy, tmp_path, monkeypatch):
-    config = load(fast_config(t5_dir, toy, model={"ce_encoder": "contrastive"},
-                              contrastive={"max_epochs": 3, "batch_size": 16},
-                              trainer={"max_epochs": 1, "max_steps": -1}))
+    config = load(
+        fast_config(
+            t5_dir,
+            toy,
+            model={"ce_encoder": "contrastive"},
+            contrastive={"max_epochs": 3, "batch_size": 16},
+            trainer={"max_epochs": 1, "max_steps": -1},
+        )
+    )
 
     class Crash(pl.Callback):
         def on_train_epoch_start(self, trainer, module):
@@ -218,8 +256,15 @@ def test_fast_dev_run_every_family(request, family, ce_encoder, toy, tmp_path):
 @pytest.mark.parametrize("family", ["bart", "bert2bert"])
 def test_async_rebuild_on_other_families(request, family, toy, tmp_path):
     backbone = request.getfixturevalue(f"{family}_dir")
-    config = fast_config(backbone, toy, model={"ce_encoder": "async"}, data={"batch_size": 64},
-                         optim={"lr": 1e-2}, trainer={"max_epochs": 2, "max_steps": -1}, validation={"queries": 0})
+    config = fast_config(
+        backbone,
+        toy,
+        model={"ce_encoder": "async"},
+        data={"batch_size": 64},
+        optim={"lr": 1e-2},
+        trainer={"max_epochs": 2, "max_steps": -1},
+        validation={"queries": 0},
+    )
     train_run(load(config), tmp_path / "run")
     assert len(_metric_column(tmp_path / "run" / "logs" / "csv" / "metrics.csv", "async/targets_changed")) == 1
     index, model = load_index(tmp_path / "run" / "index"), load_model(tmp_path / "run" / "checkpoint")
@@ -228,9 +273,16 @@ def test_async_rebuild_on_other_families(request, family, toy, tmp_path):
 
 @pytest.mark.parametrize("ce_encoder", ["async", "contrastive"])
 def test_two_process_ddp(t5_dir, toy, tmp_path, ce_encoder):
-    config = load(fast_config(t5_dir, toy, model={"ce_encoder": ce_encoder}, validation={"queries": 0},
-                              contrastive={"max_epochs": 1, "batch_size": 8},
-                              trainer={"devices": 2, "max_epochs": 2, "max_steps": -1}))
+    config = load(
+        fast_config(
+            t5_dir,
+            toy,
+            model={"ce_encoder": ce_encoder},
+            validation={"queries": 0},
+            contrastive={"max_epochs": 1, "batch_size": 8},
+            trainer={"devices": 2, "max_epochs": 2, "max_steps": -1},
+        )
+    )
     run = train_run(config, tmp_path / "run")
     assert run["training"]["steps"] == 8  # 2 epochs x 60 examples, 30 per process, batches of 8
     index, model = load_index(tmp_path / "run" / "index"), load_model(tmp_path / "run" / "checkpoint")

@@ -9,9 +9,26 @@ from npdecode.cli import main
 
 def test_demo_trains_indexes_and_compares_in_one_table(t5_dir, tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--device", "cpu", "--vanilla",
-            "--set", f"backbone={t5_dir}", "--set", "trainer.fast_dev_run=true", "--set", "trainer.progress=false",
-            "--set", "index.max_length=1024", "--set", "index.progress=false", "--set", "validation.queries=8"]
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--vanilla",
+        "--set",
+        f"backbone={t5_dir}",
+        "--set",
+        "trainer.fast_dev_run=true",
+        "--set",
+        "trainer.progress=false",
+        "--set",
+        "index.max_length=1024",
+        "--set",
+        "index.progress=false",
+        "--set",
+        "validation.queries=8",
+    ]
     main(args)
     report = json.loads((out / "metrics.json").read_text())
     assert list(report["retrievers"]) == ["bm25", "dense", "np", "vanilla"]

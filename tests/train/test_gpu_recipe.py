@@ -17,10 +17,24 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_gpu_recipe_script_runs_on_cpu_with_a_tiny_config(t5_dir, tmp_path):
     toy = toy_beir(tmp_path / "beir")
     config = write_config(tmp_path / "tiny.yml", fast_config(t5_dir, toy, trainer={"max_epochs": 2, "max_steps": -1}))
-    env = {**os.environ, "PY": sys.executable, "CONFIG": str(config), "DATASET": str(toy), "MINUTES": "0.5",
-           "RUN": str(tmp_path / "run"), "OUT": str(tmp_path / "out"), "SETS": "optim.lr=0.01 trainer.threads=1"}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_train.sh")], env=env, capture_output=True, check=False,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PY": sys.executable,
+        "CONFIG": str(config),
+        "DATASET": str(toy),
+        "MINUTES": "0.5",
+        "RUN": str(tmp_path / "run"),
+        "OUT": str(tmp_path / "out"),
+        "SETS": "optim.lr=0.01 trainer.threads=1",
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_train.sh")],
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "scifact_gr_gpu.json").read_text())
     assert set(result["retrievers"]) == {"bm25", "np"}

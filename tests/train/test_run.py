@@ -53,8 +53,16 @@ def test_run_dir_holds_checkpoint_index_logs_and_manifest(t5_dir, toy, tmp_path,
     out = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yml", fast_config(t5_dir, toy, trainer={"max_epochs": 2, "max_steps": -1}))
     main(["train", str(cfg), "--out", str(out), "--set", "optim.lr=0.002"])
-    for path in ("checkpoint/npdecode.json", "checkpoint/npdecode_ce.safetensors", "index/manifest.json",
-                 "lightning/last.ckpt", "lightning/best.ckpt", "logs/csv/metrics.csv", "config.yml", "manifest.json"):
+    for path in (
+        "checkpoint/npdecode.json",
+        "checkpoint/npdecode_ce.safetensors",
+        "index/manifest.json",
+        "lightning/last.ckpt",
+        "lightning/best.ckpt",
+        "logs/csv/metrics.csv",
+        "config.yml",
+        "manifest.json",
+    ):
         assert (out / path).is_file(), path
     assert any((out / "logs" / "tensorboard").glob("events.*"))
     run = json.loads((out / "manifest.json").read_text())
@@ -77,13 +85,34 @@ def test_overfit_toy_corpus_retrieves_every_training_query_through_eval(t5_dir, 
     """train -> index -> eval: a model trained long enough on 20 documents finds the right one for
     every training query."""
     out = tmp_path / "run"
-    config = fast_config(t5_dir, toy, model={"variant": variant, "logit_scale": 1.0}, data={"query_repeat": 4},
-                         optim={"lr": 1e-2, "grad_clip": 1.0}, trainer={"max_epochs": 60, "max_steps": -1},
-                         validation={"queries": 0})
+    config = fast_config(
+        t5_dir,
+        toy,
+        model={"variant": variant, "logit_scale": 1.0},
+        data={"query_repeat": 4},
+        optim={"lr": 1e-2, "grad_clip": 1.0},
+        trainer={"max_epochs": 60, "max_steps": -1},
+        validation={"queries": 0},
+    )
     train_run(load(config), out)
     retriever = "genre" if variant == "vanilla" else "np"
-    main(["eval", "--dataset", str(toy), "--split", "train", "--retriever", retriever, "--index", str(out / "index"),
-          "--json", str(tmp_path / "m.json"), "--k", "10"])
+    main(
+        [
+            "eval",
+            "--dataset",
+            str(toy),
+            "--split",
+            "train",
+            "--retriever",
+            retriever,
+            "--index",
+            str(out / "index"),
+            "--json",
+            str(tmp_path / "m.json"),
+            "--k",
+            "10",
+        ]
+    )
     metrics = json.loads((tmp_path / "m.json").read_text())["retrievers"][retriever]["metrics"]
     assert metrics["success_1"] == 1.0
 
@@ -93,13 +122,28 @@ def test_merge_then_train_then_eval_from_one_config(tmp_path, toy, capsys):
 
     a, b = build_t5(tmp_path / "a", seed=0), build_t5(tmp_path / "b", seed=1)
     recipe = tmp_path / "recipe.yml"
-    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
-                      f"  - model: {b}\n    parameters: {{weight: 0.5}}\ndtype: float32\n")
+    recipe.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {b}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
+    )
     out = tmp_path / "run"
     run = train_run(load(fast_config(recipe, toy)), out)
     assert (out / "backbone" / "config.json").is_file() and run["backbone"]["ref"] == str(out / "backbone")
-    main(["eval", "--dataset", str(toy), "--retriever", "bm25", "--retriever", "np", "--index", str(out / "index"),
-          "--json", str(tmp_path / "m.json")])
+    main(
+        [
+            "eval",
+            "--dataset",
+            str(toy),
+            "--retriever",
+            "bm25",
+            "--retriever",
+            "np",
+            "--index",
+            str(out / "index"),
+            "--json",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert set(json.loads((tmp_path / "m.json").read_text())["retrievers"]) == {"bm25", "np"}
 
 

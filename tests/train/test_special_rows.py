@@ -20,10 +20,13 @@ from tests.train.test_module import _batch
 @pytest.mark.parametrize(("family", "scale", "lr"), [("t5", 1.0, 1e-2), ("bart", 1.0, 1e-2), ("bert2bert", 0.3, 3e-3)])
 def test_start_and_eos_rows_differ_and_training_makes_eos_certain(request, family, scale, lr, tmp_path):
     backbone_dir = request.getfixturevalue(f"{family}_dir")
-    index = load_index(build_index(toy_corpus_file(tmp_path, 6, seed=3), backbone_dir, tmp_path / "idx",
-                                   fast_index_config()))
+    index = load_index(
+        build_index(toy_corpus_file(tmp_path, 6, seed=3), backbone_dir, tmp_path / "idx", fast_index_config())
+    )
     assert index.token_ids[index.bos_ce] != index.token_ids[index.eos_ce]
-    assert not torch.allclose(torch.from_numpy(index.vectors[index.bos_ce]), torch.from_numpy(index.vectors[index.eos_ce]))
+    assert not torch.allclose(
+        torch.from_numpy(index.vectors[index.bos_ce]), torch.from_numpy(index.vectors[index.eos_ce])
+    )
     config = load(fast_config(backbone_dir, tmp_path, model={"logit_scale": scale, "learn_scale": True}))
     module = GRModule(build_model(config, str(backbone_dir), index), config)
     model = module.model

@@ -57,7 +57,9 @@ def _load_plugins() -> None:
             register_dataset(ep.name, ep.load())
 
 
-def load_dataset(name: str, split: str = "test", data_dir: str | Path | None = None, cache: Path | None = None) -> Dataset:
+def load_dataset(
+    name: str, split: str = "test", data_dir: str | Path | None = None, cache: Path | None = None
+) -> Dataset:
     """Resolve ``name`` to a :class:`Dataset` (downloading into ``cache`` when needed)."""
     from npdecode.cache import cache_root
 

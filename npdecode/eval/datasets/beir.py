@@ -57,7 +57,10 @@ def _download(name: str, root: Path) -> Path:
     if (target / "corpus.jsonl").is_file() or target.is_dir() and name == "cqadupstack":
         return target
     if name in PRIVATE:
-        raise NpdecodeError(f"beir/{name} is not redistributed by BEIR; build it locally and {_layout_hint(name, 'test', '--data-dir DIR')}")
+        raise NpdecodeError(
+            f"beir/{name} is not redistributed by BEIR; build it locally and "
+            f"{_layout_hint(name, 'test', '--data-dir DIR')}"
+        )
     errors = []
     try:
         return fetch_zip(BEIR_URL.format(name=name), target)
@@ -82,7 +85,10 @@ def _from_hub(name: str, target: Path) -> Path:
     qrels = datasets.load_dataset(f"BeIR/{name}-qrels")
     with atomic_dir(target, overwrite=True) as tmp:
         with open(tmp / "corpus.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps({"_id": str(row["_id"]), "title": row.get("title") or "", "text": row["text"]}) + "\n" for row in corpus)
+            fh.writelines(
+                json.dumps({"_id": str(row["_id"]), "title": row.get("title") or "", "text": row["text"]}) + "\n"
+                for row in corpus
+            )
         with open(tmp / "queries.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps({"_id": str(row["_id"]), "text": row["text"]}) + "\n" for row in queries)
         (tmp / "qrels").mkdir()
@@ -111,7 +117,10 @@ def load_beir_folder(folder: Path, split: str, name: str | None = None) -> Datas
     unknown = sorted(q for q in qrels.judgments if q not in all_queries)
     notes = []
     if unknown:
-        notes.append(f"{qrels_path}: {len(unknown)} judged queries are not in queries.jsonl and were skipped (e.g. {unknown[0]!r})")
+        notes.append(
+            f"{qrels_path}: {len(unknown)} judged queries are not in queries.jsonl and were skipped "
+            f"(e.g. {unknown[0]!r})"
+        )
         for q in unknown:
             del qrels.judgments[q]
     if qrels.negatives:

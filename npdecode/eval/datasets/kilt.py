@@ -122,7 +122,10 @@ def _from_hub(folder: Path, split: str) -> None:
     except NpdecodeError:
         raise
     except Exception as err:  # noqa: BLE001 - datasets/hub raise many types when offline
-        raise NpdecodeError(f"nq: could not load KILT NQ from the Hugging Face hub ({type(err).__name__}). Offline? {_hint('DIR')} and pass --data-dir DIR") from None
+        raise NpdecodeError(
+            f"nq: could not load KILT NQ from the Hugging Face hub ({type(err).__name__}). "
+            f"Offline? {_hint('DIR')} and pass --data-dir DIR"
+        ) from None
 
 
 def _numbered(rows: Iterable[dict]) -> Iterator[tuple[int, dict]]:

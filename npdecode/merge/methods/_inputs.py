@@ -47,9 +47,7 @@ def check_shapes(method: str, tensors: Sequence[torch.Tensor], base: torch.Tenso
         )
     dtypes = {t.dtype for t in every}
     if len(dtypes) > 1:
-        raise NpdecodeError(
-            f"merge method {method!r}: input tensors have different dtypes {sorted(map(str, dtypes))}"
-        )
+        raise NpdecodeError(f"merge method {method!r}: input tensors have different dtypes {sorted(map(str, dtypes))}")
 
 
 def require_count(method: str, tensors: Sequence[torch.Tensor], count: int, what: str) -> None:
@@ -62,9 +60,7 @@ def scalars(method: str, model_params: Mapping[str, Sequence[Any]], name: str, c
     """The per-model values of parameter ``name`` as floats (one per input)."""
     values = model_params.get(name)
     if values is None or len(values) != count:
-        raise NpdecodeError(
-            f"merge method {method!r}: parameter {name!r} must be given for each of {count} models"
-        )
+        raise NpdecodeError(f"merge method {method!r}: parameter {name!r} must be given for each of {count} models")
     out = []
     for v in values:
         if v is None:

@@ -257,7 +257,9 @@ def apply_band(block: torch.Tensor, plan: BandPlan, start: int) -> torch.Tensor:
     bits = _magnitude_bits(block)
     block.mul_((bits >= plan.lo) & (bits <= plan.hi))
     if plan.surplus is not None:
-        lo, hi = torch.searchsorted(plan.surplus, torch.tensor([start, start + block.numel()], device=block.device)).tolist()
+        lo, hi = torch.searchsorted(
+            plan.surplus, torch.tensor([start, start + block.numel()], device=block.device)
+        ).tolist()
         if hi > lo:
             block[plan.surplus[lo:hi] - start] = 0
     return block

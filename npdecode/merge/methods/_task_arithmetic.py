@@ -87,8 +87,10 @@ def merge_task_vectors(
         densities = numeric["density"] if sparsification == "random" else None
         bands = None
         if sparsification == "magnitude_outliers":  # planned on throw-away task vectors, one at a time
-            bands = [_sparsify.outlier_plan(_task_vector(x, base), numeric["density"][i], numeric["gamma"][i], consume=True)
-                     for i, x in enumerate(others)]  # fmt: skip
+            bands = [
+                _sparsify.outlier_plan(_task_vector(x, base), numeric["density"][i], numeric["gamma"][i], consume=True)
+                for i, x in enumerate(others)
+            ]
         stream = _DeltaStream(others, base_flat, weights, densities, rescale, generator, size, bands)
         out = torch.empty(base.shape, dtype=base.dtype, device=base.device)
         out_flat = out.view(-1)
@@ -168,9 +170,7 @@ def _magnitude_plan(tv, i, numeric):
 
 
 def _outliers(tv, i, numeric, params, generator):
-    return _sparsify.magnitude_outliers(
-        tv, numeric["density"][i], numeric["gamma"][i], bool(params["rescale"])
-    )
+    return _sparsify.magnitude_outliers(tv, numeric["density"][i], numeric["gamma"][i], bool(params["rescale"]))
 
 
 def _della(tv, i, numeric, params, generator):
@@ -206,6 +206,7 @@ def task_arithmetic_method(
     ``weight`` (required), ``density`` (1.0), plus ``gamma`` (0.01, Breadcrumbs) or ``epsilon``
     (0.15, DELLA).
     """
+
     def func(tensors, base, model_params, params, generator):
         return merge_task_vectors(
             name,

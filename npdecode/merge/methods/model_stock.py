@@ -22,9 +22,7 @@ def merge_model_stock(tensors, base, model_params, params, generator) -> torch.T
     others, _ = split_base(tensors, base, model_params)
     check_shapes("model_stock", others, base)
     if len(others) < 2:
-        raise NpdecodeError(
-            f"model_stock needs at least two models besides the base_model, got {len(others)}"
-        )
+        raise NpdecodeError(f"model_stock needs at least two models besides the base_model, got {len(others)}")
     acc = accumulation_dtype(base)
     filter_wise = params["filter_wise"] and base.dim() > 0
     width = base.shape[-1] if filter_wise else max(base.numel(), 1)
@@ -58,7 +56,9 @@ def _interpolation_weight(xs, b, acc, size) -> torch.Tensor:
             for j in range(i, n):
                 dots[i, j] += (offsets[i] * offsets[j]).sum(-1).double()
     norms = [dots[i, i].sqrt() for i in range(n)]
-    cosines = [(dots[i, j] / (norms[i] * norms[j]).clamp_min(1e-6)).clamp(-1, 1) for i in range(n) for j in range(i + 1, n)]
+    cosines = [
+        (dots[i, j] / (norms[i] * norms[j]).clamp_min(1e-6)).clamp(-1, 1) for i in range(n) for j in range(i + 1, n)
+    ]
     cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)  # (r, 1)
     return n * cos / (1 + (n - 1) * cos)
 

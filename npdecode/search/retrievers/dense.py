@@ -70,7 +70,9 @@ class DenseEncoder:
         path = Path(self.path)
         parts = [self.path, str(self.max_length)]
         if path.is_dir():
-            parts += [f"{f.name}:{f.stat().st_size}" for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))]
+            parts += [
+                f"{f.name}:{f.stat().st_size}" for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+            ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
@@ -101,7 +103,9 @@ def _st_max_length(model: str) -> int | None:
     return None
 
 
-def exact_search(doc_emb: np.ndarray, query_emb: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    doc_emb: np.ndarray, query_emb: np.ndarray, k: int, backend: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner product: ``(scores, indices)``, each ``(Q, min(k, docs))``, through
     the index stage's flat store (faiss ``IndexFlatIP``, or pure torch: ``backend="torch"``)."""
     from npdecode.index.store import CEStore
@@ -151,8 +155,12 @@ def encode_corpus(encoder: DenseEncoder, corpus_path: Path, cache_dir: Path) -> 
 
 def build_dense(corpus_path: Path, options: SearchOptions) -> DenseRetriever:
     """Factory: options ``model``, ``device``, ``batch_size`` (default 64), ``max_length``, ``cache_dir``."""
-    encoder = DenseEncoder(resolve_model(options.model), device=resolve_device(options.device),
-                           max_length=options.max_length, batch_size=options.batch_size or 64)
+    encoder = DenseEncoder(
+        resolve_model(options.model),
+        device=resolve_device(options.device),
+        max_length=options.max_length,
+        batch_size=options.batch_size or 64,
+    )
     key = f"{encoder.digest()}-{corpus_digest(corpus_path)[:16]}"
     doc_ids, emb = encode_corpus(encoder, corpus_path, cache_root(options.cache_dir) / "dense" / key)
     return DenseRetriever(encoder, doc_ids, emb)

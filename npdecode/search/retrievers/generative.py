@@ -33,8 +33,15 @@ class GenerativeRetriever:
     ``device``, and ``gr_model`` (or ``model``) for another checkpoint) say how it decodes.
     """
 
-    def __init__(self, index_dir: str | Path, *, kind: str = "np", options: SearchOptions | None = None,
-                 model: str | Path | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        index_dir: str | Path,
+        *,
+        kind: str = "np",
+        options: SearchOptions | None = None,
+        model: str | Path | None = None,
+        **overrides: Any,
+    ) -> None:
         from npdecode.device import resolve_device
         from npdecode.trie import Trie
 
@@ -58,9 +65,19 @@ class GenerativeRetriever:
 
         qids = list(queries)
         o = self.options
-        hits = search(self.model, self.trie, [queries[q] for q in qids], k=k, beam=o.beam, batch_size=o.batch_size,
-                      length_penalty=o.length_penalty, normalizer=self.normalizer, widen=o.widen, group=self.group,
-                      dtype=o.dtype)
+        hits = search(
+            self.model,
+            self.trie,
+            [queries[q] for q in qids],
+            k=k,
+            beam=o.beam,
+            batch_size=o.batch_size,
+            length_penalty=o.length_penalty,
+            normalizer=self.normalizer,
+            widen=o.widen,
+            group=self.group,
+            dtype=o.dtype,
+        )
         run: Run = {}
         for qid, ranked in zip(qids, hits):
             docs: dict[str, float] = {}
@@ -128,8 +145,11 @@ def _same_rows(model, ce, token_ids) -> bool:
     import torch
 
     have = model.vocab_size
-    return have <= len(ce) and torch.equal(model.ce_token_ids.cpu(), token_ids[:have]) and torch.equal(
-        model.ce.detach().float().cpu(), ce[:have])
+    return (
+        have <= len(ce)
+        and torch.equal(model.ce_token_ids.cpu(), token_ids[:have])
+        and torch.equal(model.ce.detach().float().cpu(), ce[:have])
+    )
 
 
 def _with_index_rows(model, ce, token_ids):
