@@ -18,8 +18,11 @@ the exact dense step instead. CPU only (faiss-cpu); on a GPU the exact product i
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,12 +44,17 @@ class SparseLogits:
         return torch.einsum("...d,...d->...", h.float(), self.ce[ids].float())
 
 
+log = logging.getLogger(__name__)
+
+
 class IvfNormalizer:
     """FAISS IVF-Flat (inner product) over a CE table; :meth:`lse` approximates the normalizer.
 
     ``nlist`` inverted lists (default ``√V``, at most V/39 so that each centroid is trained on
     39+ rows; the k-means build grows with nlist², ~5 s at V = 160k on one core), ``nprobe``
-    lists scanned per decoder row, ``topk`` logits kept. k-means is seeded.
+    lists scanned per decoder row, ``topk`` logits kept. k-means is seeded. With ``cache_dir``
+    (an index dir) the trained structure is saved there on first use, named by a digest of the
+    table, ``nlist`` and the seed, and later searches load it instead of running k-means again.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class IvfNormalizer:
         topk: int = 512,
         seed: int = 0,
         threads: int | None = None,
+        cache_dir: str | Path | None = None,
     ):
         try:
             import faiss
@@ -69,22 +78,21 @@ class IvfNormalizer:
         if ce.is_cuda:
             raise NpdecodeError("the approximate normalizer runs on CPU; on a GPU decode with the exact one")
         rows = np.ascontiguousarray(ce.detach().float().cpu().numpy())
-        v, d = rows.shape
+        v = rows.shape[0]
         nlist = nlist or max(1, min(int(math.sqrt(v)), v // 39))
         if not 1 <= nlist <= v or nprobe < 1 or topk < 1:
             raise NpdecodeError(
                 f"nlist={nlist}, nprobe={nprobe}, topk={topk}: need 1 <= nlist <= {v} CE rows, nprobe >= 1, topk >= 1"
             )
         self.threads = threads
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        sample = rows
-        if v > 64 * nlist:  # enough for k-means (FAISS warns below 39 per centroid); the rest is added
-            sample = rows[np.random.default_rng(seed).choice(v, 64 * nlist, replace=False)]
-        with faiss_threads(threads):
-            index.train(sample)
-            index.add(rows)
+        saved = Path(cache_dir) / ivf_file_name(rows, nlist, seed) if cache_dir is not None else None
+        self.loaded = saved is not None and saved.is_file()
+        if self.loaded:  # built once for this table, nlist and seed; searches load it
+            index = faiss.deserialize_index(np.fromfile(saved, dtype=np.uint8))
+        else:
+            index = _train_ivf(faiss, rows, nlist, seed, threads)
+            if saved is not None:
+                _save_ivf(faiss, index, saved)
         index.nprobe = min(nprobe, nlist)
         self.index, self.ce = index, ce
         self.nlist, self.nprobe, self.topk = nlist, index.nprobe, min(topk, v)
@@ -100,6 +108,37 @@ class IvfNormalizer:
 
     def settings(self) -> dict[str, Any]:
         return {"kind": "ivf", "nlist": self.nlist, "nprobe": self.nprobe, "topk": self.topk}
+
+
+def ivf_file_name(rows: np.ndarray, nlist: int, seed: int) -> str:
+    """The saved IVF structure's file name: it belongs to exactly this CE table, nlist and seed."""
+    digest = hashlib.sha256(np.ascontiguousarray(rows, dtype=np.float32).tobytes()).hexdigest()[:16]
+    return f"ivf-{digest}-{nlist}-{seed}.faiss"
+
+
+def _train_ivf(faiss: Any, rows: np.ndarray, nlist: int, seed: int, threads: int | None) -> Any:
+    v, d = rows.shape
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    sample = rows
+    if v > 64 * nlist:  # enough for k-means (FAISS warns below 39 per centroid); the rest is added
+        sample = rows[np.random.default_rng(seed).choice(v, 64 * nlist, replace=False)]
+    with faiss_threads(threads):
+        index.train(sample)
+        index.add(rows)
+    return index
+
+
+def _save_ivf(faiss: Any, index: Any, path: Path) -> None:
+    """Save beside the index (atomically); a read-only index dir just rebuilds it next time."""
+    from npdecode.atomic import atomic_file
+
+    try:
+        with atomic_file(path, "wb") as fh:
+            fh.write(faiss.serialize_index(index).tobytes())
+    except OSError as err:
+        log.info("could not save the IVF normalizer to %s (%s); it is rebuilt at each search", path, err)
 
 
 @contextlib.contextmanager

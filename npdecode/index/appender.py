@@ -93,6 +93,8 @@ def append_to_index(
     from npdecode.index.generation import remove_generation
 
     remove_generation(index_dir, manifest["files"])
+    for stale in index_dir.glob("ivf-*.faiss"):  # IVF normalizers of the old table (rebuilt on first use)
+        stale.unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     return new_manifest
 

@@ -12,6 +12,7 @@ INDEX_DIR/
   trie-token-<gen>.npz          trie over the targets in token ids (+ EOS token)
   store-<gen>.faiss             FAISS store of the whole CE table (store-<gen>.pt without faiss)
   raw-store-<gen>.faiss         with raw_ce: a store over the raw CE vectors
+  ivf-<digest>-<nlist>-<seed>.faiss   IVF lists of --normalizer ivf, saved on first use
 ```
 
 ``<gen>`` is the generation, five digits (``00000`` for a build); the manifest's ``files``

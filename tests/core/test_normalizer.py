@@ -110,3 +110,21 @@ def test_thread_setting_is_restored_after_building_and_searching(t5_dir):
     assert faiss.omp_get_max_threads() == before
     norm.lse(torch.randn(3, model.ce.shape[1]))
     assert faiss.omp_get_max_threads() == before
+
+
+def test_ivf_structure_is_built_once_saved_in_the_index_dir_and_loaded(t5_dir, tmp_path, monkeypatch):
+    """The first search with --normalizer ivf trains the IVF lists and saves them in the index
+    dir; the next one loads them (no k-means) and decodes the same lists."""
+    from npdecode import normalizer
+    from npdecode.index.builder import build_index
+    from npdecode.search.retrievers.generative import GenerativeRetriever
+    from tests.index.helpers import fast_config, toy_corpus_file
+
+    index_dir = build_index(toy_corpus_file(tmp_path, 10, seed=3), t5_dir, tmp_path / "idx", fast_config(k=0))
+    queries = {"a": "alpha river", "b": "gold storm"}
+    first = GenerativeRetriever(index_dir, kind="np", normalizer="ivf:2:8:2", device="cpu")
+    assert not first.normalizer.loaded and len(list(index_dir.glob("ivf-*.faiss"))) == 1
+    want = first.search(queries, 5)
+    monkeypatch.setattr(normalizer, "_train_ivf", lambda *a: (_ for _ in ()).throw(AssertionError("retrained")))
+    second = GenerativeRetriever(index_dir, kind="np", normalizer="ivf:2:8:2", device="cpu")
+    assert second.normalizer.loaded and second.search(queries, 5) == want

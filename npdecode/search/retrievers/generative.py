@@ -56,7 +56,7 @@ class GenerativeRetriever:
         self.trie = Trie.load(self.index.trie_path("token" if self.group else mode))
         ref = opts.gr_model if opts.gr_model is not None else decoding_model_ref(self.index)
         self.model = open_model(self.index, ref, kind, resolve_device(opts.device))
-        self.normalizer = _build_normalizer(opts.normalizer, self.model, kind)
+        self.normalizer = _build_normalizer(opts.normalizer, self.model, kind, self.index.path)
 
     def search(self, queries: Mapping[str, str], k: int) -> Run:
         """Top ``k`` documents per query: identifier groups decoded best first, each group
@@ -173,8 +173,9 @@ def _with_index_rows(model, ce, token_ids):
     return extended
 
 
-def _build_normalizer(spec: str, model: Any, kind: str) -> Any:
-    """None for exact scores, else an :class:`~npdecode.normalizer.IvfNormalizer` over the CE table."""
+def _build_normalizer(spec: str, model: Any, kind: str, index_dir: Path) -> Any:
+    """None for exact scores, else an :class:`~npdecode.normalizer.IvfNormalizer` over the CE
+    table, its IVF structure saved in (and loaded from) the index dir."""
     from npdecode.normalizer import IvfNormalizer, parse_normalizer
 
     options = parse_normalizer(spec)
@@ -182,7 +183,7 @@ def _build_normalizer(spec: str, model: Any, kind: str) -> Any:
         return None
     if kind != "np":
         raise NpdecodeError(f"--normalizer {spec}: only the np retriever has a CE table to approximate over")
-    return IvfNormalizer(model.ce, **options)
+    return IvfNormalizer(model.ce, **options, cache_dir=index_dir)
 
 
 def _factory(kind: str):
