@@ -75,15 +75,15 @@ def appended_index(run_dir: Path, held_out: Path) -> tuple[Path, dict]:
         shutil.copytree(run_dir / "index", out)
         append_to_index(held_out, out, runtime={"progress": False})
     index = load_index(out)
-    seg = index.manifest["segments"][-1]
-    rows_before = sum(s["rows"] for s in index.manifest["segments"][:-1])
-    new = [g for g in index.groups[-seg["groups"] :]]
+    seg = index.manifest.segments[-1]
+    rows_before = sum(s.rows for s in index.manifest.segments[:-1])
+    new = index.groups[-seg.groups :]
     occ = [c for g in new for c in g.ce]
     stats = {
         "documents": sum(len(g.doc_ids) for g in new),
         "occurrences": len(occ),
         "to_existing_rows": sum(c < rows_before for c in occ),
-        "new_rows": seg["rows"],
+        "new_rows": seg.rows,
     }
     return out, stats
 
@@ -96,7 +96,7 @@ def rebuilt_index(run_dir: Path, full_corpus: Path) -> Path:
     out = run_dir / "index-rebuilt"
     if not (out / "manifest.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
-        config = load_index(run_dir / "index").manifest["config"]
+        config = load_index(run_dir / "index").manifest.config
         from npdecode.index.config import IndexConfig
 
         build_index(full_corpus, run_dir / "checkpoint", out, IndexConfig(**{**config, "progress": False}))

@@ -167,8 +167,8 @@ def main() -> None:
             "hf_max_new_tokens": max_len,
         },
         "index": {
-            "documents": index.manifest["counts"]["documents"],
-            "identifiers": index.manifest["counts"]["identifiers"],
+            "documents": index.manifest.counts.documents,
+            "identifiers": index.manifest.counts.identifiers,
             "ce_rows": len(index.vectors),
             "trie_sequences": int(trie.n_sequences),
             "longest_path_with_eos": max_len,

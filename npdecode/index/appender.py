@@ -11,7 +11,6 @@ index is refused unless ``replace``, which retires the old version.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,17 @@ import numpy as np
 from npdecode.errors import NpdecodeError
 from npdecode.index.config import APPEND_KEYS, IndexConfig
 from npdecode.index.layout import SPECIAL_ROWS, Index, load_index, write_segment
-from npdecode.index.manifest import model_digest, now, package_versions, write_manifest
+from npdecode.index.manifest import (
+    CorpusEntry,
+    Counts,
+    GenerationFiles,
+    IndexManifest,
+    SegmentEntry,
+    model_digest,
+    now,
+    package_versions,
+    write_manifest,
+)
 
 
 def append_to_index(
@@ -30,7 +39,7 @@ def append_to_index(
     replace: bool = False,
     runtime: dict | None = None,
     allow_mixed_precision: bool = False,
-) -> dict:
+) -> IndexManifest:
     """Add the documents of ``corpus`` to ``index_dir``; returns the new manifest.
 
     Each segment records the precision its CE was computed in (``32-true``, ``bf16-mixed``);
@@ -39,7 +48,7 @@ def append_to_index(
     from npdecode.backbone import load_backbone
     from npdecode.corpus import corpus_digest, load_corpus
     from npdecode.index.assembly import make_records, read_occurrences
-    from npdecode.index.builder import encode_shards, fit_to_backbone, tokenize_identifiers
+    from npdecode.index.builder import encode_shards, fit_to_backbone, prepare_work_dir, tokenize_identifiers
     from npdecode.index.identifiers import assign_identifiers
 
     index_dir = Path(index_dir)
@@ -48,8 +57,8 @@ def append_to_index(
     config = _append_config(manifest, runtime or {})
     docs = load_corpus(corpus)
     removed = _check_ids(index, docs, replace)
-    model_ref = manifest["model"]["ref"]
-    if manifest["model"]["digest"] is not None and model_digest(model_ref) != manifest["model"]["digest"]:
+    model_ref = manifest.model.ref
+    if manifest.model.digest is not None and model_digest(model_ref) != manifest.model.digest:
         raise NpdecodeError(f"{model_ref}: the model changed since {index_dir} was built; rebuild the index")
     precision = _check_precision(manifest, config, allow_mixed_precision, index_dir)
     backbone = load_backbone(model_ref)
@@ -58,18 +67,15 @@ def append_to_index(
     joins, fresh = _join_identical(index, docs)
     groups = assign_identifiers(fresh, config.max_identifier_words, taken={g.identifier for g in index.groups})
     ident_tokens = tokenize_identifiers(backbone, groups)
-    seg = len(manifest["segments"])
+    seg = len(manifest.segments)
     name = f"{seg:05d}"
     work = index_dir / f".append-{name}"
     plan = {"corpus_digest": corpus_digest(corpus), "segment": name, "groups": len(groups)}
-    if (work / "plan.json").is_file() and json.loads((work / "plan.json").read_text()) != plan:
-        shutil.rmtree(work)
-    (work / "shards").mkdir(parents=True, exist_ok=True)
-    (work / "plan.json").write_text(json.dumps(plan, sort_keys=True))
-    if groups and encode_shards(backbone, groups, work / "shards", config) != 0:
+    shard_dir = prepare_work_dir(work, plan)
+    if groups and encode_shards(backbone, groups, shard_dir, config) != 0:
         return manifest  # other ddp ranks only encode
     if groups:
-        occ = read_occurrences(work / "shards", ident_tokens, config.shard_size)
+        occ = read_occurrences(shard_dir, ident_tokens, config.shard_size)
     else:
         occ = {"vectors": np.zeros((0, index.vectors.shape[1]), np.float32), "tokens": np.zeros(0, np.int64)}
     rows, row_tokens, ce_ids = place_occurrences(index, occ["vectors"], occ["tokens"], config)
@@ -86,13 +92,13 @@ def append_to_index(
         "joins": {str(g): ids for g, ids in sorted(joins.items())},
     }
     new_manifest = _next_generation(index, entry, rows, row_tokens, records, raw)
-    new_manifest["corpus"].append(
-        {"path": str(Path(corpus).resolve()), "digest": plan["corpus_digest"], "segment": name}
+    new_manifest.corpus.append(
+        CorpusEntry(path=str(Path(corpus).resolve()), digest=plan["corpus_digest"], segment=name)
     )
     write_manifest(index_dir, new_manifest)
     from npdecode.index.generation import remove_generation
 
-    remove_generation(index_dir, manifest["files"])
+    remove_generation(index_dir, manifest.files.model_dump(exclude_none=True))
     for stale in index_dir.glob("ivf-*.faiss"):  # IVF normalizers of the old table (rebuilt on first use)
         stale.unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -159,7 +165,7 @@ def _check_precision(manifest: dict, config: IndexConfig, allow_mixed: bool, ind
     from npdecode.index.builder import resolve_precision
 
     precision = resolve_precision(config)
-    used = sorted({s["precision"] for s in manifest["segments"] if s.get("precision")})
+    used = sorted({s.precision for s in manifest.segments if s.precision})
     if used and precision not in used and not allow_mixed:
         flag = {"32-true": "32", "bf16-mixed": "bf16"}.get(used[0], used[0])
         raise NpdecodeError(
@@ -177,7 +183,7 @@ def _append_config(manifest: dict, runtime: dict) -> IndexConfig:
             f"--append keeps the index's settings; {', '.join(sorted(fixed))} cannot change "
             "(rebuild the index to change them)"
         )
-    data = dict(manifest["config"])
+    data = dict(manifest.config)
     data.update({k: v for k, v in runtime.items() if v is not None})
     return IndexConfig(**data)
 
@@ -213,14 +219,14 @@ def _join_identical(index: Index, docs: dict) -> tuple[dict[int, list[str]], dic
     return joins, fresh
 
 
-def _next_generation(index: Index, entry: dict, rows, row_tokens, records, raw) -> dict:
+def _next_generation(index: Index, entry: dict, rows, row_tokens, records, raw) -> IndexManifest:
     """Extend (or, after removals, rebuild) the tries; add the new rows to the stores."""
     from npdecode.index.generation import build_tries, save_generation, trie_counts
     from npdecode.index.store import load_store
     from npdecode.trie import Trie
 
-    manifest = json.loads(json.dumps(index.manifest))
-    manifest["segments"].append(entry)
+    manifest = index.manifest.model_copy(deep=True)
+    manifest.segments.append(SegmentEntry(**entry))
     updated = _apply_entry(index, entry, records, rows, row_tokens)
     first_new = len(index.groups)
     was_live = {i for i in range(len(index.groups)) if index.live_doc_ids(i)}
@@ -241,23 +247,24 @@ def _next_generation(index: Index, entry: dict, rows, row_tokens, records, raw) 
     store.add(rows)
     raw_store = None
     if raw is not None:
-        raw_store = load_store(index.path / index.manifest["files"]["raw_store"])
+        raw_store = load_store(index.path / index.manifest.files.raw_store)
         raw_store.add(raw["vectors"])
-    generation = manifest["generation"] + 1
-    manifest["files"] = save_generation(index.path, generation, tries, store, raw_store)
-    manifest["generation"], manifest["updated"], manifest["versions"] = generation, now(), package_versions()
-    counts = manifest["counts"]
-    counts["documents"] = len(updated.live_doc_set())
-    counts["identifiers"] = len(still_live) + len(records)
-    counts["occurrences"] += sum(len(r.tokens) for r in records)
-    counts["ce_rows"] = len(updated.vectors)
-    counts.update(trie_counts(tries))
+    generation = manifest.generation + 1
+    manifest.files = GenerationFiles(**save_generation(index.path, generation, tries, store, raw_store))
+    manifest.generation, manifest.updated, manifest.versions = generation, now(), package_versions()
+    manifest.counts = Counts(
+        documents=len(updated.live_doc_set()),
+        identifiers=len(still_live) + len(records),
+        occurrences=manifest.counts.occurrences + sum(len(r.tokens) for r in records),
+        ce_rows=len(updated.vectors),
+        **trie_counts(tries),
+    )
     return manifest
 
 
 def _apply_entry(index: Index, entry: dict, records, rows, row_tokens) -> Index:
     """The index as it reads once ``entry`` (the new segment) is in the manifest."""
-    seg = len(index.manifest["segments"])
+    seg = len(index.manifest.segments)
     members = [list(m) for m in index.members] + [[(d, seg) for d in r.doc_ids] for r in records]
     for group, doc_ids in entry["joins"].items():
         members[int(group)] += [(d, seg) for d in doc_ids]

@@ -55,7 +55,7 @@ def build_index(
         "groups": len(groups),
     }
     partial = out.parent / f".{out.name}.partial"
-    shard_dir = _prepare_partial(partial, plan)
+    shard_dir = prepare_work_dir(partial, plan)
     rank = encode_shards(backbone, groups, shard_dir, config)
     if rank != 0:
         return out  # other ddp ranks (multi-node runs) only encode
@@ -276,16 +276,21 @@ def resolve_precision(config: IndexConfig) -> str:
     return "32-true"
 
 
-def _prepare_partial(partial: Path, plan: dict) -> Path:
-    """Reuse ``partial`` if it was started for the same plan; otherwise start it over."""
-    plan_file = partial / "plan.json"
+def prepare_work_dir(work: Path, plan: dict) -> Path:
+    """The shard dir of a build's or an append's work dir: reused if ``work`` was started for
+    the same ``plan`` (a resume), otherwise started over. ``plan.json`` is written atomically
+    and only by rank 0 (other ranks of a multi-node run read it)."""
+    from npdecode.atomic import atomic_file
+
+    plan_file = work / "plan.json"
     if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
-        log.info("%s was started for another corpus, model or config: starting over", partial)
-        shutil.rmtree(partial)
+        log.info("%s was started for another corpus, model or config: starting over", work)
+        shutil.rmtree(work)
     if _is_rank_zero() or not plan_file.is_file():
-        (partial / "shards").mkdir(parents=True, exist_ok=True)
-        plan_file.write_text(json.dumps(plan, sort_keys=True))
-    return partial / "shards"
+        (work / "shards").mkdir(parents=True, exist_ok=True)
+        with atomic_file(plan_file) as fh:
+            fh.write(json.dumps(plan, sort_keys=True))
+    return work / "shards"
 
 
 def _is_rank_zero() -> bool:

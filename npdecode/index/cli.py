@@ -70,8 +70,8 @@ def index_command(
             corpus, append_to, replace=replace, runtime=settings, allow_mixed_precision=allow_mixed_precision
         )
         click.echo(
-            f"{append_to}: {manifest['counts']['documents']} documents, "
-            f"{manifest['counts']['ce_rows']} CE rows (segment {manifest['segments'][-1]['name']})"
+            f"{append_to}: {manifest.counts.documents} documents, "
+            f"{manifest.counts.ce_rows} CE rows (segment {manifest.segments[-1].name})"
         )
         return
     if replace or allow_mixed_precision:
@@ -84,7 +84,5 @@ def index_command(
 
     config = load_index_config(config_path, k=k, raw_ce=raw_ce, factory=factory, trie_mode=trie_mode, **runtime)
     build_index(corpus, model, out, config)
-    counts = read_manifest(out)["counts"]
-    click.echo(
-        f"{out}: {counts['documents']} documents, {counts['identifiers']} identifiers, {counts['ce_rows']} CE rows"
-    )
+    counts = read_manifest(out).counts
+    click.echo(f"{out}: {counts.documents} documents, {counts.identifiers} identifiers, {counts.ce_rows} CE rows")

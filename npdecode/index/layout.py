@@ -143,10 +143,10 @@ class Index:
         return seqs, which
 
     def trie_path(self, mode: str) -> Path:
-        return self.path / self.manifest["files"][f"trie_{mode}"]
+        return self.path / getattr(self.manifest.files, f"trie_{mode}")
 
     def store_path(self) -> Path:
-        return self.path / self.manifest["files"]["store"]
+        return self.path / self.manifest.files.store
 
 
 def load_index(path: str | Path) -> Index:
@@ -156,12 +156,12 @@ def load_index(path: str | Path) -> Index:
     path = Path(path)
     manifest = read_manifest(path)
     vectors, token_ids, groups, members, removed = [], [], [], [], {}
-    for s, seg in enumerate(manifest["segments"]):
-        seg_dir = path / "segments" / seg["name"]
+    for s, seg in enumerate(manifest.segments):
+        seg_dir = path / "segments" / seg.name
         ce = load_file(str(seg_dir / "ce.safetensors"))
         vectors.append(ce["vectors"])
         token_ids.append(ce["token_ids"])
-        for doc_id in seg.get("removed", []):
+        for doc_id in seg.removed:
             removed[doc_id] = s
         with open(seg_dir / "documents.jsonl", encoding="utf-8") as fh:
             for line in fh:
@@ -169,6 +169,6 @@ def load_index(path: str | Path) -> Index:
                     group = DocumentGroup(**json.loads(line))
                     groups.append(group)
                     members.append([(d, s) for d in group.doc_ids])
-        for group_index, doc_ids in seg.get("joins", {}).items():
+        for group_index, doc_ids in seg.joins.items():
             members[int(group_index)] += [(d, s) for d in doc_ids]
     return Index(path, manifest, np.concatenate(vectors), np.concatenate(token_ids), groups, members, removed)

@@ -15,7 +15,9 @@ import hashlib
 import json
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from npdecode.atomic import atomic_file
 from npdecode.errors import NpdecodeError
@@ -68,22 +70,91 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_manifest(index_dir: str | Path, manifest: dict[str, Any]) -> None:
-    """Write ``manifest.json`` atomically (temp file + rename)."""
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelRef(_Part):
+    ref: str  # the model the CE was extracted with (path or hub id)
+    digest: str | None = None  # sha256 of its files; None for a hub id
+    family: str
+    checkpoint: str | None = None  # a trained checkpoint to decode with, relative to the index dir
+
+
+class CorpusEntry(_Part):
+    path: str
+    digest: str
+    segment: str
+
+
+class SegmentEntry(_Part):
+    name: str
+    rows: int
+    groups: int
+    precision: str | None = None  # "32-true" / "bf16-mixed": what its CE was computed in
+    removed: list[str] = []  # doc ids this append retired (--replace)
+    joins: dict[str, list[str]] = {}  # group index -> documents identical to it
+
+
+class GenerationFiles(_Part):
+    trie_ce: str
+    trie_token: str
+    store: str
+    raw_store: str | None = None
+
+
+class Counts(_Part):
+    documents: int
+    identifiers: int
+    occurrences: int
+    ce_rows: int
+    trie_ce_nodes: int
+    trie_token_nodes: int
+
+
+class IndexManifest(_Part):
+    """``manifest.json`` of an index dir, typed and validated (docs/index-format.md)."""
+
+    format: Literal["npdecode-index/1"] = FORMAT
+    created: str
+    updated: str
+    config: dict[str, Any]
+    config_digest: str
+    model: ModelRef
+    corpus: list[CorpusEntry]
+    segments: list[SegmentEntry]
+    generation: int
+    files: GenerationFiles
+    counts: Counts
+    versions: dict[str, str | None] = {}
+
+
+def write_manifest(index_dir: str | Path, manifest: IndexManifest | dict[str, Any]) -> None:
+    """Write ``manifest.json`` atomically (temp file + rename), validated first."""
+    if not isinstance(manifest, IndexManifest):
+        manifest = IndexManifest(**manifest)
     with atomic_file(Path(index_dir) / MANIFEST) as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
+        json.dump(manifest.model_dump(mode="json", exclude_none=True), fh, indent=2, sort_keys=True)
         fh.write("\n")
 
 
-def read_manifest(index_dir: str | Path) -> dict[str, Any]:
-    """Read and check an index dir's manifest; NpdecodeError when it is not an index dir."""
+def read_manifest(index_dir: str | Path) -> IndexManifest:
+    """Read and validate an index dir's manifest; NpdecodeError when it is not an index dir."""
+    from pydantic import ValidationError
+
     path = Path(index_dir) / MANIFEST
     if not path.is_file():
         raise NpdecodeError(f"{index_dir}: not an index dir (no {MANIFEST}); build one with `npdecode index`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise NpdecodeError(f"{path}: malformed JSON ({err.msg}); rebuild the index") from None
-    if manifest.get("format") != FORMAT:
-        raise NpdecodeError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}; rebuild the index")
-    return manifest
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise NpdecodeError(f"{path}: format {found!r}, expected {FORMAT!r}; rebuild the index")
+    try:
+        return IndexManifest(**data)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise NpdecodeError(f"{path}: invalid manifest ({where}: {problem['msg']}); rebuild the index") from None

@@ -19,7 +19,7 @@ def run_index(corpus_path: Path, backbone_ref: str, index_dir: Path, config: Tra
         say(f"indexing {corpus_path} with {backbone_ref}")
         build_index(corpus_path, backbone_ref, index_dir, config.index)
     index = load_index(index_dir)
-    if corpus_digest(corpus_path) not in {c["digest"] for c in index.manifest["corpus"]}:
+    if corpus_digest(corpus_path) not in {c.digest for c in index.manifest.corpus}:
         raise NpdecodeError(f"{index_dir} was built from another corpus; remove it or start a new run dir")
     return index
 

@@ -209,7 +209,7 @@ def _save_run(
     model = module.model.cpu().eval()
     save_model(model, out / "checkpoint")
     manifest = read_manifest(out / "index")
-    manifest["model"]["checkpoint"] = os.path.relpath(out / "checkpoint", out / "index")
+    manifest.model.checkpoint = os.path.relpath(out / "checkpoint", out / "index")
     write_manifest(out / "index", manifest)
     final_val = module.validator.mean(model) if module.validator is not None else {}
     memo = memorisation(model, index, corpus, config)

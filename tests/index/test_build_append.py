@@ -64,8 +64,8 @@ def test_appended_without_clustering_equals_scratch_build(t5_dir, tmp_path):
     for mode in ("ce", "token"):
         assert _trie_docs(grown, mode) == _trie_docs(scratch, mode)
     for key in ("ce_rows", "documents", "identifiers", "occurrences", "trie_ce_nodes", "trie_token_nodes"):
-        assert grown.manifest["counts"][key] == scratch.manifest["counts"][key], key
-    assert len(grown.manifest["segments"]) == 2 and grown.manifest["generation"] == 1
+        assert getattr(grown.manifest.counts, key) == getattr(scratch.manifest.counts, key), key
+    assert len(grown.manifest.segments) == 2 and grown.manifest.generation == 1
     assert not list(tmp_path.glob("grown/*-00000*"))  # the superseded generation is gone
 
 
@@ -137,7 +137,7 @@ def test_existing_ids_refused_unless_replace(t5_dir, tmp_path):
     index = load_index(tmp_path / "idx")
     owners = [index.groups[i].identifier for i in range(len(index.groups)) if "d3" in index.live_doc_ids(i)]
     assert owners == ["Comet Harbor Renamed"]
-    assert index.manifest["counts"]["documents"] == len(FIRST)
+    assert index.manifest.counts.documents == len(FIRST)
     docs = _trie_docs(index, "token")
     assert frozenset({"d3"}) in docs and len(docs) == len(FIRST)  # the old path left the trie
     # an identical document joins the existing identifier
@@ -228,7 +228,7 @@ def test_a_changed_plan_starts_the_partial_work_over(t5_dir, tmp_path, monkeypat
     assert len(run(fast_config(shard_size=3, progress=True), crash_after=1)) == 1
     # another k is another index: the partial shards are discarded
     assert len(run(fast_config(shard_size=3, k=2))) == 4
-    assert load_index(tmp_path / "idx").manifest["config"]["k"] == 2
+    assert load_index(tmp_path / "idx").manifest.config["k"] == 2
 
 
 def test_an_identifier_without_tokens_is_a_clear_error():
@@ -270,15 +270,30 @@ def test_segments_record_precision_and_an_append_in_another_is_refused(t5_dir, t
     from npdecode.cli import main
 
     build_index(write_jsonl(FIRST, tmp_path / "a.jsonl"), t5_dir, tmp_path / "idx", fast_config())
-    assert [s["precision"] for s in load_index(tmp_path / "idx").manifest["segments"]] == ["32-true"]
+    assert [s.precision for s in load_index(tmp_path / "idx").manifest.segments] == ["32-true"]
     second = write_jsonl(SECOND, tmp_path / "b.jsonl")
     capsys.readouterr()
     with pytest.raises(SystemExit) as err:
         main(["index", str(second), "--append", str(tmp_path / "idx"), "--precision", "bf16"])
     message = capsys.readouterr().err.strip()
     assert err.value.code == 2 and "32-true" in message and "--allow-mixed-precision" in message and "\n" not in message
-    assert len(load_index(tmp_path / "idx").manifest["segments"]) == 1  # nothing written
+    assert len(load_index(tmp_path / "idx").manifest.segments) == 1  # nothing written
     main(["index", str(second), "--append", str(tmp_path / "idx"), "--precision", "bf16", "--allow-mixed-precision"])
     index = load_index(tmp_path / "idx")
-    assert [s["precision"] for s in index.manifest["segments"]] == ["32-true", "bf16-mixed"]
+    assert [s.precision for s in index.manifest.segments] == ["32-true", "bf16-mixed"]
     assert len(index.live_doc_set()) == len(FIRST) + len(SECOND)
+
+
+def test_manifest_is_typed_and_a_broken_one_is_a_one_line_error(t5_dir, tmp_path):
+    from npdecode.index.manifest import IndexManifest, read_manifest
+
+    build_index(write_jsonl(FIRST, tmp_path / "a.jsonl"), t5_dir, tmp_path / "idx", fast_config())
+    manifest = read_manifest(tmp_path / "idx")
+    assert isinstance(manifest, IndexManifest) and manifest.format == "npdecode-index/1"
+    assert manifest.counts.documents == len(FIRST) and manifest.segments[0].name == "00000"
+    data = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    del data["files"]["store"]
+    data["segmnts"] = data.pop("segments")
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(NpdecodeError, match=r"manifest.json: invalid manifest \(.*\); rebuild the index"):
+        load_index(tmp_path / "idx")

@@ -144,9 +144,7 @@ def test_logit_scale_round_trips_with_identical_logits(t5_dir, t5_index, tmp_pat
     # the corpus of its table and for another corpus (that index's own table, the same scale)
     from npdecode.search.retrievers.generative import GenerativeRetriever
 
-    same = build_index(
-        t5_index.manifest["corpus"][0]["path"], tmp_path / "ckpt", tmp_path / "same", fast_index_config()
-    )
+    same = build_index(t5_index.manifest.corpus[0].path, tmp_path / "ckpt", tmp_path / "same", fast_index_config())
     other = build_index(
         toy_corpus_file(tmp_path, 6, seed=9), tmp_path / "ckpt", tmp_path / "other", fast_index_config()
     )

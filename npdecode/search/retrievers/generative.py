@@ -49,7 +49,7 @@ class GenerativeRetriever:
             raise NpdecodeError(f"retriever kind {kind!r}: use 'np' or 'genre'")
         opts = SearchOptions.of(options, **overrides, **({"gr_model": str(model)} if model is not None else {}))
         self.name, self.index, self.options = kind, load_index(index_dir), opts
-        mode = "token" if kind == "genre" else (opts.trie_mode or self.index.manifest["config"]["trie_mode"])
+        mode = "token" if kind == "genre" else (opts.trie_mode or self.index.manifest.config["trie_mode"])
         if mode not in ("ce", "token", "group"):
             raise NpdecodeError(f"trie mode {mode!r}: use 'ce', 'token' or 'group'")
         self.group = mode == "group"  # the token trie; any CE row of an allowed token may be emitted
@@ -93,13 +93,13 @@ def decoding_model_ref(index: Index) -> str:
     """The model an index decodes with by default: the trained checkpoint its manifest names
     (``model.checkpoint``, relative to the index dir, written by ``npdecode train``), else the
     model that made its CE."""
-    checkpoint = index.manifest["model"].get("checkpoint")
+    checkpoint = index.manifest.model.checkpoint
     if checkpoint:
         path = (index.path / checkpoint).resolve()
         if not path.is_dir():
             raise NpdecodeError(f"{index.path}: its trained checkpoint {path} is missing; pass --model/--gr-model")
         return str(path)
-    return index.manifest["model"]["ref"]
+    return index.manifest.model.ref
 
 
 def open_model(index: Index, ref: str, kind: str, device: str):
@@ -137,7 +137,7 @@ def open_model(index: Index, ref: str, kind: str, device: str):
 
 def _built_from(index: Index, ref: str) -> bool:
     """Whether the index's CE was extracted with the model at ``ref`` (its manifest names it)."""
-    built = index.manifest["model"].get("ref")
+    built = index.manifest.model.ref
     return built is not None and Path(built).exists() and Path(built).resolve() == Path(ref).resolve()
 
 
@@ -214,5 +214,5 @@ def _warn_if_other_corpus(index: Index, corpus_path: Path | None) -> None:
         digest = corpus_digest(corpus_path)
     except NpdecodeError:
         return
-    if digest not in {c["digest"] for c in index.manifest["corpus"]}:
+    if digest not in {c.digest for c in index.manifest.corpus}:
         log.warning("%s was not built from %s; document ids may not match the qrels", index.path, corpus_path)
