@@ -177,12 +177,12 @@ def _select_live(
 def _step(model: Any, prev: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """One decoder step: fp32 logits (N, V_out), the exact normalizer ``logsumexp`` (N,), the state.
 
-    Np models fuse the normalizer into the CE product (``_step_normalized``); any other model
-    (vanilla, test doubles) goes through its public ``step``.
+    Np models fuse the normalizer into the CE product (``_step_normalized``) unless their
+    ``fused_normalizer`` is False; any other model (vanilla, test doubles) goes through its
+    public ``step``.
     """
-    fused = getattr(model, "_step_normalized", None)
-    if fused is not None and "step" not in vars(model):  # an instance-patched step (benchmark counter) wins
-        return fused(prev, state)
+    if getattr(model, "fused_normalizer", False):
+        return model._step_normalized(prev, state)
     logits, state = model.step(prev, state)
     logits = logits.float()  # scores in fp32 even for bf16 models (no-op for fp32)
     return logits, torch.logsumexp(logits, dim=-1), state

@@ -241,6 +241,9 @@ class NpModel(_Seq2Seq):
         self.start_id, self.eos_id = int(start_ce_id), int(eos_ce_id)
         self.output_scale = backbone.output_scale
 
+    # the decoder fuses the normalizer into the CE product (False: plain ``step`` + logsumexp)
+    fused_normalizer: bool = True
+
     @property
     def vocab_size(self) -> int:
         return self.ce.shape[0]

@@ -40,8 +40,9 @@ def test_search_with_fused_path_equals_public_step(t5_dir):
     calls = []
     public = model.step
     model.step = lambda prev, state: (calls.append(1), public(prev, state))[1]
+    model.fused_normalizer = False  # the explicit switch to the plain path
     plain = search(model, trie, queries, k=5, beam=5)
-    del model.step
+    del model.step, model.fused_normalizer
     assert calls  # the wrapped public step really ran
     for a, b in zip(fused, plain):
         assert [v for v, _ in a] == [v for v, _ in b]
