@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.merge.builders import save_checkpoint
+from tests.tiny_models import save_checkpoint
 
 
 @pytest.fixture(scope="session")

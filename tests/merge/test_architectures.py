@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from npdecode.merge.api import merge_models
-from tests.merge.builders import FAMILIES
 from tests.merge.helpers import header_specs, linear_recipe, load_hf, logits_of, read_tensors
+from tests.tiny_models import MERGE_FAMILIES as FAMILIES
 
 
 @pytest.mark.parametrize("family", FAMILIES)

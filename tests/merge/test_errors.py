@@ -52,7 +52,7 @@ def test_bad_recipe_is_one_line_error_before_output(mutate, message, checkpoints
 
 
 def test_mismatched_shapes_rejected(checkpoints, tmp_path, capsys):
-    from tests.merge.builders import save_checkpoint
+    from tests.tiny_models import save_checkpoint
 
     small = str(checkpoints("llama", 0))
     other = save_checkpoint("llama", tmp_path / "bigvocab", 1, vocab=[f"t{i}" for i in range(50)])

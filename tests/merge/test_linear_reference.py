@@ -66,7 +66,7 @@ def test_filters_and_gradients_match_hand_values(checkpoints):
 
 
 def test_gradient_over_many_layers_is_piecewise_linear(checkpoints, tmp_path):
-    from tests.merge.builders import save_checkpoint
+    from tests.tiny_models import save_checkpoint
 
     deep = save_checkpoint("llama", tmp_path / "deep", seed=3, layers=5)
     gradient = [0.0, 1.0, 0.0]

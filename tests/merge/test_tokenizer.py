@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from npdecode.merge.api import merge_models
-from tests.merge.builders import save_checkpoint
 from tests.merge.helpers import load_hf, logits_of, read_tensors
+from tests.tiny_models import save_checkpoint
 
 SHARED = [f"s{i}" for i in range(20)]
 
