@@ -9,6 +9,7 @@ nothing for T5), and whether decoder outputs are scaled by ``d_model**-0.5`` (ti
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,19 +18,57 @@ from npdecode.errors import NpdecodeError
 
 
 @dataclass(frozen=True)
-class _Family:
-    """What differs between backbone families (one entry per HF ``model_type``)."""
+class Family:
+    """What differs between backbone families; registered per HF ``model_type``
+    (:func:`register_family`). Every family quirk of the package is a field here."""
 
     name: str
     decoder_path: tuple[str, ...]  # attribute path from the model to the decoder stack
+    # where the decoder's and encoder's settings live in the model config (bert2bert: sub-configs)
+    decoder_config: Callable[[Any], Any] = lambda cfg: cfg
+    encoder_config: Callable[[Any], Any] = lambda cfg: cfg
+    # tokenizer attributes that give the decoder start and EOS tokens when the config has none
+    start_fallback: str = "pad_token_id"
+    eos_fallback: str = "eos_token_id"
+    # T5 checkpoints with tied embeddings scale decoder outputs by d_model**-0.5
+    scales_tied_outputs: bool = False
+    # the vocabulary head: the module whose ``weight`` is (V, d) and that maps states to logits
+    head: Callable[[Any], Any] = lambda model: model.get_output_embeddings()
+    # (module holding the decoder layers, its attribute, config key of their count)
+    decoder_layers: Callable[[Any], tuple[Any, str, str]] = lambda bb: (bb.decoder, "block", "num_decoder_layers")
 
 
-_FAMILIES = {
-    "t5": _Family("t5", ("decoder",)),
-    "mt5": _Family("t5", ("decoder",)),
-    "bart": _Family("bart", ("model", "decoder")),
-    "encoder-decoder": _Family("bert2bert", ("decoder", "base_model")),
-}
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(model_type: str, family: Family) -> None:
+    """Support HF configs of ``model_type`` with ``family``'s adapter; a taken type is refused."""
+    if model_type in _FAMILIES:
+        raise ValueError(f"model type {model_type!r} already has a backbone family")
+    _FAMILIES[model_type] = family
+
+
+_T5 = Family("t5", ("decoder",), scales_tied_outputs=True)
+register_family("t5", _T5)
+register_family("mt5", _T5)
+register_family(
+    "bart",
+    Family("bart", ("model", "decoder"), decoder_layers=lambda bb: (bb.decoder, "layers", "decoder_layers")),
+)
+register_family(
+    "encoder-decoder",  # bert2bert: BERT decoders start at [CLS] and stop at [SEP]; BERT's LM head
+    # has a transform (dense + gelu + LayerNorm) and a bias; the decoder layers sit in bert.encoder
+    Family(
+        "bert2bert",
+        ("decoder", "base_model"),
+        decoder_config=lambda cfg: cfg.decoder,
+        encoder_config=lambda cfg: cfg.encoder,
+        start_fallback="cls_token_id",
+        eos_fallback="sep_token_id",
+        head=lambda model: model.decoder.cls,
+        decoder_layers=lambda bb: (bb.model.decoder.bert.encoder, "layer", "num_hidden_layers"),
+    ),
+)
 
 
 class Backbone:
@@ -40,23 +79,22 @@ class Backbone:
     ``output_scale`` (``d_model**-0.5`` for T5 checkpoints that scale tied outputs, else 1.0).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, family: str, decoder_path: tuple[str, ...]):
+    def __init__(self, model: Any, tokenizer: Any, spec: Family):
         self.model = model
         self.tokenizer = tokenizer
-        self.family = family
-        self._decoder_path = decoder_path
+        self.spec = spec
+        self.family = spec.name
         cfg = model.config
-        dec_cfg = cfg.decoder if family == "bert2bert" else cfg
+        dec_cfg = spec.decoder_config(cfg)
         self.d_model = int(getattr(dec_cfg, "d_model", None) or dec_cfg.hidden_size)
         self.pad_token_id = _first_int(getattr(cfg, "pad_token_id", None), tokenizer.pad_token_id)
-        if family == "bert2bert":  # BERT decoders start at [CLS] and stop at [SEP]
-            start = _first_int(getattr(cfg, "decoder_start_token_id", None), tokenizer.cls_token_id)
-            eos = _first_int(getattr(cfg, "eos_token_id", None), tokenizer.sep_token_id)
-        else:
-            start = _first_int(getattr(cfg, "decoder_start_token_id", None), self.pad_token_id)
-            eos = _first_int(getattr(cfg, "eos_token_id", None), tokenizer.eos_token_id)
+        fallback_start = self.pad_token_id if spec.start_fallback == "pad_token_id" else None
+        start = _first_int(
+            getattr(cfg, "decoder_start_token_id", None), fallback_start, getattr(tokenizer, spec.start_fallback)
+        )
+        eos = _first_int(getattr(cfg, "eos_token_id", None), getattr(tokenizer, spec.eos_fallback))
         self.decoder_start_token_id, self.eos_token_id = start, eos
-        scaled = family == "t5" and bool(getattr(cfg, "scale_decoder_outputs", cfg.tie_word_embeddings))
+        scaled = spec.scales_tied_outputs and bool(getattr(cfg, "scale_decoder_outputs", cfg.tie_word_embeddings))
         self.output_scale = self.d_model**-0.5 if scaled else 1.0
         self._front, self._back = _special_frame(tokenizer)
 
@@ -64,7 +102,7 @@ class Backbone:
     def decoder(self) -> Any:
         """The decoder stack: takes ``inputs_embeds``, ``encoder_hidden_states``, ``cache``."""
         module = self.model
-        for name in self._decoder_path:
+        for name in self.spec.decoder_path:
             module = getattr(module, name)
         return module
 
@@ -86,15 +124,15 @@ class Backbone:
 
     def output_weight(self) -> Any:
         """The vocabulary projection ``(V, d)`` applied to decoder states (vanilla logits)."""
-        if self.family == "bert2bert":
-            return self.model.decoder.get_output_embeddings().weight
-        return self.model.get_output_embeddings().weight
+        head = self.spec.head(self.model)
+        return head.predictions.decoder.weight if hasattr(head, "predictions") else head.weight
 
     def vanilla_logits(self, hidden: Any) -> Any:
         """Normal-vocabulary logits ``(..., V)`` from decoder states ``(..., d)``, as HF computes them."""
-        if self.family == "bert2bert":  # BERT's LM head has a transform (dense+gelu+LN) and a bias
-            return self.model.decoder.cls(hidden)
-        logits = self.model.get_output_embeddings()(hidden * self.output_scale)
+        head = self.spec.head(self.model)
+        if hasattr(head, "predictions"):  # BERT's LM head: transform (dense+gelu+LN), projection, bias
+            return head(hidden)
+        logits = head(hidden * self.output_scale)
         bias = getattr(self.model, "final_logits_bias", None)
         return logits + bias if bias is not None else logits
 
@@ -158,8 +196,7 @@ class Backbone:
     @property
     def max_input_length(self) -> int | None:
         """Longest encoder input the model can take (learned positions), None when unbounded (T5)."""
-        cfg = self.model.config.encoder if self.family == "bert2bert" else self.model.config
-        return getattr(cfg, "max_position_embeddings", None)
+        return getattr(self.spec.encoder_config(self.model.config), "max_position_embeddings", None)
 
     def fit_length(self, max_length: int) -> int:
         """``max_length`` cut to the positions the encoder has (unchanged for T5)."""
@@ -169,21 +206,15 @@ class Backbone:
     def keep_decoder_layers(self, n: int) -> None:
         """Keep only the first ``n`` decoder layers (a shallower, cheaper decoder); the config says
         so, so a saved checkpoint loads with ``n`` layers."""
-        cfg = self.model.config
-        if self.family == "t5":
-            owner, attr, cfgs, key = self.decoder, "block", [cfg], "num_decoder_layers"
-        elif self.family == "bart":
-            owner, attr, cfgs, key = self.decoder, "layers", [cfg], "decoder_layers"
-        else:  # bert2bert: the decoder is a BertLMHeadModel; its layers sit in bert.encoder
-            owner, attr, cfgs, key = self.model.decoder.bert.encoder, "layer", [cfg.decoder], "num_hidden_layers"
+        owner, attr, key = self.spec.decoder_layers(self)
         layers = getattr(owner, attr)
         if not 1 <= n <= len(layers):
             raise NpdecodeError(f"decoder_layers={n}: the decoder has {len(layers)} layers; pick 1..{len(layers)}")
         setattr(owner, attr, type(layers)(list(layers)[:n]))
-        for c in cfgs:
-            setattr(c, key, n)
-        if self.family == "bert2bert":  # the decoder module keeps its own reference to its config
-            self.model.decoder.config.num_hidden_layers = n
+        setattr(self.spec.decoder_config(self.model.config), key, n)
+        own = getattr(getattr(self.model, "decoder", None), "config", None)  # a decoder module's own copy
+        if own is not None and hasattr(own, key):
+            setattr(own, key, n)
 
 
 def _first_int(*values: Any) -> int:
@@ -203,7 +234,7 @@ def _special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def family_of(config: Any) -> _Family:
+def family_of(config: Any) -> Family:
     """The adapter family of an HF config; unknown model types are a clear error."""
     fam = _FAMILIES.get(getattr(config, "model_type", ""))
     if fam is None:
@@ -246,7 +277,7 @@ def load_backbone(name_or_path: str | Path, *, trust_remote_code: bool = False, 
         _fill_bert2bert_ids(model, tokenizer)
     if device is not None:
         model.to(device)
-    return Backbone(model, tokenizer, fam.name, fam.decoder_path)
+    return Backbone(model, tokenizer, fam)
 
 
 def _fill_bert2bert_ids(model: Any, tokenizer: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,3 +141,13 @@ def test_keep_decoder_layers_survives_a_save(request, family, tmp_path):
     assert len(decoder) == 1
     with pytest.raises(NpdecodeError, match="decoder_layers=3"):
         again.keep_decoder_layers(3)
+
+
+def test_family_registry_holds_every_quirk_and_refuses_taken_types():
+    import npdecode.backbone as backbone
+
+    assert {"t5", "mt5", "bart", "encoder-decoder"} <= set(backbone._FAMILIES)
+    with pytest.raises(ValueError, match="already has a backbone family"):
+        backbone.register_family("bart", backbone._FAMILIES["bart"])
+    source = Path(backbone.__file__).read_text()
+    assert "family ==" not in source  # quirks are fields of a Family, not branches
