@@ -144,7 +144,7 @@ def test_keep_decoder_layers_survives_a_save(request, family, tmp_path):
 
 
 def test_family_registry_holds_every_quirk_and_refuses_taken_types():
-    import npdecode.backbone as backbone
+    from npdecode import backbone
 
     assert {"t5", "mt5", "bart", "encoder-decoder"} <= set(backbone._FAMILIES)
     with pytest.raises(ValueError, match="already has a backbone family"):
