@@ -1,4 +1,5 @@
-"""Resolve ``--device auto|cpu|cuda[:n]`` once, at the edge; library code follows its tensors."""
+"""Where work runs: ``--device auto|cpu|cuda[:n]`` resolved once, at the edge (library code follows
+its tensors), and which process of a multi-process launch this is."""
 
 from __future__ import annotations
 
@@ -22,3 +23,16 @@ def resolve_device(spec: str | None = "auto") -> str:
             raise NpdecodeError(f"--device {spec}: no such GPU ({torch.cuda.device_count()} visible)")
         return spec
     raise NpdecodeError(f"--device {spec!r}: use auto, cpu or cuda[:n]")
+
+
+def launcher_rank() -> int:
+    """This process's global rank as the launcher says it (torchrun, SLURM, Lightning's ddp),
+    before any Trainer exists: the one place that reads it (a running Trainer's ``global_rank``
+    comes from the same variables). Without a launcher: 0."""
+    import os
+
+    for var in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        value = int(os.environ.get(var, "0") or 0)
+        if value != 0:
+            return value
+    return 0

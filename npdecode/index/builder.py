@@ -15,6 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
+from npdecode.device import launcher_rank
 from npdecode.errors import NpdecodeError
 from npdecode.index.config import PLACEMENT_KEYS, IndexConfig
 from npdecode.index.identifiers import IdentifierGroup, assign_identifiers
@@ -228,7 +229,7 @@ def encode_shards(backbone, groups: list[IdentifierGroup], shard_dir: Path, conf
     if len(todo) < n_shards:
         log.info("resuming: %d of %d shards already encoded", n_shards - len(todo), n_shards)
     if not todo:
-        return 0 if _is_rank_zero() else 1
+        return 0 if launcher_rank() == 0 else 1
     docs = [(g.identifier, g.text) for g in groups]
     data = ShardData(
         docs,
@@ -286,17 +287,8 @@ def prepare_work_dir(work: Path, plan: dict) -> Path:
     if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
         log.info("%s was started for another corpus, model or config: starting over", work)
         shutil.rmtree(work)
-    if _is_rank_zero() or not plan_file.is_file():
+    if launcher_rank() == 0 or not plan_file.is_file():
         (work / "shards").mkdir(parents=True, exist_ok=True)
         with atomic_file(plan_file) as fh:
             fh.write(json.dumps(plan, sort_keys=True))
     return work / "shards"
-
-
-def _is_rank_zero() -> bool:
-    """Global rank 0 as the launcher tells it (torchrun, SLURM, Lightning's ddp): the process
-    that writes the index. Without any launcher this process is rank 0."""
-    for var in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
-        if int(os.environ.get(var, "0") or 0) != 0:
-            return False
-    return True
