@@ -50,6 +50,19 @@ def _with_callback(monkeypatch, callback: pl.Callback) -> None:
 # ---- async --------------------------------------------------------------------------------------
 
 
+def _async_config(backbone, toy, epochs: int) -> dict:
+    """async CE, one batch per epoch (so every epoch after the first starts with a rebuild)."""
+    return fast_config(
+        backbone,
+        toy,
+        model={"ce_encoder": "async"},
+        data={"batch_size": 64},
+        optim={"lr": 1e-2},
+        trainer={"max_epochs": epochs, "max_steps": -1},
+        validation={"queries": 0},
+    )
+
+
 def test_async_rebuild_equals_a_fresh_index_with_the_current_weights(t5_dir, toy, tmp_path, monkeypatch):
     seen = {}
 
@@ -67,15 +80,7 @@ def test_async_rebuild_equals_a_fresh_index_with_the_current_weights(t5_dir, toy
                 )
 
     _with_callback(monkeypatch, Probe())
-    config = fast_config(
-        t5_dir,
-        toy,
-        model={"ce_encoder": "async"},
-        data={"batch_size": 64},
-        optim={"lr": 1e-2},
-        trainer={"max_epochs": 2, "max_steps": -1},
-        validation={"queries": 0},
-    )
+    config = _async_config(t5_dir, toy, epochs=2)
     train_run(load(config), tmp_path / "run")
     fresh = load_index(build_index(toy / "corpus.jsonl", tmp_path / "now", tmp_path / "fresh", load(config).index))
     assert seen["ce_epoch"] == 1
@@ -91,15 +96,7 @@ def test_async_rebuild_equals_a_fresh_index_with_the_current_weights(t5_dir, toy
 def test_async_run_index_is_the_table_the_model_trained_with(t5_dir, toy, tmp_path, capsys):
     from npdecode.cli import main
 
-    config = fast_config(
-        t5_dir,
-        toy,
-        model={"ce_encoder": "async"},
-        data={"batch_size": 64},
-        optim={"lr": 1e-2},
-        trainer={"max_epochs": 3, "max_steps": -1},
-        validation={"queries": 0},
-    )
+    config = _async_config(t5_dir, toy, epochs=3)
     train_run(load(config), tmp_path / "run")
     index = load_index(tmp_path / "run" / "index")
     model = load_model(tmp_path / "run" / "checkpoint")
@@ -119,17 +116,7 @@ def test_async_run_index_is_the_table_the_model_trained_with(t5_dir, toy, tmp_pa
 def test_async_resume_continues_with_the_rebuilt_table(t5_dir, toy, tmp_path, monkeypatch):
     """Killed after the rebuild of epoch 2, resumed: the same weights, table and index as a run
     that was never interrupted."""
-    config = load(
-        fast_config(
-            t5_dir,
-            toy,
-            model={"ce_encoder": "async"},
-            data={"batch_size": 64},
-            optim={"lr": 1e-2},
-            trainer={"max_epochs": 4, "max_steps": -1},
-            validation={"queries": 0},
-        )
-    )
+    config = load(_async_config(t5_dir, toy, epochs=4))
     train_run(config, tmp_path / "whole")
 
     class Crash(pl.Callback):
@@ -256,15 +243,7 @@ def test_fast_dev_run_every_family(request, family, ce_encoder, toy, tmp_path):
 @pytest.mark.parametrize("family", ["bart", "bert2bert"])
 def test_async_rebuild_on_other_families(request, family, toy, tmp_path):
     backbone = request.getfixturevalue(f"{family}_dir")
-    config = fast_config(
-        backbone,
-        toy,
-        model={"ce_encoder": "async"},
-        data={"batch_size": 64},
-        optim={"lr": 1e-2},
-        trainer={"max_epochs": 2, "max_steps": -1},
-        validation={"queries": 0},
-    )
+    config = _async_config(backbone, toy, epochs=2)
     train_run(load(config), tmp_path / "run")
     assert len(_metric_column(tmp_path / "run" / "logs" / "csv" / "metrics.csv", "async/targets_changed")) == 1
     index, model = load_index(tmp_path / "run" / "index"), load_model(tmp_path / "run" / "checkpoint")
