@@ -89,7 +89,8 @@ def evaluate_and_report(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Recall@k / nDCG@k curves (png, pdf, svg).",
 )
-@click.option("--model", help="Encoder of the dense retriever (hub id or path); default all-MiniLM-L6-v2.")
+@click.option("--dense-model", help="Encoder of the dense retriever (hub id or path); default all-MiniLM-L6-v2.")
+@click.option("--model", "old_model", hidden=True, help="Deprecated spelling of --dense-model.")
 @click.option(
     "--index", "index_dir", type=click.Path(path_type=Path), help="Index directory of the np / genre retrievers."
 )
@@ -113,11 +114,14 @@ def evaluate_and_report(
     help="Drop a retrieved document whose id equals the query id (default: on for BEIR, as BEIR).",
 )
 @click.option("--per-query/--no-per-query", default=True, show_default=True, help="Keep per-query values in the JSON.")
-def eval_command(dataset, split, data_dir, retrievers, top_k, old_k, json_path, run_path, plot_path, model, index_dir,
-                 gr_model, beam, normalizer, length_penalty, device, dtype, batch_size, cache_dir, ignore_identical_ids,
-                 per_query):  # fmt: skip
+def eval_command(
+    dataset, split, data_dir, retrievers, top_k, old_k, json_path, run_path, plot_path, dense_model, old_model,
+    index_dir, gr_model, beam, normalizer, length_penalty, device, dtype, batch_size, cache_dir,
+    ignore_identical_ids, per_query,
+):  # fmt: skip
     """Evaluate retrievers on a dataset and print a comparison table."""
     k = deprecated_alias("--k", "-k/--top-k", old_k, top_k)
+    model = deprecated_alias("--model", "--dense-model", old_model, dense_model)
     if k < 1:
         raise NpdecodeError(f"-k {k}: must be at least 1")
     options = {"model": model, "index": index_dir, "gr_model": gr_model, "beam": beam, "device": device,

@@ -24,7 +24,8 @@ from npdecode.errors import NpdecodeError
     type=click.Choice(["ce", "token", "group"]),
     help="Np decoding over CE ids, token ids (log-sum-exp over rows) or token groups (best row).",
 )
-@click.option("--model", help="Decode with this checkpoint instead of the index's model.")
+@click.option("--gr-model", help="Decode with this checkpoint instead of the one the index records.")
+@click.option("--model", "old_model", hidden=True, help="Deprecated spelling of --gr-model.")
 @click.option("--batch-size", type=int, help="Queries decoded together (default: ~320 beam rows per step).")
 @click.option("--device", help="auto (default), cpu or cuda[:n].")
 @click.option(
@@ -50,7 +51,8 @@ def search_command(
     beam,
     kind,
     trie_mode,
-    model,
+    gr_model,
+    old_model,
     batch_size,
     device,
     normalizer,
@@ -62,6 +64,7 @@ def search_command(
     from npdecode.search.retrievers.generative import GenerativeRetriever
 
     k = deprecated_alias("--k", "-k/--top-k", old_k, top_k)
+    gr_model = deprecated_alias("--model", "--gr-model", old_model, gr_model)
     if (query is None) == (queries_path is None):
         raise NpdecodeError("give either a QUERY or --queries FILE")
     if k < 1:
@@ -69,7 +72,7 @@ def search_command(
     options = SearchOptions.of(
         beam=beam,
         trie_mode=trie_mode,
-        gr_model=model,
+        gr_model=gr_model,
         batch_size=batch_size,
         device=device,
         normalizer=normalizer,

@@ -36,8 +36,8 @@ def test_eval_bm25_writes_json_run_and_table(beir_dir, tmp_path, capsys):
 
 def test_eval_compares_retrievers_with_significance_and_plot(beir_dir, tmp_path, tiny_bert_dir, capsys):
     out = tmp_path / "out"
-    main(["eval", "-d", str(beir_dir), "-r", "bm25", "-r", "dense", "--model", str(tiny_bert_dir), "--device", "cpu",
-          "--json", str(out / "m.json"), "--run", str(out / "r.trec"), "--plot", str(out / "c.png"),
+    main(["eval", "-d", str(beir_dir), "-r", "bm25", "-r", "dense", "--dense-model", str(tiny_bert_dir),
+          "--device", "cpu", "--json", str(out / "m.json"), "--run", str(out / "r.trec"), "--plot", str(out / "c.png"),
           "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
     report = json.loads((out / "m.json").read_text())
     assert list(report["retrievers"]) == ["bm25", "dense"] and report["reference"] == "bm25"

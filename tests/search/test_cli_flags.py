@@ -37,3 +37,15 @@ def test_dtype_reaches_the_decoder_from_the_cli(t5_dir, tmp_path, capsys, monkey
     capsys.readouterr()
     main(["search", str(tmp_path / "a"), "alpha river", "-k", "2", "--dtype", "bf16", "--device", "cpu"])
     assert seen == ["bf16"] and len(capsys.readouterr().out.strip().splitlines()) == 2
+
+
+def test_model_flags_name_one_thing_each(t5_dir, tmp_path, capsys):
+    """--gr-model (search, eval) is the checkpoint to decode with; search's old --model still works."""
+    corpus = toy_corpus_file(tmp_path, 6, seed=4)
+    main(["index", str(corpus), "--model", str(t5_dir), "--out", str(tmp_path / "a")])
+    capsys.readouterr()
+    main(["search", str(tmp_path / "a"), "alpha river", "-k", "2", "--gr-model", str(t5_dir)])
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    main(["search", str(tmp_path / "a"), "alpha river", "-k", "2", "--model", str(t5_dir)])
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 2 and "use --gr-model" in captured.err
