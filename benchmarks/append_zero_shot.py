@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 MEASURES = ("ndcg_cut_10", "success_1", "success_10", "recall_100")
 
 
@@ -149,33 +150,38 @@ def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_ru
 
 
 def write(result: dict, stats: dict, trained: dict, args) -> None:
+    from scifact_gr import VARIANTS, train_minutes
+
     machine = f"{conditions.cpu_name()}, {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     out = {
         "machine": machine,
-        "date": date,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "conditions": conditions.measured(),
         "command": "benchmarks/append_zero_shot.py " + " ".join(sys.argv[1:]),
         "held_out_fraction": args.fraction,
         "seed": args.seed,
         "np_variant": args.np_variant,
-        "training": {
-            v: {"steps": r["training"]["steps"], "minutes": round(r["training"]["seconds"] / 60, 1)}
+        "training": {  # minutes of training: both stages for contrastive
+            v: {"steps": r["training"]["steps"], "minutes": train_minutes(args.work / VARIANTS[v][0], r)}
             for v, r in trained.items()
         },
         "append": stats,
         **result,
     }
-    results = ROOT / "benchmarks" / "results"
-    (results / "append_zero_shot.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / "append_zero_shot.json").write_text(json.dumps(out, indent=2) + "\n")
+    render(out)
+
+
+def render(out: dict) -> None:
+    """``append_zero_shot.md`` from the results JSON (``--render`` redoes it alone)."""
     lines = [
         "# Documents added after training: SciFact, a fifth of the corpus held out",
         "",
         (
-            f"{date}, {machine}. {result['held_out_documents']} of 5,183 documents held out of training "
-            f"(seed {args.seed}) and added with `npdecode index --append`; the {result['queries']} test queries "
-            "with a relevant held-out document, judged on the held-out documents only, searched over the whole "
-            f"corpus. Np variant: {args.np_variant}; training: "
+            f"{out['date']}, {out['machine']}. {out['held_out_documents']} of 5,183 documents held out of "
+            f"training (seed {out['seed']}) and added with `npdecode index --append`; the {out['queries']} test "
+            "queries with a relevant held-out document, judged on the held-out documents only, searched over the "
+            f"whole corpus. Np variant: {out['np_variant']}; training (one CPU thread each): "
             + ", ".join(f"{v} {t['minutes']} min ({t['steps']} steps)" for v, t in out["training"].items())
             + "."
         ),
@@ -183,23 +189,25 @@ def write(result: dict, stats: dict, trained: dict, args) -> None:
         "| row | nDCG@10 | Hits@1 | Hits@10 | R@100 | top-1 is a held-out doc | search s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, row in result["rows"].items():
+    for name, row in out["rows"].items():
         m = row["metrics"]
         lines.append(
             f"| {name} | {m['ndcg_cut_10']:.4f} | {m['success_1']:.4f} | {m['success_10']:.4f} | "
             f"{m['recall_100']:.4f} | {row['found_held_out_at_1']} | {row['search_seconds']} |"
         )
-    for model, s in stats.items():
+    s = out["append"].get("np")
+    if s:
         lines += [
             "",
             (
-                f"{model} append: {s['documents']} documents, {s['occurrences']} identifier tokens, "
-                f"{s['to_existing_rows']} assigned to existing CE rows, {s['new_rows']} new rows "
-                "(unseen tokens, and known tokens with fewer than k rows filled up to k)."
+                f"The np append: {s['documents']} documents, {s['occurrences']} identifier tokens, "
+                f"{s['to_existing_rows']} assigned to existing CE rows, {s['new_rows']} new rows (unseen tokens, and "
+                "known tokens with fewer than k rows filled up to k, as a rebuild would). `np rebuilt`: the same "
+                "checkpoint over an index of the whole corpus built from scratch with its encoder."
             ),
         ]
     lines += ["", f"Command: `{out['command']}`"]
-    (results / "append_zero_shot.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "append_zero_shot.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -216,7 +224,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--render", action="store_true", help="Rewrite the .md from results/append_zero_shot.json.")
     args = parser.parse_args()
+    if args.render:
+        render(json.loads((RESULTS / "append_zero_shot.json").read_text()))
+        return
     if args.threads:
         import torch
 
