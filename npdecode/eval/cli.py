@@ -97,7 +97,11 @@ def evaluate_and_report(
 @click.option("--gr-model", help="Checkpoint of the np / genre retrievers (default: the one the index records).")
 @click.option("--beam", type=int, help="Beam size of the np / genre retrievers (default 10).")
 @click.option("--normalizer", help="np retriever: exact (default) or ivf[:NPROBE[:TOPK[:NLIST]]] (approximate, CPU).")
-@click.option("--length-penalty", type=float, help="np / genre: score sum / length**L as HF's beam scorer (default 0).")
+@click.option(
+    "--length-penalty",
+    type=float,
+    help="np / genre: score sum / length**L as HF's beam scorer (default 1; 0: the raw sum).",
+)
 @click.option("--device", help="auto (default), cpu or cuda[:n].")
 @click.option(
     "--dtype", type=click.Choice(["fp32", "bf16", "auto"]), help="np / genre: decoding precision (default: as loaded)."

@@ -39,7 +39,7 @@ from npdecode.errors import NpdecodeError
 @click.option(
     "--length-penalty",
     type=float,
-    help="Finished hypotheses score sum / length**L, as HF's beam scorer (default 0: the raw sum).",
+    help="Finished hypotheses score sum / length**L, as HF's beam scorer (default 1, the paper's; 0: the raw sum).",
 )
 def search_command(
     index_dir,

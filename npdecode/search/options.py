@@ -29,7 +29,10 @@ class SearchOptions(BaseModel):
     # np / genre decoding
     beam: int = Field(10, ge=1)
     trie_mode: Literal["ce", "token", "group"] | None = None  # None: the index config's
-    length_penalty: float = 0.0  # finished hypotheses score sum / length**L (HF's beam scorer)
+    # finished hypotheses score sum / length**L (HF's beam scorer; 0: the raw sum). 1.0, the
+    # paper's: it scored higher than 0 on the validation queries of every trained SciFact run
+    # (benchmarks/results/scifact_gr.md)
+    length_penalty: float = 1.0
     normalizer: str = "exact"  # or ivf[:NPROBE[:TOPK[:NLIST]]] (approximate, CPU)
     widen: bool = True  # widen the beam until k documents are found
     dtype: Literal["fp32", "bf16", "auto"] | None = None  # cast model and CE for decoding (None: as loaded)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from npdecode.search.options import SearchOptions
+
 VAL_METRICS = ("ndcg_cut_10", "success_1", "Rprec")
 
 
@@ -32,12 +34,21 @@ class Validator:
         self.trie, self.group_docs = trie, [list(d) for d in group_docs]
         self.queries, self.qrels = dict(queries), {q: dict(r) for q, r in qrels.items()}
         self.beam, self.k = beam, k
+        # decoded as `npdecode search` decodes by default, so the selected epoch is the one search sees
+        self.length_penalty = SearchOptions().length_penalty
 
     def run(self, model: Any, qids: Sequence[str]) -> dict[str, dict[str, float]]:
         """Top-``k`` documents per query (an identifier's documents share its score)."""
         from npdecode.decoding import search
 
-        hits = search(model, self.trie, [self.queries[q] for q in qids], k=self.k, beam=self.beam)
+        hits = search(
+            model,
+            self.trie,
+            [self.queries[q] for q in qids],
+            k=self.k,
+            beam=self.beam,
+            length_penalty=self.length_penalty,
+        )
         run: dict[str, dict[str, float]] = {}
         for qid, ranked in zip(qids, hits):
             docs: dict[str, float] = {}
