@@ -21,6 +21,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ import conditions  # benchmarks/conditions.py: the script's own folder is on sys
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "configs" / "train-scifact-cpu.yml"
 # variant -> (run dir, --set items); every np variant trains with the same recipe otherwise.
 VARIANTS = {
@@ -64,9 +66,10 @@ def run_labels(runs: Path) -> dict[str, tuple[str, Path]]:
     for variant, (name, _) in VARIANTS.items():
         if (runs / name / "manifest.json").is_file():
             found[variant] = (variant, runs / name)
-        for longer in sorted(runs.glob(f"{name}-*min")):
-            if (longer / "manifest.json").is_file():
-                found[f"{variant} {longer.name.removeprefix(name + '-')}"] = (variant, longer)
+        for longer in sorted(runs.glob(f"{name}-*min")):  # np-60min, not np-contrastive-60min
+            tag = longer.name.removeprefix(name + "-")
+            if re.fullmatch(r"[0-9.]+min", tag) and (longer / "manifest.json").is_file():
+                found[f"{variant} {tag}"] = (variant, longer)
     return found
 
 
@@ -214,13 +217,18 @@ def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None) -> None
         "rows": rows,
         "validation_ndcg_cut_10_by_length_penalty": by_lp or {},
     }
-    results = ROOT / "benchmarks" / "results"
-    (results / "scifact_gr.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / "scifact_gr.json").write_text(json.dumps(out, indent=2) + "\n")
+    render(out)
+
+
+def render(out: dict) -> None:
+    """``scifact_gr.md`` from the results JSON (``--render`` redoes it alone)."""
+    rows, by_lp = out["rows"], out.get("validation_ndcg_cut_10_by_length_penalty", {})
     lines = [
         "# Generative retrieval on BEIR SciFact (test, 300 queries)",
         "",
         (
-            f"{date}, {machine}. Training: `{out['config']}` (bert2bert from all-MiniLM-L6-v2, 1 decoder "
+            f"{out['date']}, {out['machine']}. Training: `{out['config']}` (bert2bert from all-MiniLM-L6-v2, 1 decoder "
             "layer; np/base and np/contrastive stage 2 with the encoder frozen and cached, np/async with it "
             "training), same wall-clock budget per variant, training qrels + indexing + pseudo-query "
             "examples; generative retrievers decode with beam 10 (one beam, no widening)."
@@ -261,7 +269,7 @@ def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None) -> None
         "",
         f"Command: `{out['command']}`",
     ]
-    (results / "scifact_gr.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "scifact_gr.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -279,12 +287,16 @@ def main() -> None:
         help="Train VARIANT longer, into <run>-<MINUTES>min (a row of its own).",
     )
     parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--render", action="store_true", help="Rewrite the .md from results/scifact_gr.json.")
     parser.add_argument(
         "--only-missing",
         action="store_true",
         help="Search only the rows missing from results/scifact_gr.json (same runs).",
     )
     args = parser.parse_args()
+    if args.render:
+        render(json.loads((RESULTS / "scifact_gr.json").read_text()))
+        return
     if args.threads:
         import torch
 
@@ -298,7 +310,7 @@ def main() -> None:
     if args.skip_eval:
         return
     done = None
-    previous = ROOT / "benchmarks" / "results" / "scifact_gr.json"
+    previous = RESULTS / "scifact_gr.json"
     if args.only_missing and previous.is_file():
         done = json.loads(previous.read_text())["rows"]
     metrics, seconds = evaluate_all(args.runs, args.data_dir, args.k, done)
