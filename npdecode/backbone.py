@@ -17,25 +17,58 @@ from typing import Any
 from npdecode.errors import NpdecodeError
 
 
+def _same_config(cfg: Any) -> Any:
+    return cfg
+
+
+def _decoder_subconfig(cfg: Any) -> Any:
+    return cfg.decoder
+
+
+def _encoder_subconfig(cfg: Any) -> Any:
+    return cfg.encoder
+
+
+def _output_embeddings(model: Any) -> Any:
+    return model.get_output_embeddings()
+
+
+def _bert_decoder_head(model: Any) -> Any:
+    return model.decoder.cls
+
+
+def _t5_decoder_layers(bb: Any) -> tuple[Any, str, str]:
+    return bb.decoder, "block", "num_decoder_layers"
+
+
+def _bart_decoder_layers(bb: Any) -> tuple[Any, str, str]:
+    return bb.decoder, "layers", "decoder_layers"
+
+
+def _bert_decoder_layers(bb: Any) -> tuple[Any, str, str]:
+    return bb.model.decoder.bert.encoder, "layer", "num_hidden_layers"
+
+
 @dataclass(frozen=True)
 class Family:
     """What differs between backbone families; registered per HF ``model_type``
-    (:func:`register_family`). Every family quirk of the package is a field here."""
+    (:func:`register_family`). Every family quirk of the package is a field here (module-level
+    functions, so a backbone pickles into ddp_spawn workers)."""
 
     name: str
     decoder_path: tuple[str, ...]  # attribute path from the model to the decoder stack
     # where the decoder's and encoder's settings live in the model config (bert2bert: sub-configs)
-    decoder_config: Callable[[Any], Any] = lambda cfg: cfg
-    encoder_config: Callable[[Any], Any] = lambda cfg: cfg
+    decoder_config: Callable[[Any], Any] = _same_config
+    encoder_config: Callable[[Any], Any] = _same_config
     # tokenizer attributes that give the decoder start and EOS tokens when the config has none
     start_fallback: str = "pad_token_id"
     eos_fallback: str = "eos_token_id"
     # T5 checkpoints with tied embeddings scale decoder outputs by d_model**-0.5
     scales_tied_outputs: bool = False
-    # the vocabulary head: the module whose ``weight`` is (V, d) and that maps states to logits
-    head: Callable[[Any], Any] = lambda model: model.get_output_embeddings()
+    # the vocabulary head: the module that maps decoder states to logits
+    head: Callable[[Any], Any] = _output_embeddings
     # (module holding the decoder layers, its attribute, config key of their count)
-    decoder_layers: Callable[[Any], tuple[Any, str, str]] = lambda bb: (bb.decoder, "block", "num_decoder_layers")
+    decoder_layers: Callable[[Any], tuple[Any, str, str]] = _t5_decoder_layers
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -51,22 +84,19 @@ def register_family(model_type: str, family: Family) -> None:
 _T5 = Family("t5", ("decoder",), scales_tied_outputs=True)
 register_family("t5", _T5)
 register_family("mt5", _T5)
-register_family(
-    "bart",
-    Family("bart", ("model", "decoder"), decoder_layers=lambda bb: (bb.decoder, "layers", "decoder_layers")),
-)
+register_family("bart", Family("bart", ("model", "decoder"), decoder_layers=_bart_decoder_layers))
 register_family(
     "encoder-decoder",  # bert2bert: BERT decoders start at [CLS] and stop at [SEP]; BERT's LM head
     # has a transform (dense + gelu + LayerNorm) and a bias; the decoder layers sit in bert.encoder
     Family(
         "bert2bert",
         ("decoder", "base_model"),
-        decoder_config=lambda cfg: cfg.decoder,
-        encoder_config=lambda cfg: cfg.encoder,
+        decoder_config=_decoder_subconfig,
+        encoder_config=_encoder_subconfig,
         start_fallback="cls_token_id",
         eos_fallback="sep_token_id",
-        head=lambda model: model.decoder.cls,
-        decoder_layers=lambda bb: (bb.model.decoder.bert.encoder, "layer", "num_hidden_layers"),
+        head=_bert_decoder_head,
+        decoder_layers=_bert_decoder_layers,
     ),
 )
 

@@ -149,5 +149,7 @@ def test_family_registry_holds_every_quirk_and_refuses_taken_types():
     assert {"t5", "mt5", "bart", "encoder-decoder"} <= set(backbone._FAMILIES)
     with pytest.raises(ValueError, match="already has a backbone family"):
         backbone.register_family("bart", backbone._FAMILIES["bart"])
+    for family in backbone._FAMILIES.values():  # a backbone travels to ddp_spawn workers
+        assert pickle.loads(pickle.dumps(family)) == family
     source = Path(backbone.__file__).read_text()
     assert "family ==" not in source  # quirks are fields of a Family, not branches
