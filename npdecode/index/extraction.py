@@ -76,6 +76,15 @@ class ShardBatches(IterableDataset):
         self.shard_size, self.max_length = shard_size, max_length
         self.batch_tokens, self.batch_size = batch_tokens, batch_size
 
+    def batching(self) -> dict[str, int]:
+        """The batching settings, to make the same batches over other shards."""
+        return {
+            "shard_size": self.shard_size,
+            "max_length": self.max_length,
+            "batch_tokens": self.batch_tokens,
+            "batch_size": self.batch_size,
+        }
+
     def __iter__(self) -> Iterator[dict]:
         for shard in self.shards:
             start = shard * self.shard_size
@@ -169,16 +178,7 @@ def encode_in_memory(
     try:
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
         with torch.inference_mode(), autocast:
-            for batch in ShardBatches(
-                data.docs,
-                mine,
-                data.tokenize,
-                data.pad_id,
-                shard_size=data.shard_size,
-                max_length=data.max_length,
-                batch_tokens=data.batch_tokens,
-                batch_size=data.batch_size,
-            ):
+            for batch in ShardBatches(data.docs, mine, data.tokenize, data.pad_id, **data.batching()):
                 moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 parts.append(pick_ce(encoder, moved))
                 if batch["last"]:

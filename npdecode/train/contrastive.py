@@ -24,13 +24,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from npdecode.errors import NpdecodeError
 from npdecode.model import NpModel
 from npdecode.train.config import TrainConfig
+from npdecode.train.module import ResumableModule, lr_factor, make_optimizer
 
 
 def positives_of(labels: torch.Tensor, eos_id: int, mode: str) -> list[torch.Tensor]:
@@ -61,7 +61,7 @@ def _scores(h: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return h.float() @ rows.float().T
 
 
-class ContrastiveModule(pl.LightningModule):
+class ContrastiveModule(ResumableModule):
     """Stage 1: trains ``model``'s encoder and decoder (not its CE table) with the contrastive loss."""
 
     def __init__(self, model: NpModel, config: TrainConfig):
@@ -84,24 +84,11 @@ class ContrastiveModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        if not torch.isfinite(loss):
-            raise NpdecodeError(
-                f"the contrastive loss became {loss.item()} at step {self.global_step}; lower "
-                "contrastive.lr or contrastive.scale"
-            )
+        self.check_finite(loss, "contrastive loss", "lower contrastive.lr or contrastive.scale")
         self.log("contrastive/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["npdecode_rng"] = torch.get_rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "npdecode_rng" in checkpoint:
-            torch.set_rng_state(checkpoint["npdecode_rng"])
-
     def configure_optimizers(self) -> dict:
-        from npdecode.train.module import lr_factor, make_optimizer
-
         c = self.config.contrastive
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = make_optimizer(c.optimizer, [{"params": params, "lr": c.lr, "weight_decay": 0.0}], c.lr)

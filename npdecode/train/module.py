@@ -63,7 +63,24 @@ class EncoderStateCache:
         return out, enc_mask
 
 
-class GRModule(pl.LightningModule):
+class ResumableModule(pl.LightningModule):
+    """What every training module of a run shares: the global RNG in the checkpoint (dropout
+    and sampled negatives draw from it, so a resumed run continues its stream exactly) and a
+    one-line error when the loss stops being finite."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["npdecode_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "npdecode_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["npdecode_rng"])
+
+    def check_finite(self, loss: torch.Tensor, what: str, hint: str) -> None:
+        if not torch.isfinite(loss):
+            raise NpdecodeError(f"the {what} became {loss.item()} at step {self.global_step}; {hint}")
+
+
+class GRModule(ResumableModule):
     """Trains a generative retriever; validates it with the constrained decoder.
 
     ``validator`` (optional) is called as ``validator(model, qids) -> {metric: per-query values}``
@@ -137,23 +154,14 @@ class GRModule(pl.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        if not torch.isfinite(loss):
-            raise NpdecodeError(
-                f"the training loss became {loss.item()} at step {self.global_step}; lower optim.lr or "
-                "model.logit_scale (or use precision 32-true)"
-            )
+        self.check_finite(loss, "training loss", "lower optim.lr or model.logit_scale (or use precision 32-true)")
         self.log("loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         if isinstance(self.model, NpModel) and self.model.log_scale.requires_grad:
             self.log("logit_scale", self.model.log_scale.exp(), batch_size=len(batch["labels"]))
         return loss
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # dropout draws from the global generator: a resumed run continues its stream exactly
-        checkpoint["npdecode_rng"] = torch.get_rng_state()
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "npdecode_rng" in checkpoint:
-            torch.set_rng_state(checkpoint["npdecode_rng"])
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
         if self.group_lengths is not None and "model.ce" in state:  # a rebuilt table may have another row count
             self.replace_ce(state["model.ce"], state["model.ce_token_ids"])
