@@ -51,6 +51,10 @@ class DataConfig(_Strict):
     # Encoder inputs are cut to this many tokens (queries are short; documents are cut).
     max_input_length: int = Field(64, ge=4)
     batch_size: int = Field(32, ge=1)
+    # Batches of identifiers of similar length (0/1: off): each run of this many batches is drawn
+    # at random, sorted by target length and cut; the batches are shuffled. Identifiers differ in
+    # length, so a plain random batch is about half padding, which every decoder layer pays for.
+    length_buckets: int = Field(50, ge=0)
     num_workers: int = Field(0, ge=0)
 
 

@@ -22,11 +22,31 @@ from npdecode.train.examples import Tokenized
 
 class EpochShuffle(Sampler[int]):
     """A permutation of ``range(n)`` drawn from ``seed + epoch``; rank ``r`` of ``w`` takes
-    positions ``r, r + w, ...`` (the order padded by wrapping so every rank has as many)."""
+    positions ``r, r + w, ...`` (the order padded by wrapping so every rank has as many).
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    With ``lengths`` (each example's target length) and ``buckets`` > 1, batches are made of
+    examples of similar length, so little of a batch is padding: the permutation is cut into
+    chunks of ``buckets`` global batches (``batch_size * w`` examples), each chunk is sorted by
+    length and cut into global batches, and the full global batches of the whole epoch are
+    shuffled (a short last one stays last). Every batch is still a random draw of the epoch.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        *,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+        buckets: int = 0,
+    ):
         self.n, self.seed, self.rank, self.world = n, seed, rank, world_size
         self.shuffle, self.epoch = shuffle, 0
+        self.lengths = np.asarray(lengths) if lengths is not None and buckets > 1 else None
+        self.batch_size, self.buckets = batch_size, buckets
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -36,11 +56,26 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=generator).tolist()
+            if self.lengths is not None:
+                order = self._bucketed(order, generator)
         else:
             order = list(range(self.n))
         order += order[: len(self) * self.world - self.n]
         return iter(order[self.rank :: self.world])
+
+    def _bucketed(self, order: list[int], generator: torch.Generator) -> list[int]:
+        block = self.batch_size * self.world  # one global batch: rank r takes its r-th, w-th, ...
+        chunk = block * self.buckets
+        blocks = []
+        for start in range(0, len(order), chunk):
+            part = np.asarray(order[start : start + chunk])
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            blocks += [part[i : i + block] for i in range(0, len(part), block)]
+        tail = [blocks.pop()] if len(blocks[-1]) < block else []
+        mixed = torch.randperm(len(blocks), generator=generator).tolist()
+        return [int(i) for b in [blocks[j] for j in mixed] + tail for i in b]
 
 
 class ExampleSet(Dataset):
@@ -54,6 +89,10 @@ class ExampleSet(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray, Sequence[int]]:
         return i, self.inputs.row(i), self.targets[self.groups[i]]
+
+    def target_lengths(self) -> np.ndarray:
+        per_group = np.array([len(t) for t in self.targets])
+        return per_group[self.groups] if len(self.groups) else np.zeros(0, dtype=int)
 
 
 class Collate:
@@ -99,10 +138,12 @@ class TrainData(pl.LightningDataModule):
         val_qids: Sequence[str] = (),
         val_batch_size: int = 32,
         num_workers: int = 0,
+        length_buckets: int = 0,
     ):
         super().__init__()
         self.examples, self.collate = examples, collate
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.length_buckets = length_buckets
         self.val_qids, self.val_batch_size = list(val_qids), val_batch_size
 
     def _placement(self) -> tuple[int, int]:
@@ -111,7 +152,15 @@ class TrainData(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._placement()
-        sampler = EpochShuffle(len(self.examples), self.seed, rank, world)
+        sampler = EpochShuffle(
+            len(self.examples),
+            self.seed,
+            rank,
+            world,
+            lengths=self.examples.target_lengths() if self.length_buckets > 1 else None,
+            batch_size=self.batch_size,
+            buckets=self.length_buckets,
+        )
         return DataLoader(
             self.examples,
             batch_size=self.batch_size,

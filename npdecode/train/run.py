@@ -116,6 +116,7 @@ def prepare(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, ind
         seed=config.trainer.seed,
         val_qids=sorted(validation.queries),
         num_workers=config.data.num_workers,
+        length_buckets=config.data.length_buckets,
     )
     return module, datamodule, examples, validation
 

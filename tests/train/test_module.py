@@ -183,6 +183,37 @@ def test_epoch_shuffle_is_seeded_per_epoch_and_split_across_ranks():
     assert set().union(*parts) == set(range(10))
 
 
+def test_length_buckets_make_batches_of_similar_length_from_a_seeded_permutation():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 60, size=203)
+    n, batch = len(lengths), 8
+
+    def batches(world: int, rank: int, epoch: int, buckets: int = 5) -> list[list[int]]:
+        s = EpochShuffle(n, seed=1, rank=rank, world_size=world, lengths=lengths, batch_size=batch, buckets=buckets)
+        s.set_epoch(epoch)
+        order = list(s)
+        return [order[i : i + batch] for i in range(0, len(order), batch)]
+
+    one = batches(1, 0, 0)
+    flat = [i for b in one for i in b]
+    assert sorted(flat) == list(range(n))  # still every example once per epoch
+    assert batches(1, 0, 0) == one and batches(1, 0, 1) != one  # seeded per epoch: resumable
+    spread = np.mean([np.ptp(lengths[b]) for b in one])
+    plain = EpochShuffle(n, seed=1)
+    plain_order = list(plain)
+    plain_spread = np.mean([np.ptp(lengths[plain_order[i : i + batch]]) for i in range(0, n, batch)])
+    assert spread < plain_spread / 3  # little padding: lengths in a batch are close
+    assert len(one[-1]) == n % batch  # the short batch stays last; every other one is full
+    firsts = [np.mean(lengths[b]) for b in one[:-1]]
+    assert firsts != sorted(firsts)  # the batches themselves are shuffled, not long-to-short
+    # two ranks: each global batch of 2 x 8 is split between them, both steps as often
+    r0, r1 = batches(2, 0, 0), batches(2, 1, 0)
+    assert len(r0) == len(r1) and {i for b in r0 + r1 for i in b} == set(range(n))
+    for a, b in zip(r0[:-1], r1[:-1], strict=True):
+        assert np.ptp(lengths[a + b]) <= np.ptp(lengths) / 2
+    assert batches(1, 0, 0, buckets=0) == [plain_order[i : i + batch] for i in range(0, n, batch)]
+
+
 def test_learning_rate_schedules():
     assert [lr_factor("linear", 2, 10)(s) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
     cosine = lr_factor("cosine", 0, 10)
