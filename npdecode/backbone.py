@@ -49,6 +49,18 @@ def _bert_decoder_layers(bb: Any) -> tuple[Any, str, str]:
     return bb.model.decoder.bert.encoder, "layer", "num_hidden_layers"
 
 
+def _t5_encoder_layers(encoder: Any) -> Any:
+    return encoder.block
+
+
+def _bart_encoder_layers(encoder: Any) -> Any:
+    return encoder.layers
+
+
+def _bert_encoder_layers(encoder: Any) -> Any:
+    return encoder.encoder.layer
+
+
 @dataclass(frozen=True)
 class Family:
     """What differs between backbone families; registered per HF ``model_type``
@@ -69,6 +81,8 @@ class Family:
     head: Callable[[Any], Any] = _output_embeddings
     # (module holding the decoder layers, its attribute, config key of their count)
     decoder_layers: Callable[[Any], tuple[Any, str, str]] = _t5_decoder_layers
+    # the encoder's layer list, from the encoder module (bottom first)
+    encoder_layers: Callable[[Any], Any] = _t5_encoder_layers
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -84,7 +98,10 @@ def register_family(model_type: str, family: Family) -> None:
 _T5 = Family("t5", ("decoder",), scales_tied_outputs=True)
 register_family("t5", _T5)
 register_family("mt5", _T5)
-register_family("bart", Family("bart", ("model", "decoder"), decoder_layers=_bart_decoder_layers))
+register_family(
+    "bart",
+    Family("bart", ("model", "decoder"), decoder_layers=_bart_decoder_layers, encoder_layers=_bart_encoder_layers),
+)
 register_family(
     "encoder-decoder",  # bert2bert: BERT decoders start at [CLS] and stop at [SEP]; BERT's LM head
     # has a transform (dense + gelu + LayerNorm) and a bias; the decoder layers sit in bert.encoder
@@ -97,6 +114,7 @@ register_family(
         eos_fallback="sep_token_id",
         head=_bert_decoder_head,
         decoder_layers=_bert_decoder_layers,
+        encoder_layers=_bert_encoder_layers,
     ),
 )
 
@@ -232,6 +250,10 @@ class Backbone:
         """``max_length`` cut to the positions the encoder has (unchanged for T5)."""
         limit = self.max_input_length
         return min(max_length, limit) if limit else max_length
+
+    def encoder_layers(self) -> list[Any]:
+        """The encoder's layers, bottom first."""
+        return list(self.spec.encoder_layers(self.encoder))
 
     def keep_decoder_layers(self, n: int) -> None:
         """Keep only the first ``n`` decoder layers (a shallower, cheaper decoder); the config says

@@ -157,12 +157,13 @@ class CERebuilder:
 
     def rebuild(self, backbone, rank: int = 0, world_size: int = 1):
         encoder = backbone.encoder
-        was_training = encoder.training
+        modes = [(m, m.training) for m in encoder.modules()]  # a partly trained encoder mixes modes
         encoder.eval()  # no dropout in the special rows either
         try:
             return self._rebuild(backbone, rank, world_size)
         finally:
-            encoder.train(was_training)
+            for module, training in modes:
+                module.training = training
 
     def _rebuild(self, backbone, rank: int, world_size: int):
         from npdecode.index.assembly import assemble_segment, check_occurrences

@@ -73,6 +73,10 @@ class ModelConfig(_Strict):
     # once per example and reused every epoch: a step is then a decoder step only.
     freeze_encoder: bool = False
     cache_encoder_states: bool = True
+    # With freeze_encoder false: train only the top N encoder layers (None: all). The embeddings
+    # and the layers below stay as they are (and in eval mode: no dropout), so the backward pass
+    # stops at layer L-N: a much cheaper step where the encoder trains (e.g. ce_encoder async).
+    train_encoder_layers: int | None = Field(None, ge=1)
     # Keep only the first N decoder layers (None: all): a shallower decoder is a cheaper step.
     decoder_layers: int | None = Field(None, ge=1)
     # Training softmax over the whole CE table (None), or over the batch's gold rows, every row of
@@ -178,6 +182,8 @@ class TrainConfig(_Strict):
             raise ValueError(
                 "model.train_ce, learn_scale, ce_encoder and sampled_negatives apply to the np variant only"
             )
+        if m.freeze_encoder and m.train_encoder_layers is not None:
+            raise ValueError("model.train_encoder_layers trains part of the encoder: set model.freeze_encoder to false")
         if m.ce_encoder == "async" and (m.freeze_encoder or m.train_ce):
             raise ValueError(
                 "ce_encoder async rebuilds CE from the encoder being trained: set "

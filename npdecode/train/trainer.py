@@ -37,7 +37,7 @@ def quiet_fit(config: TrainConfig) -> Iterator[None]:
     with quiet_lightning(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*have no `validation_step`.*")  # contrastive stage 1
-        if config.model.freeze_encoder:
+        if config.model.freeze_encoder or config.model.train_encoder_layers is not None:
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
         yield
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from npdecode.index.builder import build_index
+from npdecode.errors import NpdecodeError
+from npdecode.index.builder import CERebuilder, build_index
 from npdecode.index.layout import load_index
 from npdecode.model import NpModel, load_model, save_model
 from npdecode.train.components import build_model, targets_of
@@ -124,6 +125,35 @@ def test_frozen_encoder_cache_gives_the_uncached_loss_and_encoder_does_not_move(
     again.backward()
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(enc_before, module.model.backbone.encoder.parameters()))
+
+
+@pytest.mark.parametrize("family", ["t5", "bart", "bert2bert"])
+def test_train_encoder_layers_moves_only_the_top_layers(family, request, tmp_path):
+    """train_encoder_layers=1: a step changes the encoder's top layer and nothing below it (nor
+    the embeddings); the frozen part runs without dropout, the top layer with it."""
+    backbone_dir = request.getfixturevalue(f"{family}_dir")
+    corpus = toy_corpus_file(tmp_path, 6, seed=2)
+    index = load_index(build_index(corpus, backbone_dir, tmp_path / "idx", fast_index_config()))
+    module, config = _module(backbone_dir, index, tmp_path, train_encoder_layers=1)
+    encoder = module.model.backbone.encoder
+    layers = module.model.backbone.encoder_layers()
+    assert len(layers) >= 2
+    top = {id(p) for p in layers[-1].parameters()}
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    module.train()
+    assert layers[-1].training and not layers[0].training and not encoder.training
+    opt = module.configure_optimizers()["optimizer"]
+    module.loss(_batch(module.model, index, ["alpha river", "gamma star"], [0, 1])).backward()
+    opt.step()
+    moved = {name for name, p in encoder.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and all(id(dict(encoder.named_parameters())[name]) in top for name in moved)
+    assert not any(p.requires_grad for layer in layers[:-1] for p in layer.parameters())
+    CERebuilder(corpus, config.index, module.model.backbone).rebuild(module.model.backbone)  # async
+    assert layers[-1].training and not layers[0].training  # the rebuild gives each part its mode back
+    with pytest.raises(NpdecodeError, match="train_encoder_layers=9"):
+        _module(backbone_dir, index, tmp_path, train_encoder_layers=9)
+    with pytest.raises(NpdecodeError, match="freeze_encoder"):
+        load(fast_config(backbone_dir, tmp_path, model={"freeze_encoder": True, "train_encoder_layers": 1}))
 
 
 @pytest.mark.parametrize("learn", [False, True])
