@@ -73,7 +73,7 @@ class EpochShuffle(Sampler[int]):
             part = np.asarray(order[start : start + chunk])
             part = part[np.argsort(self.lengths[part], kind="stable")]
             blocks += [part[i : i + block] for i in range(0, len(part), block)]
-        tail = [blocks.pop()] if len(blocks[-1]) < block else []
+        tail = [blocks.pop()] if blocks and len(blocks[-1]) < block else []
         mixed = torch.randperm(len(blocks), generator=generator).tolist()
         return [int(i) for b in [blocks[j] for j in mixed] + tail for i in b]
 
