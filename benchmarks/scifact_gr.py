@@ -231,8 +231,9 @@ def render(out: dict) -> None:
         "",
         (
             f"{out['date']}, {out['machine']}. Training: `{out['config']}` (bert2bert from all-MiniLM-L6-v2, 1 decoder "
-            "layer; np/base and np/contrastive stage 2 with the encoder frozen and cached, np/async with it "
-            "training), same wall-clock budget per variant, training qrels + indexing + pseudo-query "
+            "layer; np/base and np/contrastive stage 2 with the encoder frozen and cached, np/async with its top "
+            "layer training and CE rebuilt from it every 2 epochs), same wall-clock budget per variant, "
+            "training qrels + indexing + pseudo-query "
             "examples; generative retrievers decode with beam 10 (one beam, no widening)."
         ),
         "",
