@@ -51,6 +51,7 @@ VARIANTS = {
     "vanilla": ("vanilla", ("model.variant=vanilla", "model.learn_scale=false", "model.sampled_negatives=null")),
     # the ablation DESIGN.md allows (the paper keeps CE frozen): np/base with the CE table trained too
     "np/base trained-CE": ("np-train-ce", ("model.train_ce=true",)),
+    "np/contrastive trained-CE": ("np-contrastive-train-ce", ("model.ce_encoder=contrastive", "model.train_ce=true")),
 }
 CONTRASTIVE_SHARE = 0.3  # of the budget, for stage 1 (stage 2 gets the rest)
 DECODINGS = {
@@ -95,7 +96,7 @@ def train(
     out = runs / (f"{name}-{tag}" if tag else name)
     if (out / MANIFEST).is_file():
         return json.loads((out / MANIFEST).read_text())
-    if variant == "np/contrastive":  # one budget for both stages
+    if variant.startswith("np/contrastive"):  # one budget for both stages
         sets += (
             f"contrastive.max_minutes={minutes * CONTRASTIVE_SHARE}",
             f"trainer.max_minutes={minutes * (1 - CONTRASTIVE_SHARE)}",
