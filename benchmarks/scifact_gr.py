@@ -96,7 +96,7 @@ def train(
     out = runs / (f"{name}-{tag}" if tag else name)
     if (out / MANIFEST).is_file():
         return json.loads((out / MANIFEST).read_text())
-    if variant.startswith("np/contrastive"):  # one budget for both stages
+    if "model.ce_encoder=contrastive" in sets:  # one budget for both stages
         sets += (
             f"contrastive.max_minutes={minutes * CONTRASTIVE_SHARE}",
             f"trainer.max_minutes={minutes * (1 - CONTRASTIVE_SHARE)}",

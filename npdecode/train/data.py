@@ -157,7 +157,7 @@ class TrainData(pl.LightningDataModule):
             self.seed,
             rank,
             world,
-            lengths=self.examples.target_lengths() if self.length_buckets > 1 else None,
+            lengths=self.examples.target_lengths(),
             batch_size=self.batch_size,
             buckets=self.length_buckets,
         )

@@ -106,29 +106,29 @@ class GRModule(ResumableModule):
             self.register_buffer("group_ce", torch.tensor([c for g in group_ce for c in g], dtype=torch.long))
             self.register_buffer("ce_epoch", torch.tensor(0, dtype=torch.long))
         self.cache = EncoderStateCache() if config.model.freeze_encoder and config.model.cache_encoder_states else None
-        # Frozen encoder parts (module references kept in a plain list: not registered twice)
-        self._frozen: list[nn.Module] = [model.backbone.encoder] if config.model.freeze_encoder else []
-        self._trained_layers: list[nn.Module] = []
+        # Only the top train_encoder_layers encoder layers train (the rest as with freeze_encoder)
+        self._trained_layers: list[nn.Module] = []  # a plain list: not registered twice
         top = config.model.train_encoder_layers
-        if top is not None and not config.model.freeze_encoder:
+        if top is not None:
             layers = model.backbone.encoder_layers()
             if top > len(layers):
                 raise NpdecodeError(
                     f"model.train_encoder_layers={top}: the encoder has {len(layers)} layers; pick 1..{len(layers)}"
                 )
-            self._frozen, self._trained_layers = [model.backbone.encoder], layers[len(layers) - top :]
-        for part in self._frozen:
-            part.requires_grad_(False)
-        for layer in self._trained_layers:
-            layer.requires_grad_(True)
+            self._trained_layers = layers[len(layers) - top :]
+        self._encoder_frozen = config.model.freeze_encoder or top is not None
+        if self._encoder_frozen:
+            model.backbone.encoder.requires_grad_(False)
+            for layer in self._trained_layers:
+                layer.requires_grad_(True)
 
     # ---- the step ------------------------------------------------------------------------
     def train(self, mode: bool = True) -> GRModule:
         super().train(mode)
-        for part in self._frozen:
-            part.eval()  # no dropout: cached states stay exact, frozen layers are constant
-        for layer in self._trained_layers:
-            layer.train(mode)
+        if self._encoder_frozen:
+            self.model.backbone.encoder.eval()  # no dropout: cached states stay exact, frozen layers constant
+            for layer in self._trained_layers:
+                layer.train(mode)
         return self
 
     def encoder_states(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
