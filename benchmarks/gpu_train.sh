@@ -7,7 +7,7 @@
 #
 # Settings (environment): PY (python, default .venv/bin/python), DATA_DIR (holds scifact/ in
 # BEIR layout; unset: downloaded), DATASET (default beir/scifact), CONFIG (default
-# configs/train-scifact-gpu.yml), MINUTES (stage-2 training budget, default 4), RUN (run dir, default
+# configs/train-scifact-gpu.yml), MINUTES (training budget, default 5), RUN (run dir, default
 # runs/scifact-gpu; an unfinished one is resumed), OUT (default benchmarks/results), LP (length
 # penalty of the np retriever, default 1.0), SETS (more `--set key=value` items, space-separated).
 # The same script runs on a CPU with a tiny config (tests/train/test_gpu_recipe.py).
@@ -18,7 +18,7 @@ OUT=${OUT:-benchmarks/results}
 RUN=${RUN:-runs/scifact-gpu}
 CONFIG=${CONFIG:-configs/train-scifact-gpu.yml}
 DATASET=${DATASET:-beir/scifact}
-MINUTES=${MINUTES:-4}
+MINUTES=${MINUTES:-5}
 LP=${LP:-1.0}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

@@ -16,15 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_gpu_recipe_script_runs_on_cpu_with_a_tiny_config(t5_dir, tmp_path):
     toy = toy_beir(tmp_path / "beir")
-    config = write_config(  # the GPU config's variant: np with the contrastive CE encoder
+    config = write_config(  # the GPU config's variant: np with the CE table trained
         tmp_path / "tiny.yml",
-        fast_config(
-            t5_dir,
-            toy,
-            model={"ce_encoder": "contrastive"},
-            contrastive={"max_epochs": 1},
-            trainer={"max_epochs": 2, "max_steps": -1},
-        ),
+        fast_config(t5_dir, toy, model={"train_ce": True}, trainer={"max_epochs": 2, "max_steps": -1}),
     )
     env = {
         **os.environ,
@@ -52,4 +46,4 @@ def test_gpu_recipe_script_runs_on_cpu_with_a_tiny_config(t5_dir, tmp_path):
     assert "wall: train+index" in table and "np" in table
     run = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert run["config"]["optim"]["lr"] == 0.01 and run["config"]["trainer"]["max_minutes"] == 0.5
-    assert run["config"]["model"]["ce_encoder"] == "contrastive"
+    assert run["config"]["model"]["train_ce"] is True
