@@ -197,7 +197,7 @@ def _sparse_step(
     from npdecode.normalizer import SparseLogits
 
     hidden, state = model.step_scaled_hidden(prev, state)
-    logits = SparseLogits(hidden, model.ce)
+    logits = SparseLogits(hidden, model.table())
     raw = torch.nan_to_num(
         scorer.edge_scores(logits, torch.zeros(len(hidden), device=hidden.device), row, ids), nan=float("-inf")
     )

@@ -212,6 +212,11 @@ class NpModel(_Seq2Seq):
     (``d_model**-0.5`` for tied T5) and ``logit_scale`` a fixed or learned temperature.
     ``ce`` (V_ce, d) is frozen unless ``trainable_ce``; ``ce_token_ids`` (V_ce,) maps rows to
     token ids; ``start_ce_id``/``eos_ce_id`` are the rows of the decoder start and EOS tokens.
+
+    ``token_embeddings``: the table the decoder reads and scores is ``CE[r] + E[token(r)]`` with
+    ``E`` a trainable embedding per *token* of the tokenizer (zeros at first: the model starts as
+    plain Np). The CE rows stay frozen and nonparametric; what training learns about a token
+    reaches every row of it, also rows appended after training.
     """
 
     def __init__(
@@ -225,6 +230,7 @@ class NpModel(_Seq2Seq):
         logit_scale: float = 1.0,
         learn_scale: bool = False,
         trainable_ce: bool = False,
+        token_embeddings: bool = False,
     ):
         super().__init__(backbone)
         if ce.ndim != 2 or ce.shape[1] != backbone.d_model:
@@ -240,6 +246,34 @@ class NpModel(_Seq2Seq):
         self.log_scale = nn.Parameter(torch.tensor(float(logit_scale), device=device).log(), requires_grad=learn_scale)
         self.start_id, self.eos_id = int(start_ce_id), int(eos_ce_id)
         self.output_scale = backbone.output_scale
+        self.token_emb = None
+        if token_embeddings:
+            n_tokens = max(len(backbone.tokenizer), int(self.ce_token_ids.max()) + 1)
+            self.token_emb = nn.Parameter(torch.zeros(n_tokens, ce.shape[1], device=device, dtype=dtype))
+
+    def with_table(self, ce: torch.Tensor, ce_token_ids: torch.Tensor, start_ce_id: int, eos_ce_id: int) -> NpModel:
+        """This model (backbone and token embeddings shared, logit scale copied) over another CE
+        table, frozen: another corpus's index, or this table with rows appended to the index."""
+        other = NpModel(self.backbone, ce, ce_token_ids, start_ce_id=start_ce_id, eos_ce_id=eos_ce_id)
+        with torch.no_grad():
+            other.log_scale.copy_(self.log_scale)
+        if self.token_emb is not None:
+            if int(other.ce_token_ids.max()) >= len(self.token_emb):
+                raise NpdecodeError(
+                    f"the CE table has token id {int(other.ce_token_ids.max())}; the model's token embeddings "
+                    f"cover {len(self.token_emb)} tokens (another tokenizer?)"
+                )
+            other.token_emb = self.token_emb
+        return other
+
+    def table(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows the decoder reads and scores, (V_ce, d) or those of ``rows``: CE, plus the
+        rows' token embeddings where the model has them."""
+        ce = self.ce if rows is None else self.ce.index_select(0, rows)
+        if self.token_emb is None:
+            return ce
+        tokens = self.ce_token_ids if rows is None else self.ce_token_ids.index_select(0, rows)
+        return ce + self.token_emb.index_select(0, tokens)
 
     # the decoder fuses the normalizer into the CE product (False: plain ``step`` + logsumexp)
     fused_normalizer: bool = True
@@ -249,13 +283,15 @@ class NpModel(_Seq2Seq):
         return self.ce.shape[0]
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(ids, self.ce)
+        if self.token_emb is None:
+            return nn.functional.embedding(ids, self.ce)
+        return nn.functional.embedding(ids, self.ce) + nn.functional.embedding(self.ce_token_ids[ids], self.token_emb)
 
     def logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``(..., d) -> (..., V_ce)``, or over the CE rows ``rows`` only (a sampled softmax)."""
         # scale the (N, d) states, not the (N, V_ce) product: one pass over the big matrix less
         scale = (self.log_scale.exp() * self.output_scale).to(hidden.dtype)
-        return _ce_logits(hidden * scale, self.ce if rows is None else self.ce.index_select(0, rows))
+        return _ce_logits(hidden * scale, self.table(rows))
 
     def step_scaled_hidden(self, prev_ids: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """The decoder part of a step with the output scale applied: ``logits = h · CEᵀ`` for the
@@ -275,21 +311,22 @@ class NpModel(_Seq2Seq):
         """
         hidden, state = self._step_hidden(prev_ids, state)
         scale = (self.log_scale.exp() * self.output_scale).to(hidden.dtype)
+        table = self.table()
         if hidden.device.type != "cpu":
-            logits = _ce_logits(hidden * scale, self.ce).float()
+            logits = _ce_logits(hidden * scale, table).float()
             return logits, torch.logsumexp(logits, dim=-1), state
         h_t = (hidden * scale).T.contiguous()  # (d, N)
         n = h_t.shape[1]
-        out = torch.empty(self.ce.shape[0], n, dtype=torch.float32, device=h_t.device)  # (V, N)
+        out = torch.empty(table.shape[0], n, dtype=torch.float32, device=h_t.device)  # (V, N)
         chunk = _lse_chunk(n)
         shifted = torch.empty(chunk, n, dtype=torch.float32)  # reused: no allocation per block
         maxes, sums = [], []
-        for lo in range(0, self.ce.shape[0], chunk):
+        for lo in range(0, table.shape[0], chunk):
             block = out[lo : lo + chunk]
-            if self.ce.dtype == torch.float32:
-                torch.mm(self.ce[lo : lo + chunk], h_t, out=block)
+            if table.dtype == torch.float32:
+                torch.mm(table[lo : lo + chunk], h_t, out=block)
             else:  # bf16 product (fp32 accumulation inside the kernel), stored and normalized in fp32
-                block.copy_(self.ce[lo : lo + chunk] @ h_t)
+                block.copy_(table[lo : lo + chunk] @ h_t)
             m = block.amax(0)
             m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf block: exp -> 0, not NaN
             maxes.append(m)
@@ -309,6 +346,7 @@ class NpModel(_Seq2Seq):
             "eos_ce_id": self.eos_id,
             "learn_scale": self.log_scale.requires_grad,
             "trainable_ce": self.ce.requires_grad,
+            "token_embeddings": self.token_emb is not None,
             "ce_rows": self.vocab_size,
             "family": self.backbone.family,
         }
@@ -386,6 +424,8 @@ def save_model(model: NpModel | VanillaModel, out_dir: str | Path) -> Path:
                 "ce_token_ids": model.ce_token_ids,
                 "log_scale": model.log_scale.detach(),
             }
+            if model.token_emb is not None:
+                tensors["token_emb"] = model.token_emb.detach()
             save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / CE_FILE))
         (tmp / NPDECODE_JSON).write_text(json.dumps(model.config_dict(), indent=2))
     return out_dir
@@ -414,7 +454,12 @@ def load_model(path: str | Path, *, device: Any = None, trust_remote_code: bool 
         eos_ce_id=meta["eos_ce_id"],
         learn_scale=meta.get("learn_scale", False),
         trainable_ce=meta.get("trainable_ce", False),
+        token_embeddings=meta.get("token_embeddings", False),
     )
     with torch.no_grad():
         model.log_scale.copy_(t["log_scale"])
+        if model.token_emb is not None:
+            if "token_emb" not in t:
+                raise NpdecodeError(f"{path / CE_FILE} lacks token_emb (npdecode.json says it has one); save it again")
+            model.token_emb.copy_(t["token_emb"])
     return model

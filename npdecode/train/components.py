@@ -45,6 +45,7 @@ def build_model(config: TrainConfig, backbone_ref: str, index):
         logit_scale=config.model.logit_scale,
         learn_scale=config.model.learn_scale,
         trainable_ce=config.model.train_ce,
+        token_embeddings=config.model.token_embeddings,
     )
 
 

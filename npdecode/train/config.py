@@ -85,6 +85,9 @@ class ModelConfig(_Strict):
     # logits = scale * h . CE^T. ~0.1 puts the first loss of a MiniLM bert2bert near ln V_ce.
     logit_scale: float = Field(1.0, gt=0)
     learn_scale: bool = False
+    # Add a trainable embedding per token to the CE rows of that token (zeros at first): the
+    # decoder reads and scores CE[r] + E[token(r)]. CE stays frozen; appended rows get E too.
+    token_embeddings: bool = False
 
 
 class ContrastiveConfig(_Strict):
@@ -177,10 +180,15 @@ class TrainConfig(_Strict):
     def _consistent(self) -> TrainConfig:
         m = self.model
         if m.variant == "vanilla" and (
-            m.train_ce or m.learn_scale or m.ce_encoder != "base" or m.sampled_negatives is not None
+            m.train_ce
+            or m.learn_scale
+            or m.token_embeddings
+            or m.ce_encoder != "base"
+            or m.sampled_negatives is not None
         ):
             raise ValueError(
-                "model.train_ce, learn_scale, ce_encoder and sampled_negatives apply to the np variant only"
+                "model.train_ce, learn_scale, token_embeddings, ce_encoder and sampled_negatives apply to the np "
+                "variant only"
             )
         if m.freeze_encoder and m.train_encoder_layers is not None:
             raise ValueError("model.train_encoder_layers trains part of the encoder: set model.freeze_encoder to false")

@@ -126,7 +126,13 @@ def run_stage(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, *
     base = run_index(data.corpus_path, backbone_ref, stage / "base-index", config, say)
     cfg = stage_config(config)
     model = build_model(
-        cfg.model_copy(update={"model": cfg.model.model_copy(update={"learn_scale": False, "train_ce": False})}),
+        cfg.model_copy(
+            update={
+                "model": cfg.model.model_copy(
+                    update={"learn_scale": False, "train_ce": False, "token_embeddings": False}
+                )
+            }
+        ),
         backbone_ref,
         base,
     )

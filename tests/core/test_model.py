@@ -144,3 +144,73 @@ def test_cache_argument_follows_the_decoder_signature():
     assert _cache_argument(New) == "cache" and _cache_argument(Old) == "past_key_values"
     with pytest.raises(NpdecodeError, match="neither"):
         _cache_argument(Neither)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_token_embeddings_join_every_row_of_their_token(backbones, family):
+    """With token embeddings the decoder reads and scores ``CE[r] + E[token(r)]``, by hand in
+    float64; cached steps equal teacher forcing; a sampled subset of rows scores as the full
+    table; training moves E (one gradient for all rows of a token), never the frozen CE."""
+    bb = backbones[family]
+    ref = make_np_model(bb, seed=7)
+    model = NpModel(bb, ref.ce.detach(), ref.ce_token_ids, logit_scale=0.4, token_embeddings=True)
+    assert torch.count_nonzero(model.token_emb) == 0  # starts as plain Np
+    torch.testing.assert_close(model.table(), model.ce)
+    with torch.no_grad():
+        model.token_emb.normal_()
+    table = model.ce.double() + model.token_emb.double()[model.ce_token_ids]
+    ids, mask = model.tokenize(["alpha beta", "gamma"])
+    dec = torch.tensor([[0, 4, 5], [0, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed(dec).double(), table[dec])
+        enc, _ = model.encode(ids, mask)
+        hidden, _ = model._decode(model.embed(dec), enc, mask)
+        by_hand = (0.4 * bb.output_scale) * hidden.double() @ table.T
+        ours = model(ids, mask, dec)
+        torch.testing.assert_close(ours.double(), by_hand, rtol=1e-4, atol=1e-4)
+        rows = torch.tensor([1, 3, 4])
+        torch.testing.assert_close(model.logits(hidden, rows), ours[..., rows])
+        state, steps = model.init_state(enc, mask), []
+        for t in range(dec.shape[1]):
+            logits, state = model.step(dec[:, t], state)
+            steps.append(logits)
+        torch.testing.assert_close(torch.stack(steps, 1), ours, rtol=1e-4, atol=1e-4)
+    labels = torch.tensor([4, 5, 1, 6, 7, 1])
+    torch.nn.functional.cross_entropy(model(ids, mask, dec).flatten(0, 1), labels).backward()
+    assert model.ce.grad is None
+    used = torch.zeros(len(model.token_emb), dtype=torch.bool)
+    used[model.ce_token_ids] = True
+    assert model.token_emb.grad[used].abs().sum() > 0 and model.token_emb.grad[~used].abs().sum() == 0
+
+
+@pytest.mark.parametrize("family", ["t5", "bert2bert"])
+def test_token_embeddings_round_trip_and_reach_appended_rows(backbones, family, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from npdecode.model import CE_FILE
+
+    bb = backbones[family]
+    ref = make_np_model(bb, seed=8)
+    model = NpModel(bb, ref.ce.detach(), ref.ce_token_ids, logit_scale=0.2, token_embeddings=True)
+    with torch.no_grad():
+        model.token_emb.normal_()
+    save_model(model, tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / NPDECODE_JSON).read_text())["token_embeddings"] is True
+    back = load_model(tmp_path / "ckpt")
+    a, b = model.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and "token_emb" in a
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # rows appended after training (a known token and a token no row had): CE + that token's E
+    extra, extra_tokens = torch.randn(2, bb.d_model), torch.tensor([int(model.ce_token_ids[4]), 11])
+    wider = back.with_table(torch.cat([model.ce.detach(), extra]), torch.cat([model.ce_token_ids, extra_tokens]), 0, 1)
+    assert wider.token_emb is back.token_emb and wider.log_scale.item() == back.log_scale.item()
+    torch.testing.assert_close(wider.table()[-2:], extra + back.token_emb.detach()[extra_tokens])
+    ids, mask = model.tokenize(["alpha beta"])
+    dec = torch.tensor([[0, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(wider(ids, mask, dec)[..., : model.vocab_size], model(ids, mask, dec))
+    t = load_file(str(tmp_path / "ckpt" / CE_FILE))
+    save_file({k: v for k, v in t.items() if k != "token_emb"}, str(tmp_path / "ckpt" / CE_FILE))
+    with pytest.raises(NpdecodeError, match="token_emb"):
+        load_model(tmp_path / "ckpt")

@@ -271,3 +271,26 @@ def test_two_process_ddp(t5_dir, toy, tmp_path, ce_encoder):
         assert len(changed) == 1
     else:
         assert (tmp_path / "run" / "contrastive" / "backbone" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("ce_encoder", ["async", "contrastive"])
+def test_token_embeddings_with_the_other_ce_encoders(t5_dir, toy, tmp_path, ce_encoder):
+    """async: the rebuilt tables keep the token embeddings (they are per token, not per row) and
+    the run's index + E is what the checkpoint scores; contrastive: stage 1 has none, stage 2
+    starts them at zero and trains them."""
+    config = fast_config(
+        t5_dir,
+        toy,
+        model={"ce_encoder": ce_encoder, "token_embeddings": True},
+        data={"batch_size": 64},
+        optim={"lr": 1e-2},
+        contrastive={"max_steps": 2, "batch_size": 8},
+        trainer={"max_epochs": 3, "max_steps": -1},
+        validation={"queries": 0},
+    )
+    train_run(load(config), tmp_path / "run")
+    model = load_model(tmp_path / "run" / "checkpoint")
+    index = load_index(tmp_path / "run" / "index")
+    assert model.token_emb is not None and torch.count_nonzero(model.token_emb) > 0
+    assert torch.equal(torch.from_numpy(index.vectors), model.ce.detach())  # the index keeps the plain CE
+    torch.testing.assert_close(model.table(), model.ce + model.token_emb[model.ce_token_ids])

@@ -19,6 +19,7 @@ VARIANTS = {
     "np": {"variant": "np"},
     "np-train-ce": {"variant": "np", "train_ce": True, "learn_scale": True},
     "np-frozen-encoder": {"variant": "np", "freeze_encoder": True, "decoder_layers": 1},
+    "np-token-emb": {"variant": "np", "token_embeddings": True},
 }
 
 
@@ -244,3 +245,35 @@ def test_resume_with_a_checkpoint_of_another_index_is_refused(t5_dir, toy, tmp_p
     shutil.copy(tmp_path / "a" / "lightning" / "last.ckpt", tmp_path / "b" / "lightning" / "last.ckpt")
     with pytest.raises(NpdecodeError, match="another model or index"):
         train_run(config_b, tmp_path / "b", resume=True)
+
+
+def test_token_embeddings_are_trained_saved_and_reach_documents_appended_later(t5_dir, toy, tmp_path):
+    """model.token_embeddings: the run's checkpoint holds the trained E; searching an index with
+    documents appended after training scores their rows as CE + E of their tokens."""
+    import torch
+
+    from npdecode.index.appender import append_to_index
+    from npdecode.search.retrievers.generative import GenerativeRetriever
+
+    out = tmp_path / "run"
+    train_run(load(fast_config(t5_dir, toy, model={"token_embeddings": True}, trainer={"max_steps": 6})), out)
+    trained = load_model(out / "checkpoint")
+    assert trained.token_emb is not None and torch.count_nonzero(trained.token_emb) > 0
+    new = tmp_path / "new.jsonl"
+    new.write_text(
+        json.dumps({"_id": "n1", "title": "zebra crossing river", "text": "a new document about zebra rivers"}) + "\n"
+    )
+    append_to_index(new, out / "index", runtime={"progress": False})
+    retriever = GenerativeRetriever(out / "index", kind="np")
+    model = retriever.model
+    assert model.vocab_size > trained.vocab_size and torch.equal(model.token_emb, trained.token_emb)
+    table = model.table()
+    rows = torch.arange(trained.vocab_size, model.vocab_size)
+    torch.testing.assert_close(table[rows], model.ce[rows] + trained.token_emb[model.ce_token_ids[rows]])
+    hits = retriever.search({"q": "zebra crossing river"}, 5)["q"]
+    assert hits and len(hits) <= 5
+
+
+def test_token_embeddings_are_an_np_option(t5_dir, toy):
+    with pytest.raises(Exception, match="token_embeddings"):
+        load(fast_config(t5_dir, toy, model={"variant": "vanilla", "token_embeddings": True}))

@@ -123,10 +123,7 @@ def open_model(index: Index, ref: str, kind: str, device: str):
         if isinstance(loaded, NpModel) and _built_from(index, ref) and not _same_rows(loaded, ce, token_ids):
             # an index made from this checkpoint's encoder (another corpus): its own table, the
             # checkpoint's weights and logit scale
-            model = NpModel(loaded.backbone, ce, token_ids, start_ce_id=start, eos_ce_id=eos)
-            with torch.no_grad():
-                model.log_scale.copy_(loaded.log_scale)
-            return model.eval()
+            return loaded.with_table(ce, token_ids, start, eos).eval()
         if isinstance(loaded, NpModel):
             return _with_index_rows(loaded, ce, token_ids).eval()
         backbone = loaded.backbone
@@ -156,7 +153,6 @@ def _with_index_rows(model, ce, token_ids):
     """A trained Np model whose CE table is extended by rows appended to the index later."""
     import torch
 
-    from npdecode.model import NpModel
 
     have = model.vocab_size
     if have > len(ce) or not torch.equal(model.ce_token_ids.cpu(), token_ids[:have]):
@@ -167,10 +163,7 @@ def _with_index_rows(model, ce, token_ids):
     if have == len(ce):
         return model
     table = torch.cat([model.ce.detach().float().cpu(), ce[have:]])
-    extended = NpModel(model.backbone, table, token_ids, start_ce_id=model.start_id, eos_ce_id=model.eos_id)
-    with torch.no_grad():
-        extended.log_scale.copy_(model.log_scale)
-    return extended
+    return model.with_table(table, token_ids, model.start_id, model.eos_id)
 
 
 def _build_normalizer(spec: str, model: Any, kind: str, index_dir: Path) -> Any:
@@ -183,7 +176,7 @@ def _build_normalizer(spec: str, model: Any, kind: str, index_dir: Path) -> Any:
         return None
     if kind != "np":
         raise NpdecodeError(f"--normalizer {spec}: only the np retriever has a CE table to approximate over")
-    return IvfNormalizer(model.ce, **options, cache_dir=index_dir)
+    return IvfNormalizer(model.table().detach(), **options, cache_dir=index_dir)
 
 
 def _factory(kind: str):
