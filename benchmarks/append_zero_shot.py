@@ -5,18 +5,21 @@ training qrels of those documents), then the held-out fifth is added with
 ``npdecode index --append`` (no retraining) and the test queries *about the held-out documents*
 are searched over the whole corpus. Compared on exactly those queries and documents:
 
-- ``np appended``: the trained Np model over its index + the appended segment (identifier
+- ``<np variant> appended``: the trained Np model over its index + the appended segment (identifier
   tokens of new documents go to existing CE rows, or fill a token's spare capacity up to k);
-- ``np rebuilt``: the same checkpoint over an index of the whole corpus built from scratch with
+- ``<np variant> rebuilt``: the same checkpoint over an index of the whole corpus built from scratch with
   its encoder (what an append approximates);
 - ``vanilla appended``: the vanilla GR model, new identifiers in its token trie;
 - ``bm25`` and ``dense`` over the whole corpus.
 
     .venv/bin/python benchmarks/append_zero_shot.py --data-dir ../shared/data --minutes 15 --threads 1
 
-Training runs (``runs/zero-shot/<variant>``) are reused when finished; ``--variants`` trains a
+Training runs (``runs/zero-shot/<variant>``) are reused when finished; ``--np-variants`` names
+one or more Np recipes (e.g. ``'np/base trained-CE' 'np/base token-emb'``), ``--variants`` trains a
 subset (e.g. np and vanilla in two parallel invocations with ``--skip-eval``). Writes
-``benchmarks/results/append_zero_shot.{md,json}``.
+``benchmarks/results/append_zero_shot.{md,json}``; rows of an earlier results file whose run is
+not in ``--work`` are kept (the split is the same for a given seed and fraction), so variants can
+be added one at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import datetime
 import json
 import os
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -104,7 +108,8 @@ def rebuilt_index(run_dir: Path, full_corpus: Path) -> Path:
     return out
 
 
-def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_run: str, k: int) -> dict:
+def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_runs: dict[str, str], k: int) -> dict:
+    """Rows for BM25, dense and every finished run among ``np_runs`` (variant -> run name) and vanilla."""
     from npdecode.eval.datasets import load_dataset
     from npdecode.eval.metrics import evaluate
     from npdecode.search.registry import build_retriever
@@ -115,21 +120,23 @@ def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_ru
     qrels = {q: docs for q, docs in qrels.items() if docs}
     queries = {q: ds.queries[q] for q in sorted(qrels) if q in ds.queries}
     full = ds.corpus_path
-    np_dir = work / np_run
     builders = {
         "bm25": lambda: build_retriever("bm25", full, {"cache_dir": work / "cache"}),
         "dense": lambda: build_retriever("dense", full, {"cache_dir": work / "cache"}),
     }
-    if (np_dir / "manifest.json").is_file():
-        appended, stats["np"] = appended_index(np_dir, work / "held_out.jsonl")
+    for variant, np_run in np_runs.items():
+        np_dir = work / np_run
+        if not (np_dir / "manifest.json").is_file():
+            continue
+        appended, stats[variant] = appended_index(np_dir, work / "held_out.jsonl")
         rebuilt = rebuilt_index(np_dir, full)
         for lp in (0.0, 1.0):
             suffix = " lp1" if lp else ""
-            builders[f"np appended{suffix}"] = lambda d=appended, lp=lp: GenerativeRetriever(
+            builders[f"{variant} appended{suffix}"] = lambda d=appended, lp=lp: GenerativeRetriever(
                 d, kind="np", length_penalty=lp, widen=False
             )
-            builders[f"np rebuilt{suffix}"] = lambda d=rebuilt, lp=lp: GenerativeRetriever(
-                d, kind="np", model=np_dir / "checkpoint", length_penalty=lp, widen=False
+            builders[f"{variant} rebuilt{suffix}"] = lambda d=rebuilt, c=np_dir / "checkpoint", lp=lp: (
+                GenerativeRetriever(d, kind="np", model=c, length_penalty=lp, widen=False)
             )
     if (work / "vanilla" / "manifest.json").is_file():
         appended, stats["vanilla"] = appended_index(work / "vanilla", work / "held_out.jsonl")
@@ -150,25 +157,42 @@ def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_ru
 
 
 def write(result: dict, stats: dict, trained: dict, args) -> None:
+    """Results JSON + .md; rows, training and append stats of an earlier file (same split) whose
+    run was not evaluated now are kept, each row with the date it was measured."""
     from scifact_gr import VARIANTS, train_minutes
 
+    path = RESULTS / "append_zero_shot.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    same_split = earlier.get("held_out_fraction") == args.fraction and earlier.get("seed") == args.seed
+    if not same_split:
+        earlier = {}
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    for row in result["rows"].values():
+        row["date"] = now
+    rows = {**{n: r for n, r in earlier.get("rows", {}).items() if n not in result["rows"]}, **result["rows"]}
+    command = "benchmarks/append_zero_shot.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     machine = f"{conditions.cpu_name()}, {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
     out = {
         "machine": machine,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": now,
         "conditions": conditions.measured(),
-        "command": "benchmarks/append_zero_shot.py " + " ".join(sys.argv[1:]),
+        "command": command,
+        "earlier_commands": [c for c in [*earlier.get("earlier_commands", []), earlier.get("command")] if c],
         "held_out_fraction": args.fraction,
         "seed": args.seed,
-        "np_variant": args.np_variant,
+        "np_variants": list(dict.fromkeys(earlier.get("np_variants", []) + args.np_variants)),
         "training": {  # minutes of training: both stages for contrastive
-            v: {"steps": r["training"]["steps"], "minutes": train_minutes(args.work / VARIANTS[v][0], r)}
-            for v, r in trained.items()
+            **earlier.get("training", {}),
+            **{
+                v: {"steps": r["training"]["steps"], "minutes": train_minutes(args.work / VARIANTS[v][0], r)}
+                for v, r in trained.items()
+            },
         },
-        "append": stats,
+        "append": {**earlier.get("append", {}), **stats},
         **result,
+        "rows": rows,
     }
-    (RESULTS / "append_zero_shot.json").write_text(json.dumps(out, indent=2) + "\n")
+    path.write_text(json.dumps(out, indent=2) + "\n")
     render(out)
 
 
@@ -181,32 +205,40 @@ def render(out: dict) -> None:
             f"{out['date']}, {out['machine']}. {out['held_out_documents']} of 5,183 documents held out of "
             f"training (seed {out['seed']}) and added with `npdecode index --append`; the {out['queries']} test "
             "queries with a relevant held-out document, judged on the held-out documents only, searched over the "
-            f"whole corpus. Np variant: {out['np_variant']}; training (one CPU thread each): "
+            f"whole corpus. Np variants: {', '.join(out['np_variants'])}; training (one CPU thread each): "
             + ", ".join(f"{v} {t['minutes']} min ({t['steps']} steps)" for v, t in out["training"].items())
             + "."
         ),
         "",
-        "| row | nDCG@10 | Hits@1 | Hits@10 | R@100 | top-1 is a held-out doc | search s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| row | nDCG@10 | Hits@1 | Hits@10 | R@100 | top-1 is a held-out doc | search s | measured |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, row in out["rows"].items():
         m = row["metrics"]
         lines.append(
             f"| {name} | {m['ndcg_cut_10']:.4f} | {m['success_1']:.4f} | {m['success_10']:.4f} | "
-            f"{m['recall_100']:.4f} | {row['found_held_out_at_1']} | {row['search_seconds']} |"
+            f"{m['recall_100']:.4f} | {row['found_held_out_at_1']} | {row['search_seconds']} | {row['date'][:10]} |"
         )
-    s = out["append"].get("np")
-    if s:
-        lines += [
-            "",
-            (
-                f"The np append: {s['documents']} documents, {s['occurrences']} identifier tokens, "
-                f"{s['to_existing_rows']} assigned to existing CE rows, {s['new_rows']} new rows (unseen tokens, and "
-                "known tokens with fewer than k rows filled up to k, as a rebuild would). `np rebuilt`: the same "
-                "checkpoint over an index of the whole corpus built from scratch with its encoder."
-            ),
-        ]
+    for variant in out["np_variants"]:
+        s = out["append"].get(variant)
+        if s:
+            lines += [
+                "",
+                (
+                    f"The {variant} append: {s['documents']} documents, {s['occurrences']} identifier tokens, "
+                    f"{s['to_existing_rows']} assigned to existing CE rows, {s['new_rows']} new rows (unseen tokens, "
+                    "and known tokens with fewer than k rows filled up to k, as a rebuild would)."
+                ),
+            ]
+    lines += [
+        "",
+        (
+            "`rebuilt`: the same checkpoint over an index of the whole corpus built from scratch with its "
+            "encoder. `lp1`: length penalty 1 (the score divided by the identifier's length)."
+        ),
+    ]
     lines += ["", f"Command: `{out['command']}`"]
+    lines += [f"Earlier rows: `{c}`" for c in out.get("earlier_commands", [])]
     (RESULTS / "append_zero_shot.md").write_text("\n".join(lines) + "\n")
 
 
@@ -216,8 +248,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="Holds scifact/ in BEIR layout.")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "zero-shot")
-    parser.add_argument("--np-variant", default="np/base", choices=[v for v in VARIANTS if v.startswith("np")])
-    parser.add_argument("--variants", nargs="+", default=None, help="Train these (default: the np variant, vanilla).")
+    parser.add_argument(
+        "--np-variants", nargs="+", default=["np/base"], choices=[v for v in VARIANTS if v.startswith("np")]
+    )
+    parser.add_argument("--variants", nargs="+", default=None, help="Train these (default: the np variants, vanilla).")
     parser.add_argument("--fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=15.0)
@@ -235,16 +269,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     seen_dir, _, held = split_corpus(args.data_dir, args.work, args.fraction, args.seed)
-    variants = args.variants or [args.np_variant, "vanilla"]
+    variants = args.variants or [*args.np_variants, "vanilla"]
     trained = {v: train(v, args.work, None, args.minutes, args.threads, dataset=seen_dir) for v in variants}
     if args.skip_eval:
         return
-    for v in (args.np_variant, "vanilla"):
+    for v in (*args.np_variants, "vanilla"):
         manifest = args.work / VARIANTS[v][0] / "manifest.json"
         if v not in trained and manifest.is_file():
             trained[v] = json.loads(manifest.read_text())
     stats: dict = {}
-    result = evaluate_rows(args.work, args.data_dir, held, stats, VARIANTS[args.np_variant][0], args.k)
+    np_runs = {v: VARIANTS[v][0] for v in args.np_variants}
+    result = evaluate_rows(args.work, args.data_dir, held, stats, np_runs, args.k)
     write(result, stats, trained, args)
 
 

@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -199,7 +200,9 @@ def validation_length_penalty(run_dir: Path, data_dir: Path) -> dict[str, float]
     return out
 
 
-def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None) -> None:
+def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None, earlier: dict | None = None) -> None:
+    """Results JSON + .md. Rows of ``earlier`` (an earlier results file) that were not searched
+    now, because their run is not in ``args.runs``, are kept in their place."""
     machine = f"{conditions.cpu_name()}, {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = {}
@@ -219,11 +222,14 @@ def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None) -> None
             rows[name]["training"] = run["training"]
             rows[name]["validation"] = run["metrics"]["validation"]
             rows[name]["memorisation_success_1"] = run["metrics"]["memorisation_success_1"]
+    if earlier:
+        rows = {**{n: rows.get(n, r) for n, r in earlier["rows"].items()}, **rows}
+        by_lp = {**earlier.get("validation_ndcg_cut_10_by_length_penalty", {}), **(by_lp or {})}
     out = {
         "machine": machine,
         "date": date,
         "conditions": conditions.measured(),
-        "command": "benchmarks/scifact_gr.py " + " ".join(sys.argv[1:]),
+        "command": "benchmarks/scifact_gr.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "config": str(CONFIG.relative_to(ROOT)),
         "rows": rows,
         "validation_ndcg_cut_10_by_length_penalty": by_lp or {},
@@ -268,7 +274,9 @@ def render(out: dict) -> None:
             "time, one torch thread each on the 2 cores); this command evaluated them. np/contrastive's "
             f"budget is split {CONTRASTIVE_SHARE:.0%} stage 1 / the rest stage 2; train min counts both "
             "stages (not the indexing between them). `np/base trained-CE`: the np/base recipe with "
-            "`model.train_ce=true` (the CE table trains too, DESIGN.md's ablation; the paper keeps it frozen)."
+            "`model.train_ce=true` (the CE table trains too, DESIGN.md's ablation; the paper keeps it frozen). "
+            "`token-emb`: the variant's recipe with `model.token_embeddings=true` (CE frozen; a trained "
+            "embedding per token is added to every CE row of that token, also to rows appended later)."
         ),
         "",
         "Length penalty picked on validation data (each run's held-out training queries, nDCG@10): "
@@ -304,7 +312,10 @@ def main() -> None:
     parser.add_argument(
         "--only-missing",
         action="store_true",
-        help="Search only the rows missing from results/scifact_gr.json (same runs).",
+        help=(
+            "Search only the rows missing from results/scifact_gr.json (same runs); its rows whose run is "
+            "not in --runs are kept as they were."
+        ),
     )
     args = parser.parse_args()
     if args.render:
@@ -322,18 +333,20 @@ def main() -> None:
             train(v, args.runs, args.data_dir, args.minutes, args.threads)
     if args.skip_eval:
         return
-    done = None
+    earlier = None
     previous = RESULTS / "scifact_gr.json"
     if args.only_missing and previous.is_file():
-        done = json.loads(previous.read_text())["rows"]
+        earlier = json.loads(previous.read_text())
+    done = earlier["rows"] if earlier else None
     metrics, seconds = evaluate_all(args.runs, args.data_dir, args.k, done)
+    known = earlier.get("validation_ndcg_cut_10_by_length_penalty", {}) if earlier else {}
     by_lp = {
-        label: validation_length_penalty(d, args.data_dir)
+        label: known[label] if label in known else validation_length_penalty(d, args.data_dir)
         for label, (v, d) in run_labels(args.runs).items()
         if v.startswith("np")
     }
     print("validation nDCG@10 by length penalty:", json.dumps(by_lp), flush=True)
-    write(metrics, seconds, args, by_lp)
+    write(metrics, seconds, args, by_lp, earlier)
 
 
 if __name__ == "__main__":
