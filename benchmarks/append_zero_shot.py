@@ -169,7 +169,7 @@ def write(result: dict, stats: dict, trained: dict, args) -> None:
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     for row in result["rows"].values():
         row["date"] = now
-    rows = {**{n: r for n, r in earlier.get("rows", {}).items() if n not in result["rows"]}, **result["rows"]}
+    rows = {**{n: result["rows"].get(n, r) for n, r in earlier.get("rows", {}).items()}, **result["rows"]}
     command = "benchmarks/append_zero_shot.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     machine = f"{conditions.cpu_name()}, {os.cpu_count()} cores (shared), torch threads {args.threads or 'default'}"
     out = {

@@ -1,7 +1,7 @@
 """``npdecode demo``: the main job on the bundled SciFact sample, end to end.
 
 Trains the default Np model (``train-demo.yml``: bert2bert from the packaged all-MiniLM-L6-v2,
-frozen cached encoder, shallow decoder, the CE table trained with it) and, with ``--vanilla``, the GENRE-style model with the
+frozen cached encoder, shallow decoder) and, with ``--vanilla``, the GENRE-style model with the
 same budget; indexes the corpus; evaluates np (and vanilla) beside BM25 and dense on the 300
 test queries in one table, and prints how much of the corpus each model memorised. Finished
 runs are reused and unfinished ones resumed, so running the demo again is cheap.

@@ -153,7 +153,6 @@ def _with_index_rows(model, ce, token_ids):
     """A trained Np model whose CE table is extended by rows appended to the index later."""
     import torch
 
-
     have = model.vocab_size
     if have > len(ce) or not torch.equal(model.ce_token_ids.cpu(), token_ids[:have]):
         raise NpdecodeError(
