@@ -36,3 +36,19 @@ def launcher_rank() -> int:
         if value != 0:
             return value
     return 0
+
+
+def flush_denormals() -> None:
+    """Treat float denormals (float32 magnitudes under ~1.2e-38) as zero on the CPU from now on.
+
+    A training run's intermediate tensors come to hold denormals as the model learns, and a CPU
+    op with denormal operands runs up to ~100x slower (a matmul: 175x measured here): without
+    this, the demo's steps slowed 2x between step 0 and step 800 on a CPU
+    (``benchmarks/results/train_denormals.md``). Values that small carry nothing a model uses;
+    GPUs are not affected. The setting belongs to a thread, and torch's intra-op threads take
+    it from the thread that starts them: call this before the process's first parallel op (the
+    training entry points do), after which the whole process keeps it.
+    """
+    import torch
+
+    torch.set_flush_denormal(True)

@@ -122,6 +122,12 @@ class GRModule(ResumableModule):
             for layer in self._trained_layers:
                 layer.requires_grad_(True)
 
+    def setup(self, stage: str) -> None:
+        # each process of a spawned multi-process run starts without it (train_run sets it in the launcher)
+        from npdecode.device import flush_denormals
+
+        flush_denormals()
+
     # ---- the step ------------------------------------------------------------------------
     def train(self, mode: bool = True) -> GRModule:
         super().train(mode)

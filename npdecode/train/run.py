@@ -42,13 +42,17 @@ MANIFEST = "manifest.json"
 
 
 def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, say=None) -> dict[str, Any]:
-    """Run the whole training job into ``out``; returns the run manifest."""
+    """Run the whole training job into ``out``; returns the run manifest. The process keeps
+    float denormals flushed to zero afterwards (:func:`npdecode.device.flush_denormals`)."""
     say = say or log.info
     out = Path(out)
     _check_out(out, config, resume)
     from npdecode.backbone import load_backbone
     from npdecode.corpus import load_corpus
+    from npdecode.device import flush_denormals
     from npdecode.train.sources import load_training_data
+
+    flush_denormals()  # before any parallel op, so torch's intra-op threads inherit it
 
     data = load_training_data(config.data.dataset, config.data.data_dir, config.data.train_split)
     corpus = load_corpus(data.corpus_path)  # a malformed or empty corpus fails here, before any write
