@@ -31,7 +31,6 @@ import conditions  # benchmarks/conditions.py: the script's own folder is on sys
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "configs" / "train-demo.yml"
-SAMPLE = ROOT / "npdecode" / "data" / "scifact-sample"
 SIDES = ("flushed", "not flushed")
 
 
@@ -44,30 +43,21 @@ def one_side(flush: bool, at: list[int], window: int, threads: int) -> dict:
 
         flush_denormals()  # first, as train_run does: before torch starts its threads
     torch.set_num_threads(threads)
-    sys.path.insert(0, str(ROOT))
-    from npdecode.corpus import load_corpus
-    from npdecode.train.components import run_index
+    from train_speed import SAMPLE, _fill_cache, build  # the same model and batches as train_speed.py
+
     from npdecode.train.config import load_train_config
-    from npdecode.train.run import prepare
-    from npdecode.train.sources import load_training_data, resolve_backbone
 
     sets = ("trainer.progress=false", "validation.queries=0", "index.progress=false", "trainer.accelerator=cpu")
     config = load_train_config(CONFIG, sets, **{"data.dataset": str(SAMPLE)})
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        data = load_training_data(config.data.dataset, None, "train")
-        ref = resolve_backbone(config.backbone, Path(tmp))
-        index = run_index(data.corpus_path, ref, Path(tmp) / "index", config, lambda *_: None)
-        module, datamodule, _, _ = prepare(
-            config, Path(tmp), ref, data, load_corpus(data.corpus_path), index, lambda *_: None
-        )
+        module, datamodule = build(config, Path(tmp), lambda *_: None)
+    _fill_cache(module, datamodule)  # the timed steps are decoder steps
     module.train()
     opt = module.configure_optimizers()
     optimizer, schedule = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     params = [p for p in module.parameters() if p.requires_grad]
     batches = datamodule.train_dataloader()
-    for batch in batches:  # fill the encoder-state cache: the timed steps are decoder steps
-        module.encoder_states(batch)
 
     def steps(n: int) -> float:
         done, start = 0, time.perf_counter()
