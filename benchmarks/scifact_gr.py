@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CONFIG = ROOT / "configs" / "train-scifact-cpu.yml"
-# async trains the encoder's top layer (CE rebuilt from it every 2 epochs)
+# async trains the encoder's top layer (CE rebuilt from it every 2 epochs); the states entering
+# it are cached (the layers below are frozen)
 ASYNC = (
     "model.ce_encoder=async",
     "model.freeze_encoder=false",
-    "model.cache_encoder_states=false",
     "model.train_encoder_layers=1",
     "model.async_every_n_epochs=2",
     "optim.encoder_lr=1e-4",
@@ -208,7 +208,7 @@ def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None, earlier
     rows = {}
     labels = run_labels(args.runs)
     for name, m in metrics.items():
-        label = max((lb for lb in labels if name == lb or name.startswith(lb + " ")), key=len, default=None)
+        label = label_of(name, labels)
         variant, run_dir = labels[label] if label else (name, None)
         run = json.loads((run_dir / "manifest.json").read_text()) if run_dir else None
         minutes = train_minutes(run_dir, run) if run else 0
@@ -219,6 +219,7 @@ def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None, earlier
             "search_seconds": round(seconds[name], 1),
         }
         if run:
+            rows[name]["run_created"] = run["created"]
             rows[name]["training"] = run["training"]
             rows[name]["validation"] = run["metrics"]["validation"]
             rows[name]["memorisation_success_1"] = run["metrics"]["memorisation_success_1"]
@@ -236,6 +237,25 @@ def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None, earlier
     }
     (RESULTS / "scifact_gr.json").write_text(json.dumps(out, indent=2) + "\n")
     render(out)
+
+
+def label_of(name: str, labels: dict) -> str | None:
+    """The run label a row name belongs to (``np/base token-trie lp1`` -> ``np/base``), or None."""
+    return max((lb for lb in labels if name == lb or name.startswith(lb + " ")), key=len, default=None)
+
+
+def searched_before(earlier: dict, runs: Path) -> dict:
+    """Rows of an earlier results file that stay as they are: those of runs not in ``runs``, and
+    those of the very runs in ``runs`` (same creation time); a run trained again (or a row that
+    does not say which run it came from) is searched again."""
+    labels = run_labels(runs)
+    created = {lb: json.loads((d / "manifest.json").read_text())["created"] for lb, (_, d) in labels.items()}
+    keep = {}
+    for name, row in earlier["rows"].items():
+        label = label_of(name, labels)
+        if label is None or row.get("run_created") == created[label]:
+            keep[name] = row
+    return keep
 
 
 def render(out: dict) -> None:
@@ -337,11 +357,11 @@ def main() -> None:
     previous = RESULTS / "scifact_gr.json"
     if args.only_missing and previous.is_file():
         earlier = json.loads(previous.read_text())
-    done = earlier["rows"] if earlier else None
+    done = searched_before(earlier, args.runs) if earlier else None
     metrics, seconds = evaluate_all(args.runs, args.data_dir, args.k, done)
     known = earlier.get("validation_ndcg_cut_10_by_length_penalty", {}) if earlier else {}
     by_lp = {
-        label: known[label] if label in known else validation_length_penalty(d, args.data_dir)
+        label: known[label] if label in known and label in done else validation_length_penalty(d, args.data_dir)
         for label, (v, d) in run_labels(args.runs).items()
         if v.startswith("np")
     }

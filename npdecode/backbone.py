@@ -8,6 +8,7 @@ nothing for T5), and whether decoder outputs are scaled by ``d_model**-0.5`` (ti
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,16 +50,27 @@ def _bert_decoder_layers(bb: Any) -> tuple[Any, str, str]:
     return bb.model.decoder.bert.encoder, "layer", "num_hidden_layers"
 
 
-def _t5_encoder_layers(encoder: Any) -> Any:
-    return encoder.block
+def _t5_encoder_layers(encoder: Any) -> tuple[Any, str]:
+    return encoder, "block"
 
 
-def _bart_encoder_layers(encoder: Any) -> Any:
-    return encoder.layers
+def _bart_encoder_layers(encoder: Any) -> tuple[Any, str]:
+    return encoder, "layers"
 
 
-def _bert_encoder_layers(encoder: Any) -> Any:
-    return encoder.encoder.layer
+def _bert_encoder_layers(encoder: Any) -> tuple[Any, str]:
+    return encoder.encoder, "layer"
+
+
+def _layer_output(bottom: Any, states: Any) -> Any:
+    return states
+
+
+def _t5_layer_output(bottom: Any, states: Any) -> tuple[Any, Any, None]:
+    # T5 blocks return (states, self-attention bias, cross-attention bias); the bottom block
+    # computes the relative position bias every block above it reuses (it depends on length only)
+    length = states.shape[1]
+    return states, bottom.layer[0].SelfAttention.compute_bias(length, length, device=states.device), None
 
 
 @dataclass(frozen=True)
@@ -81,8 +93,11 @@ class Family:
     head: Callable[[Any], Any] = _output_embeddings
     # (module holding the decoder layers, its attribute, config key of their count)
     decoder_layers: Callable[[Any], tuple[Any, str, str]] = _t5_decoder_layers
-    # the encoder's layer list, from the encoder module (bottom first)
-    encoder_layers: Callable[[Any], Any] = _t5_encoder_layers
+    # (module holding the encoder layers, its attribute), from the encoder module (bottom first)
+    encoder_layers: Callable[[Any], tuple[Any, str]] = _t5_encoder_layers
+    # what an encoder layer returns, as f(bottom layer, states) (encode_from stands in for the
+    # layers below with it)
+    layer_output: Callable[[Any, Any], Any] = _layer_output
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -95,7 +110,7 @@ def register_family(model_type: str, family: Family) -> None:
     _FAMILIES[model_type] = family
 
 
-_T5 = Family("t5", ("decoder",), scales_tied_outputs=True)
+_T5 = Family("t5", ("decoder",), scales_tied_outputs=True, layer_output=_t5_layer_output)
 register_family("t5", _T5)
 register_family("mt5", _T5)
 register_family(
@@ -253,7 +268,45 @@ class Backbone:
 
     def encoder_layers(self) -> list[Any]:
         """The encoder's layers, bottom first."""
-        return list(self.spec.encoder_layers(self.encoder))
+        owner, attr = self.spec.encoder_layers(self.encoder)
+        return list(getattr(owner, attr))
+
+    def encode_until(self, input_ids: Any, attention_mask: Any, layer: int) -> Any:
+        """The states ``(B, T, d)`` that enter encoder layer ``layer`` (0-based; the embeddings'
+        output for 0): the encoder runs up to there and stops. With :meth:`encode_from` this splits
+        :meth:`encode` in two, so a frozen bottom part can be computed once and cached."""
+        target = self.encoder_layers()[layer]
+        seen: list[Any] = []
+
+        def stop(module: Any, args: tuple, kwargs: dict) -> None:
+            seen.append(args[0] if args else kwargs["hidden_states"])
+            raise _Reached
+
+        handle = target.register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            self.encode(input_ids, attention_mask)
+        except _Reached:
+            pass
+        finally:
+            handle.remove()
+        return seen[0]
+
+    def encode_from(self, states: Any, input_ids: Any, attention_mask: Any, layer: int) -> Any:
+        """Encoder last hidden state ``(B, T, d)`` from ``states``, the input of layer ``layer``
+        (as :meth:`encode_until` returns it): the layers from ``layer`` up and the encoder's end
+        (final norm) run; the ones below do not. ``input_ids`` only give the encoder its shapes
+        (the embeddings run, their output is dropped); equals :meth:`encode` where the mask is 1."""
+        import torch
+
+        owner, attr = self.spec.encoder_layers(self.encoder)
+        layers = getattr(owner, attr)
+        stand_in = _given_class()(states, layers[0], self.spec.layer_output)
+        # the layer list is swapped for the call only (a module attribute, not a parameter change)
+        owner._modules[attr] = torch.nn.ModuleList([stand_in, *list(layers)[layer:]])
+        try:
+            return self.encode(input_ids, attention_mask)
+        finally:
+            owner._modules[attr] = layers
 
     def keep_decoder_layers(self, n: int) -> None:
         """Keep only the first ``n`` decoder layers (a shallower, cheaper decoder); the config says
@@ -267,6 +320,28 @@ class Backbone:
         own = getattr(getattr(self.model, "decoder", None), "config", None)  # a decoder module's own copy
         if own is not None and hasattr(own, key):
             setattr(own, key, n)
+
+
+class _Reached(Exception):
+    """Raised by :meth:`Backbone.encode_until`'s hook to stop the encoder at a layer."""
+
+
+@functools.cache
+def _given_class() -> type:
+    import torch
+
+    class Given(torch.nn.Module):
+        """Stands in for the encoder layers below a point: returns given states as a layer would."""
+
+        def __init__(self, states: Any, bottom: Any, output: Callable[[Any, Any], Any]) -> None:
+            super().__init__()
+            self.states, self.output = states, output
+            object.__setattr__(self, "bottom", bottom)  # not a submodule: no parameters of its own
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return self.output(self.bottom, self.states)
+
+    return Given
 
 
 def _first_int(*values: Any) -> int:

@@ -145,15 +145,25 @@ class CERebuilder:
 
     ``rebuild(backbone, rank, world_size)`` returns the segment (rows, row tokens, records, None);
     under ddp every rank encodes its share of the shards and every rank gets the whole result.
+
+    ``frozen_below=k``: the encoder's layers below ``k`` (and its embeddings) never change while
+    the model trains, so the states entering layer ``k`` are computed at the first rebuild, kept
+    (up to ``cache_gib`` GiB; batches beyond it run the whole encoder each time) and later rebuilds
+    run only the layers from ``k`` up. Same result as without.
     """
 
-    def __init__(self, corpus: str | Path, config: IndexConfig, backbone) -> None:
+    def __init__(
+        self, corpus: str | Path, config: IndexConfig, backbone, frozen_below: int | None = None, cache_gib: float = 4.0
+    ) -> None:
         from npdecode.corpus import load_corpus
 
         self.corpus = Path(corpus)
         self.config = fit_to_backbone(config, backbone, "the model")
         self.groups = assign_identifiers(load_corpus(corpus), self.config.max_identifier_words)
         self.ident_tokens = tokenize_identifiers(backbone, self.groups)
+        self.frozen_below, self.cache_bytes = frozen_below, int(cache_gib * 2**30)
+        self.bottom: dict[tuple[int, int], object] = {}  # (first group, batch size) -> states entering layer k
+        self.bottom_bytes = 0
 
     def rebuild(self, backbone, rank: int = 0, world_size: int = 1):
         encoder = backbone.encoder
@@ -180,12 +190,33 @@ class CERebuilder:
             batch_tokens=c.batch_tokens,
             batch_size=c.batch_size,
         )
-        occ = encode_in_memory(backbone.encoder, data, precision=resolve_precision(c), rank=rank, world_size=world_size)
+        hidden = self._from_cached_bottom(backbone) if self.frozen_below is not None else None
+        occ = encode_in_memory(
+            backbone.encoder, data, precision=resolve_precision(c), rank=rank, world_size=world_size, hidden_states=hidden
+        )
         check_occurrences(occ, self.ident_tokens, "the in-memory encoding")
         rows, row_tokens, records, _ = assemble_segment(
             backbone, self.groups, self.ident_tokens, occ, c.model_copy(update={"raw_ce": False})
         )
         return rows, row_tokens, records, None
+
+
+    def _from_cached_bottom(self, backbone):
+        """A batch's encoder output from the kept states entering layer ``frozen_below``."""
+        split = self.frozen_below
+
+        def hidden_states(batch: dict):
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            key = (int(batch["groups"][0]), len(batch["groups"]))  # the batches are the same every time
+            states = self.bottom.get(key)
+            if states is None:
+                states = backbone.encode_until(ids, mask, split)
+                size = states.numel() * states.element_size()
+                if self.bottom_bytes + size <= self.cache_bytes:
+                    self.bottom[key], self.bottom_bytes = states, self.bottom_bytes + size
+            return backbone.encode_from(states, ids, mask, split)
+
+        return hidden_states
 
 
 def fit_to_backbone(config: IndexConfig, backbone, model: str | Path) -> IndexConfig:

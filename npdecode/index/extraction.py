@@ -148,10 +148,13 @@ class CEExtractor(pl.LightningModule):
         return pick_ce(self.encoder, batch)
 
 
-def pick_ce(encoder: torch.nn.Module, batch: dict) -> dict:
-    """One batch's raw CE: the encoder's last hidden state at the identifier positions (on CPU)."""
-    out = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    hidden = out.last_hidden_state  # (B, T, d)
+def pick_ce(encoder: torch.nn.Module, batch: dict, hidden_states: Callable[[dict], torch.Tensor] | None = None) -> dict:
+    """One batch's raw CE: the encoder's last hidden state at the identifier positions (on CPU).
+    ``hidden_states(batch)``, when given, computes that state instead of ``encoder``."""
+    if hidden_states is not None:
+        hidden = hidden_states(batch)
+    else:
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     picked = hidden[batch["rows"], batch["cols"]].float()  # (N, d) identifier positions
     counts = torch.bincount(batch["rows"], minlength=len(batch["groups"]))
     return {
@@ -163,12 +166,19 @@ def pick_ce(encoder: torch.nn.Module, batch: dict) -> dict:
 
 
 def encode_in_memory(
-    encoder: torch.nn.Module, data: ShardBatches, *, precision: str = "32-true", rank: int = 0, world_size: int = 1
+    encoder: torch.nn.Module,
+    data: ShardBatches,
+    *,
+    precision: str = "32-true",
+    rank: int = 0,
+    world_size: int = 1,
+    hidden_states: Callable[[dict], torch.Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
     """What :func:`run_extraction` + :func:`read_shards` give, without files or a Trainer: the
     same shards and batches, encoded in this process by ``encoder`` as it is now (a model being
-    trained: its mode is restored afterwards). Under ddp each rank encodes every
-    ``world_size``-th shard and the shards are exchanged, so every rank returns all of them."""
+    trained: its mode is restored afterwards), or by ``hidden_states(batch)`` (see :func:`pick_ce`).
+    Under ddp each rank encodes every ``world_size``-th shard and the shards are exchanged, so
+    every rank returns all of them."""
     device = next(encoder.parameters()).device
     mine = [s for s in data.shards if s % world_size == rank]
     shards: dict[int, dict[str, torch.Tensor]] = {}
@@ -180,7 +190,7 @@ def encode_in_memory(
         with torch.inference_mode(), autocast:
             for batch in ShardBatches(data.docs, mine, data.tokenize, data.pad_id, **data.batching()):
                 moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                parts.append(pick_ce(encoder, moved))
+                parts.append(pick_ce(encoder, moved, hidden_states))
                 if batch["last"]:
                     shards[batch["shard"]] = shard_payload(parts)
                     parts = []

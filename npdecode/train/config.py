@@ -67,6 +67,9 @@ class ModelConfig(_Strict):
     # re-extracted with that encoder and GR training starts from the stage's weights.
     ce_encoder: Literal["base", "async", "contrastive"] = "base"
     async_every_n_epochs: int = Field(1, ge=1)
+    # With train_encoder_layers, the rebuild keeps the corpus's states below the trained layers
+    # (computed once) and runs only the trained layers on them: at most this many GiB (0: none).
+    async_cache_gib: float = Field(4.0, ge=0)
     # Train the CE table too (ablation; the paper keeps it frozen).
     train_ce: bool = False
     # Keep the encoder's weights as they are. With cache_encoder_states its outputs are computed
@@ -76,6 +79,7 @@ class ModelConfig(_Strict):
     # With freeze_encoder false: train only the top N encoder layers (None: all). The embeddings
     # and the layers below stay as they are (and in eval mode: no dropout), so the backward pass
     # stops at layer L-N: a much cheaper step where the encoder trains (e.g. ce_encoder async).
+    # With cache_encoder_states the states entering layer L-N are cached: only the top N run.
     train_encoder_layers: int | None = Field(None, ge=1)
     # Keep only the first N decoder layers (None: all): a shallower decoder is a cheaper step.
     decoder_layers: int | None = Field(None, ge=1)

@@ -28,11 +28,12 @@ from npdecode.train.config import TrainConfig
 
 
 class EncoderStateCache:
-    """Encoder outputs of a frozen encoder, one unpadded ``(T_i, d)`` tensor per example id.
+    """Encoder outputs of a frozen encoder (or, where only its top layers train, the states that
+    enter them), one unpadded ``(T_i, d)`` tensor per example id.
 
     A frozen encoder in eval mode gives the same states every epoch, so each example is
     encoded once (the first time it is drawn) and its states are reused afterwards: a step is
-    then a decoder step only.
+    then a decoder step only (plus the trained top layers).
     """
 
     def __init__(self) -> None:
@@ -105,9 +106,9 @@ class GRModule(ResumableModule):
         if group_ce is not None:
             self.register_buffer("group_ce", torch.tensor([c for g in group_ce for c in g], dtype=torch.long))
             self.register_buffer("ce_epoch", torch.tensor(0, dtype=torch.long))
-        self.cache = EncoderStateCache() if config.model.freeze_encoder and config.model.cache_encoder_states else None
         # Only the top train_encoder_layers encoder layers train (the rest as with freeze_encoder)
         self._trained_layers: list[nn.Module] = []  # a plain list: not registered twice
+        self.frozen_below: int | None = None  # first trained encoder layer: the cache holds its input
         top = config.model.train_encoder_layers
         if top is not None:
             layers = model.backbone.encoder_layers()
@@ -115,7 +116,10 @@ class GRModule(ResumableModule):
                 raise NpdecodeError(
                     f"model.train_encoder_layers={top}: the encoder has {len(layers)} layers; pick 1..{len(layers)}"
                 )
-            self._trained_layers = layers[len(layers) - top :]
+            self.frozen_below = len(layers) - top
+            self._trained_layers = layers[self.frozen_below :]
+        cached = config.model.cache_encoder_states and (config.model.freeze_encoder or top is not None)
+        self.cache = EncoderStateCache() if cached else None
         self._encoder_frozen = config.model.freeze_encoder or top is not None
         if self._encoder_frozen:
             model.backbone.encoder.requires_grad_(False)
@@ -139,9 +143,16 @@ class GRModule(ResumableModule):
 
     def encoder_states(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        if self.cache is not None and self.training:
-            return self.cache.fetch(self.model.backbone.encode, ids, mask, batch["example"].tolist())
-        return self.model.encode(ids, mask)
+        if self.cache is None or not self.training:
+            return self.model.encode(ids, mask)
+        backbone, keys = self.model.backbone, batch["example"].tolist()
+        if self.frozen_below is None:  # a frozen encoder: its outputs
+            return self.cache.fetch(backbone.encode, ids, mask, keys)
+        # the top layers train: the cache holds what enters them, they run on it every step
+        split = self.frozen_below
+        states, enc_mask = self.cache.fetch(lambda i, m: backbone.encode_until(i, m, split), ids, mask, keys)
+        width = states.shape[1]
+        return backbone.encode_from(states, ids[:, :width], enc_mask, split), enc_mask
 
     def loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Mean cross-entropy over the output vocabulary (CE ids or tokens) at every target position."""

@@ -156,7 +156,13 @@ def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index,
         from npdecode.index.builder import CERebuilder
         from npdecode.train.async_ce import AsyncCE
 
-        rebuilder = CERebuilder(data.corpus_path, config.index, module.model.backbone)
+        rebuilder = CERebuilder(
+            data.corpus_path,
+            config.index,
+            module.model.backbone,
+            frozen_below=module.frozen_below,
+            cache_gib=config.model.async_cache_gib,
+        )
         callbacks.append(AsyncCE(rebuilder, config.model.async_every_n_epochs, say=say))
     start = time.perf_counter()
     with quiet_fit(config):

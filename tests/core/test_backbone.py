@@ -153,3 +153,38 @@ def test_family_registry_holds_every_quirk_and_refuses_taken_types():
         assert pickle.loads(pickle.dumps(family)) == family
     source = Path(backbone.__file__).read_text()
     assert "family ==" not in source  # quirks are fields of a Family, not branches
+
+
+def test_encode_split_at_any_layer_equals_encode(backbone_dir):
+    """encode_from(encode_until(x, k), k) is encode(x) at every layer k and every real position,
+    also when the bottom states of each example come from another batch (other padding), and a
+    gradient reaches the layers from k up and nothing below."""
+    bb = load_backbone(backbone_dir)
+    texts = ["alpha beta gamma delta", "x y", "one two three four five six seven eight"]
+    enc = bb.tokenizer(texts, return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    full = bb.encode(ids, mask)
+    layers = bb.encoder_layers()
+    assert len(layers) >= 2
+    for k in range(len(layers)):
+        states = bb.encode_until(ids, mask, k)
+        assert states.shape == full.shape
+        split = bb.encode_from(states, ids, mask, k)
+        torch.testing.assert_close(split * mask[..., None], full * mask[..., None], atol=1e-5, rtol=1e-5)
+    assert bb.encoder_layers() == layers  # the swap is undone
+    # the bottom states of one example alone, padded into the batch with zeros
+    k = len(layers) - 1
+    with torch.no_grad():
+        alone = [bb.encode_until(ids[i : i + 1, : int(n)], mask[i : i + 1, : int(n)], k) for i, n in enumerate(mask.sum(1))]
+    padded = torch.zeros_like(full)
+    for i, part in enumerate(alone):
+        padded[i, : part.shape[1]] = part[0]
+    split = bb.encode_from(padded, ids, mask, k)
+    torch.testing.assert_close(split * mask[..., None], full * mask[..., None], atol=1e-5, rtol=1e-5)
+    # gradient: the top layer gets one, the layers below get none (they do not run; T5's bottom
+    # block holds the relative position bias every block uses: that one is shared)
+    bb.model.zero_grad()
+    bb.encode_from(padded, ids, mask, k).sum().backward()
+    top = [p.grad is not None and p.grad.abs().sum() > 0 for p in layers[k].parameters()]
+    below = [p.grad for layer in layers[:k] for n, p in layer.named_parameters() if "relative_attention" not in n]
+    assert any(top) and all(g is None for g in below)

@@ -50,12 +50,12 @@ def _with_callback(monkeypatch, callback: pl.Callback) -> None:
 # ---- async --------------------------------------------------------------------------------------
 
 
-def _async_config(backbone, toy, epochs: int) -> dict:
+def _async_config(backbone, toy, epochs: int, **model) -> dict:
     """async CE, one batch per epoch (so every epoch after the first starts with a rebuild)."""
     return fast_config(
         backbone,
         toy,
-        model={"ce_encoder": "async"},
+        model={"ce_encoder": "async", **model},
         data={"batch_size": 64},
         optim={"lr": 1e-2},
         trainer={"max_epochs": epochs, "max_steps": -1},
@@ -63,12 +63,17 @@ def _async_config(backbone, toy, epochs: int) -> dict:
     )
 
 
-def test_async_rebuild_equals_a_fresh_index_with_the_current_weights(t5_dir, toy, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("top", "gib"), [(None, 4.0), (1, 4.0), (1, 0.0)])
+def test_async_rebuild_equals_a_fresh_index_with_the_current_weights(t5_dir, toy, tmp_path, monkeypatch, top, gib):
+    """The rebuild at the start of epoch 2 (the second one) is a fresh index of the weights of
+    that moment; with only the top encoder layer training, that rebuild ran the top layer alone
+    on the states below it kept from the first rebuild (none kept with a 0 GiB allowance)."""
     seen = {}
 
-    class Probe(pl.Callback):  # runs right after the rebuild at the start of epoch 1
+    class Probe(pl.Callback):  # runs right after the rebuild at the start of epoch 2
         def on_train_epoch_start(self, trainer, module):
-            if trainer.current_epoch == 1:
+            if trainer.current_epoch == 2:
+                rebuilder = next(c for c in trainer.callbacks if type(c).__name__ == "AsyncCE").rebuilder
                 backbone = module.model.backbone
                 backbone.model.save_pretrained(tmp_path / "now")
                 backbone.tokenizer.save_pretrained(tmp_path / "now")
@@ -77,20 +82,22 @@ def test_async_rebuild_equals_a_fresh_index_with_the_current_weights(t5_dir, toy
                     tokens=module.model.ce_token_ids.clone(),
                     targets=module.targets(),
                     ce_epoch=int(module.ce_epoch),
+                    kept=len(rebuilder.bottom),
                 )
 
     _with_callback(monkeypatch, Probe())
-    config = _async_config(t5_dir, toy, epochs=2)
+    config = _async_config(t5_dir, toy, epochs=3, train_encoder_layers=top, async_cache_gib=gib)
     train_run(load(config), tmp_path / "run")
     fresh = load_index(build_index(toy / "corpus.jsonl", tmp_path / "now", tmp_path / "fresh", load(config).index))
-    assert seen["ce_epoch"] == 1
+    assert seen["ce_epoch"] == 2
+    assert (seen["kept"] > 0) is (top is not None and gib > 0)
     assert torch.allclose(seen["ce"], torch.from_numpy(fresh.vectors), atol=1e-6)
     assert torch.equal(seen["tokens"], torch.from_numpy(fresh.token_ids))
     assert seen["targets"] == [g.ce + [fresh.eos_ce] for g in fresh.groups]
     base = load_index(build_index(toy / "corpus.jsonl", t5_dir, tmp_path / "base", load(config).index))
     assert not np.allclose(base.vectors, fresh.vectors, atol=1e-4)  # the encoder did move
     changed = _metric_column(tmp_path / "run" / "logs" / "csv" / "metrics.csv", "async/targets_changed")
-    assert len(changed) == 1 and 0 <= changed[0] <= len(fresh.groups)
+    assert len(changed) == 2 and all(0 <= c <= len(fresh.groups) for c in changed)
 
 
 def test_async_run_index_is_the_table_the_model_trained_with(t5_dir, toy, tmp_path, capsys):

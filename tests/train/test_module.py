@@ -156,6 +156,40 @@ def test_train_encoder_layers_moves_only_the_top_layers(family, request, tmp_pat
         load(fast_config(backbone_dir, tmp_path, model={"freeze_encoder": True, "train_encoder_layers": 1}))
 
 
+@pytest.mark.parametrize("family", ["t5", "bart", "bert2bert"])
+def test_top_layer_cache_gives_the_uncached_loss_and_gradients(family, request, tmp_path):
+    """train_encoder_layers=1 with cache_encoder_states: the cache holds the states entering the
+    top layer (the frozen layers run once per example), and a step gives the loss and gradients
+    of the uncached step (same dropout draws: the frozen part draws none)."""
+    backbone_dir = request.getfixturevalue(f"{family}_dir")
+    corpus = toy_corpus_file(tmp_path, 6, seed=2)
+    index = load_index(build_index(corpus, backbone_dir, tmp_path / "idx", fast_index_config()))
+
+    def step(cache: bool):
+        module, _ = _module(backbone_dir, index, tmp_path, train_encoder_layers=1, cache_encoder_states=cache)
+        module.train()
+        batch = _batch(module.model, index, ["alpha river", "gamma star city", "iron"], [0, 3, 5])
+        losses = []
+        for _ in range(2):  # the first fills the cache, the second reads it
+            torch.manual_seed(0)
+            losses.append(module.loss(batch))
+        losses[-1].backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        return module, losses, grads
+
+    cached, losses, grads = step(True)
+    assert len(cached.cache) == 3 and cached.cache.states[0].shape[-1] == cached.model.backbone.d_model
+    plain, plain_losses, plain_grads = step(False)
+    assert plain.cache is None
+    for a, b in zip(losses, plain_losses):
+        assert a.item() == pytest.approx(b.item(), rel=1e-5)
+    assert grads.keys() == plain_grads.keys()
+    top = [p.grad for p in cached.model.backbone.encoder_layers()[-1].parameters()]
+    assert all(g is not None for g in top) and any(g.abs().sum() > 0 for g in top)  # the top layer trains
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("learn", [False, True])
 def test_logit_scale_round_trips_with_identical_logits(t5_dir, t5_index, tmp_path, learn):
     module, _ = _module(t5_dir, t5_index, tmp_path, logit_scale=0.05, learn_scale=learn)
