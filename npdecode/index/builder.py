@@ -192,14 +192,18 @@ class CERebuilder:
         )
         hidden = self._from_cached_bottom(backbone) if self.frozen_below is not None else None
         occ = encode_in_memory(
-            backbone.encoder, data, precision=resolve_precision(c), rank=rank, world_size=world_size, hidden_states=hidden
+            backbone.encoder,
+            data,
+            precision=resolve_precision(c),
+            rank=rank,
+            world_size=world_size,
+            hidden_states=hidden,
         )
         check_occurrences(occ, self.ident_tokens, "the in-memory encoding")
         rows, row_tokens, records, _ = assemble_segment(
             backbone, self.groups, self.ident_tokens, occ, c.model_copy(update={"raw_ce": False})
         )
         return rows, row_tokens, records, None
-
 
     def _from_cached_bottom(self, backbone):
         """A batch's encoder output from the kept states entering layer ``frozen_below``."""

@@ -175,7 +175,9 @@ def test_encode_split_at_any_layer_equals_encode(backbone_dir):
     # the bottom states of one example alone, padded into the batch with zeros
     k = len(layers) - 1
     with torch.no_grad():
-        alone = [bb.encode_until(ids[i : i + 1, : int(n)], mask[i : i + 1, : int(n)], k) for i, n in enumerate(mask.sum(1))]
+        alone = [
+            bb.encode_until(ids[i : i + 1, : int(n)], mask[i : i + 1, : int(n)], k) for i, n in enumerate(mask.sum(1))
+        ]
     padded = torch.zeros_like(full)
     for i, part in enumerate(alone):
         padded[i, : part.shape[1]] = part[0]
