@@ -274,18 +274,20 @@ def render(out: dict) -> None:
         "",
         (
             "| row | variant | train min | steps | nDCG@10 | Hits@1 | Hits@10 | R@100 | MRR@10 "
-            "| memorisation Hits@1 | search s |"
+            "| memorisation Hits@1 | search s | trained |"
         ),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, row in rows.items():
         m = row["metrics"]
         steps = row.get("training", {}).get("steps", "")
         memo = row.get("memorisation_success_1")
+        trained = row.get("run_created", "")[:16].replace("T", " ")
         lines.append(
             f"| {name} | {row['variant']} | {row['train_minutes']} | {steps} | {m['ndcg_cut_10']:.4f} | "
             f"{m['success_1']:.4f} | {m['success_10']:.4f} | {m['recall_100']:.4f} | "
-            f"{m['recip_rank_cut_10']:.4f} | {'' if memo is None else f'{memo:.3f}'} | {row['search_seconds']} |"
+            f"{m['recip_rank_cut_10']:.4f} | {'' if memo is None else f'{memo:.3f}'} | {row['search_seconds']} | "
+            f"{trained} |"
         )
     lines += [
         "",
@@ -297,6 +299,14 @@ def render(out: dict) -> None:
             "`model.train_ce=true` (the CE table trains too, DESIGN.md's ablation; the paper keeps it frozen). "
             "`token-emb`: the variant's recipe with `model.token_embeddings=true` (CE frozen; a trained "
             "embedding per token is added to every CE row of that token, also to rows appended later)."
+        ),
+        "",
+        (
+            "`trained`: when the run started (UTC), where the results file knows it. Runs from 2026-12-02 03:00 "
+            "on flush float denormals (up to 2.3x cheaper late steps, `train_denormals.md`) and, for np/async, "
+            "cache the states below the encoder's trained top layer for training examples and for the "
+            "corpus the CE rebuild encodes (`train_speed.md`, `async_rebuild.md`); the runs without a date "
+            "(2026-12-01/02, before that) ran without either, so their budgets bought fewer steps."
         ),
         "",
         "Length penalty picked on validation data (each run's held-out training queries, nDCG@10): "
