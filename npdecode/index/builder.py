@@ -165,17 +165,17 @@ class CERebuilder:
         self.bottom: dict[tuple[int, int], object] = {}  # (first group, batch size) -> states entering layer k
         self.bottom_bytes = 0
 
-    def rebuild(self, backbone, rank: int = 0, world_size: int = 1):
+    def rebuild(self, backbone, rank: int = 0, world_size: int = 1, progress: bool = False):
         encoder = backbone.encoder
         modes = [(m, m.training) for m in encoder.modules()]  # a partly trained encoder mixes modes
         encoder.eval()  # no dropout in the special rows either
         try:
-            return self._rebuild(backbone, rank, world_size)
+            return self._rebuild(backbone, rank, world_size, progress)
         finally:
             for module, training in modes:
                 module.training = training
 
-    def _rebuild(self, backbone, rank: int, world_size: int):
+    def _rebuild(self, backbone, rank: int, world_size: int, progress: bool):
         from npdecode.index.assembly import assemble_segment, check_occurrences
         from npdecode.index.extraction import ShardBatches, encode_in_memory, shard_count
 
@@ -198,6 +198,7 @@ class CERebuilder:
             rank=rank,
             world_size=world_size,
             hidden_states=hidden,
+            progress=progress,
         )
         check_occurrences(occ, self.ident_tokens, "the in-memory encoding")
         rows, row_tokens, records, _ = assemble_segment(
@@ -218,9 +219,29 @@ class CERebuilder:
                 size = states.numel() * states.element_size()
                 if self.bottom_bytes + size <= self.cache_bytes:
                     self.bottom[key], self.bottom_bytes = states, self.bottom_bytes + size
-            return backbone.encode_from(states, ids, mask, split)
+            return backbone.encode_from(states.to(ids.device), ids, mask, split)
 
         return hidden_states
+
+    def build_index(self, backbone, out: Path, model_ref: str, model_digest: str | None) -> Path:
+        """Write INDEX_DIR ``out`` in memory (no shards, no resume): what :func:`build_index` makes
+        with ``backbone``, and with ``frozen_below`` the kept states are filled on the way (a run
+        whose encoder's top layers train builds its first index so: its first rebuild then runs
+        the top layers only)."""
+        partial = out.parent / f".{out.name}.memory"
+        write_index(
+            partial,
+            self.rebuild(backbone, progress=self.config.progress),
+            self.config,
+            corpus=self.corpus,
+            model_ref=model_ref,
+            model_digest=model_digest,
+            family=backbone.family,
+            groups=self.groups,
+            ident_tokens=self.ident_tokens,
+        )
+        os.replace(partial, out)
+        return out
 
 
 def fit_to_backbone(config: IndexConfig, backbone, model: str | Path) -> IndexConfig:

@@ -173,10 +173,12 @@ def encode_in_memory(
     rank: int = 0,
     world_size: int = 1,
     hidden_states: Callable[[dict], torch.Tensor] | None = None,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """What :func:`run_extraction` + :func:`read_shards` give, without files or a Trainer: the
     same shards and batches, encoded in this process by ``encoder`` as it is now (a model being
-    trained: its mode is restored afterwards), or by ``hidden_states(batch)`` (see :func:`pick_ce`).
+    trained: its mode is restored afterwards), or by ``hidden_states(batch)`` (see :func:`pick_ce`);
+    ``progress`` shows a bar of the documents encoded (by this rank).
     Under ddp each rank encodes every ``world_size``-th shard and the shards are exchanged, so
     every rank returns all of them."""
     device = next(encoder.parameters()).device
@@ -185,17 +187,26 @@ def encode_in_memory(
     parts: list[dict] = []
     was_training = encoder.training
     encoder.eval()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(data.docs) // world_size, unit="doc", desc="encoding", smoothing=0.1)
     try:
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
         with torch.inference_mode(), autocast:
             for batch in ShardBatches(data.docs, mine, data.tokenize, data.pad_id, **data.batching()):
                 moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 parts.append(pick_ce(encoder, moved, hidden_states))
+                if bar is not None:
+                    bar.update(len(batch["groups"]))
                 if batch["last"]:
                     shards[batch["shard"]] = shard_payload(parts)
                     parts = []
     finally:
         encoder.train(was_training)
+        if bar is not None:
+            bar.close()
     if world_size > 1:
         gathered: list = [None] * world_size
         torch.distributed.all_gather_object(gathered, shards)

@@ -9,15 +9,27 @@ from npdecode.errors import NpdecodeError
 from npdecode.train.config import TrainConfig
 
 
-def run_index(corpus_path: Path, backbone_ref: str, index_dir: Path, config: TrainConfig, say):
-    """The run's index: built from the backbone (resumable), reused when it is already there."""
+def run_index(
+    corpus_path: Path, backbone_ref: str, index_dir: Path, config: TrainConfig, say, rebuilder=None, device=None
+):
+    """The run's index: built from the backbone (resumable), reused when it is already there.
+    Given an async run's ``rebuilder`` (one whose encoder's top layers train), it is built with it
+    instead, on ``device`` (in memory, the same index), which keeps the corpus's states below
+    those layers on the way."""
     from npdecode.corpus import corpus_digest
     from npdecode.index.builder import build_index
     from npdecode.index.layout import load_index
+    from npdecode.index.manifest import model_digest
 
     if not (index_dir / "manifest.json").is_file():
         say(f"indexing {corpus_path} with {backbone_ref}")
-        build_index(corpus_path, backbone_ref, index_dir, config.index)
+        if rebuilder is not None:
+            from npdecode.backbone import load_backbone
+
+            backbone = load_backbone(backbone_ref, device=device)
+            rebuilder.build_index(backbone, index_dir, backbone_ref, model_digest(backbone_ref))
+        else:
+            build_index(corpus_path, backbone_ref, index_dir, config.index)
     index = load_index(index_dir)
     if corpus_digest(corpus_path) not in {c.digest for c in index.manifest.corpus}:
         raise NpdecodeError(f"{index_dir} was built from another corpus; remove it or start a new run dir")

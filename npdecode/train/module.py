@@ -64,6 +64,14 @@ class EncoderStateCache:
         return out, enc_mask
 
 
+def first_trained_layer(backbone, top: int) -> int:
+    """The index of the lowest encoder layer that trains when the top ``top`` layers do."""
+    layers = len(backbone.encoder_layers())
+    if top > layers:
+        raise NpdecodeError(f"model.train_encoder_layers={top}: the encoder has {layers} layers; pick 1..{layers}")
+    return layers - top
+
+
 class ResumableModule(pl.LightningModule):
     """What every training module of a run shares: the global RNG in the checkpoint (dropout
     and sampled negatives draw from it, so a resumed run continues its stream exactly) and a
@@ -111,13 +119,8 @@ class GRModule(ResumableModule):
         self.frozen_below: int | None = None  # first trained encoder layer: the cache holds its input
         top = config.model.train_encoder_layers
         if top is not None:
-            layers = model.backbone.encoder_layers()
-            if top > len(layers):
-                raise NpdecodeError(
-                    f"model.train_encoder_layers={top}: the encoder has {len(layers)} layers; pick 1..{len(layers)}"
-                )
-            self.frozen_below = len(layers) - top
-            self._trained_layers = layers[self.frozen_below :]
+            self.frozen_below = first_trained_layer(model.backbone, top)
+            self._trained_layers = model.backbone.encoder_layers()[self.frozen_below :]
         cached = config.model.cache_encoder_states and (config.model.freeze_encoder or top is not None)
         self.cache = EncoderStateCache() if cached else None
         self._encoder_frozen = config.model.freeze_encoder or top is not None

@@ -72,8 +72,38 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, say
         from npdecode.train.contrastive import run_stage
 
         backbone_ref = run_stage(config, out, backbone_ref, data, corpus, resume=resume, say=say)
-    index = run_index(data.corpus_path, backbone_ref, out / "index", config, say)
-    return _fit_and_save(config, out, backbone_ref, data, corpus, index, resume=resume, say=say)
+    rebuilder = _rebuilder(config, data.corpus_path, backbone_ref) if config.model.ce_encoder == "async" else None
+    device = _one_device(config) if rebuilder is not None and rebuilder.frozen_below is not None else None
+    # an async run on one device builds its index with its rebuilder: the kept states come for free
+    index = run_index(data.corpus_path, backbone_ref, out / "index", config, say, device and rebuilder, device)
+    return _fit_and_save(config, out, backbone_ref, data, corpus, index, rebuilder, resume=resume, say=say)
+
+
+def _one_device(config: TrainConfig) -> str | None:
+    """The device a one-process run trains on (cpu or cuda), or None (several processes, others)."""
+    from npdecode.device import resolve_device
+
+    t = config.trainer
+    if t.devices * t.num_nodes != 1 or t.accelerator not in {"cpu", "auto", "gpu", "cuda"}:
+        return None
+    return "cpu" if t.accelerator == "cpu" else resolve_device("auto")
+
+
+def _rebuilder(config: TrainConfig, corpus_path: Path, backbone_ref: str):
+    """The async run's CE rebuilder (keeping the corpus's states below the trained encoder layers)."""
+    from npdecode.backbone import load_backbone
+    from npdecode.index.builder import CERebuilder
+    from npdecode.train.module import first_trained_layer
+
+    backbone = load_backbone(backbone_ref)
+    top = config.model.train_encoder_layers
+    return CERebuilder(
+        corpus_path,
+        config.index,
+        backbone,
+        frozen_below=first_trained_layer(backbone, top) if top is not None else None,
+        cache_gib=config.model.async_cache_gib,
+    )
 
 
 def _check_out(out: Path, config: TrainConfig, resume: bool) -> None:
@@ -125,7 +155,9 @@ def prepare(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, ind
     return module, datamodule, examples, validation
 
 
-def _fit_and_save(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, *, resume: bool, say):
+def _fit_and_save(
+    config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, rebuilder, *, resume: bool, say
+):
     import pytorch_lightning as pl
     import torch
 
@@ -134,12 +166,12 @@ def _fit_and_save(config: TrainConfig, out: Path, backbone_ref: str, data, corpu
     try:
         if config.trainer.threads:
             torch.set_num_threads(config.trainer.threads)
-        return _fit(config, out, backbone_ref, data, corpus, index, resume=resume, say=say)
+        return _fit(config, out, backbone_ref, data, corpus, index, rebuilder, resume=resume, say=say)
     finally:
         torch.set_num_threads(threads)  # the caller's setting comes back
 
 
-def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, *, resume: bool, say):
+def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, rebuilder, *, resume: bool, say):
     import torch
 
     from npdecode.train.trainer import make_trainer, quiet_fit
@@ -151,18 +183,10 @@ def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index,
     if ckpt_path:
         _check_resumable(last, module)
         say(f"resuming from {last}")
-    callbacks, rebuilder = [], None
-    if config.model.ce_encoder == "async":
-        from npdecode.index.builder import CERebuilder
+    callbacks = []
+    if rebuilder is not None:
         from npdecode.train.async_ce import AsyncCE
 
-        rebuilder = CERebuilder(
-            data.corpus_path,
-            config.index,
-            module.model.backbone,
-            frozen_below=module.frozen_below,
-            cache_gib=config.model.async_cache_gib,
-        )
         callbacks.append(AsyncCE(rebuilder, config.model.async_every_n_epochs, say=say))
     start = time.perf_counter()
     with quiet_fit(config):

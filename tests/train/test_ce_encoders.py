@@ -66,14 +66,17 @@ def _async_config(backbone, toy, epochs: int, **model) -> dict:
 @pytest.mark.parametrize(("top", "gib"), [(None, 4.0), (1, 4.0), (1, 0.0)])
 def test_async_rebuild_equals_a_fresh_index_with_the_current_weights(t5_dir, toy, tmp_path, monkeypatch, top, gib):
     """The rebuild at the start of epoch 2 (the second one) is a fresh index of the weights of
-    that moment; with only the top encoder layer training, that rebuild ran the top layer alone
-    on the states below it kept from the first rebuild (none kept with a 0 GiB allowance)."""
+    that moment; with only the top encoder layer training, the run's first index was built in
+    memory (the same as `npdecode index`) keeping the states below that layer, and the rebuilds
+    ran the top layer alone on them (none kept with a 0 GiB allowance)."""
     seen = {}
 
     class Probe(pl.Callback):  # runs right after the rebuild at the start of epoch 2
         def on_train_epoch_start(self, trainer, module):
+            rebuilder = next(c for c in trainer.callbacks if type(c).__name__ == "AsyncCE").rebuilder
+            if trainer.current_epoch == 0:
+                seen.update(first_ce=module.model.ce.detach().clone(), kept_at_start=len(rebuilder.bottom))
             if trainer.current_epoch == 2:
-                rebuilder = next(c for c in trainer.callbacks if type(c).__name__ == "AsyncCE").rebuilder
                 backbone = module.model.backbone
                 backbone.model.save_pretrained(tmp_path / "now")
                 backbone.tokenizer.save_pretrained(tmp_path / "now")
@@ -90,11 +93,12 @@ def test_async_rebuild_equals_a_fresh_index_with_the_current_weights(t5_dir, toy
     train_run(load(config), tmp_path / "run")
     fresh = load_index(build_index(toy / "corpus.jsonl", tmp_path / "now", tmp_path / "fresh", load(config).index))
     assert seen["ce_epoch"] == 2
-    assert (seen["kept"] > 0) is (top is not None and gib > 0)
+    assert (seen["kept"] > 0) is (seen["kept_at_start"] > 0) is (top is not None and gib > 0)
     assert torch.allclose(seen["ce"], torch.from_numpy(fresh.vectors), atol=1e-6)
     assert torch.equal(seen["tokens"], torch.from_numpy(fresh.token_ids))
     assert seen["targets"] == [g.ce + [fresh.eos_ce] for g in fresh.groups]
     base = load_index(build_index(toy / "corpus.jsonl", t5_dir, tmp_path / "base", load(config).index))
+    assert torch.allclose(seen["first_ce"], torch.from_numpy(base.vectors), atol=1e-6)  # the run's first index
     assert not np.allclose(base.vectors, fresh.vectors, atol=1e-4)  # the encoder did move
     changed = _metric_column(tmp_path / "run" / "logs" / "csv" / "metrics.csv", "async/targets_changed")
     assert len(changed) == 2 and all(0 <= c <= len(fresh.groups) for c in changed)
