@@ -234,6 +234,7 @@ def write(metrics: dict, seconds: dict, args, by_lp: dict | None = None, earlier
         "config": str(CONFIG.relative_to(ROOT)),
         "rows": rows,
         "validation_ndcg_cut_10_by_length_penalty": by_lp or {},
+        "notes": earlier.get("notes", []) if earlier else [],
     }
     (RESULTS / "scifact_gr.json").write_text(json.dumps(out, indent=2) + "\n")
     render(out)
@@ -302,12 +303,13 @@ def render(out: dict) -> None:
         ),
         "",
         (
-            "`trained`: when the run started (UTC), where the results file knows it. Runs from 2026-12-02 03:00 "
+            "`trained`: when the run finished (UTC), where the results file knows it. Runs from 2026-12-02 03:00 "
             "on flush float denormals (up to 2.3x cheaper late steps, `train_denormals.md`) and, for np/async, "
             "cache the states below the encoder's trained top layer for training examples and for the "
             "corpus the CE rebuild encodes (`train_speed.md`, `async_rebuild.md`); the runs without a date "
             "(2026-12-01/02, before that) ran without either, so their budgets bought fewer steps."
         ),
+        *[line for note in out.get("notes", []) for line in ("", note)],
         "",
         "Length penalty picked on validation data (each run's held-out training queries, nDCG@10): "
         + "; ".join(f"{v}: lp0 {d['0.0']:.4f}, lp1 {d['1.0']:.4f}" for v, d in (by_lp or {}).items()),
