@@ -9,12 +9,10 @@ from npdecode.errors import NpdecodeError
 from npdecode.train.config import TrainConfig
 
 
-def run_index(
-    corpus_path: Path, backbone_ref: str, index_dir: Path, config: TrainConfig, say, rebuilder=None, device=None
-):
+def run_index(corpus_path: Path, backbone_ref: str, index_dir: Path, config: TrainConfig, say, rebuilder=None):
     """The run's index: built from the backbone (resumable), reused when it is already there.
-    Given an async run's ``rebuilder`` (one whose encoder's top layers train), it is built with it
-    instead, on ``device`` (in memory, the same index), which keeps the corpus's states below
+    Given an async run's ``(rebuilder, backbone)`` (one whose encoder's top layers train), it is
+    built with them instead (in memory, the same index), which keeps the corpus's states below
     those layers on the way."""
     from npdecode.corpus import corpus_digest
     from npdecode.index.builder import build_index
@@ -24,9 +22,7 @@ def run_index(
     if not (index_dir / "manifest.json").is_file():
         say(f"indexing {corpus_path} with {backbone_ref}")
         if rebuilder is not None:
-            from npdecode.backbone import load_backbone
-
-            backbone = load_backbone(backbone_ref, device=device)
+            rebuilder, backbone = rebuilder
             rebuilder.build_index(backbone, index_dir, backbone_ref, model_digest(backbone_ref))
         else:
             build_index(corpus_path, backbone_ref, index_dir, config.index)

@@ -72,10 +72,15 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, say
         from npdecode.train.contrastive import run_stage
 
         backbone_ref = run_stage(config, out, backbone_ref, data, corpus, resume=resume, say=say)
-    rebuilder = _rebuilder(config, data.corpus_path, backbone_ref) if config.model.ce_encoder == "async" else None
-    device = _one_device(config) if rebuilder is not None and rebuilder.frozen_below is not None else None
-    # an async run on one device builds its index with its rebuilder: the kept states come for free
-    index = run_index(data.corpus_path, backbone_ref, out / "index", config, say, device and rebuilder, device)
+    rebuilder, builder = None, None
+    if config.model.ce_encoder == "async":
+        device = _one_device(config)
+        rebuilder, backbone = _rebuilder(config, data.corpus_path, backbone_ref, device)
+        if device is not None and rebuilder.frozen_below is not None:
+            builder = (rebuilder, backbone)  # a one-device run indexes with it: the kept states come for free
+        del backbone
+    index = run_index(data.corpus_path, backbone_ref, out / "index", config, say, builder)
+    del builder
     return _fit_and_save(config, out, backbone_ref, data, corpus, index, rebuilder, resume=resume, say=say)
 
 
@@ -89,21 +94,23 @@ def _one_device(config: TrainConfig) -> str | None:
     return "cpu" if t.accelerator == "cpu" else resolve_device("auto")
 
 
-def _rebuilder(config: TrainConfig, corpus_path: Path, backbone_ref: str):
-    """The async run's CE rebuilder (keeping the corpus's states below the trained encoder layers)."""
+def _rebuilder(config: TrainConfig, corpus_path: Path, backbone_ref: str, device: str | None):
+    """The async run's CE rebuilder (keeping the corpus's states below the trained encoder layers)
+    and the backbone it was made with (loaded on ``device``, or the CPU)."""
     from npdecode.backbone import load_backbone
     from npdecode.index.builder import CERebuilder
     from npdecode.train.module import first_trained_layer
 
-    backbone = load_backbone(backbone_ref)
+    backbone = load_backbone(backbone_ref, device=device)
     top = config.model.train_encoder_layers
-    return CERebuilder(
+    rebuilder = CERebuilder(
         corpus_path,
         config.index,
         backbone,
         frozen_below=first_trained_layer(backbone, top) if top is not None else None,
         cache_gib=config.model.async_cache_gib,
     )
+    return rebuilder, backbone
 
 
 def _check_out(out: Path, config: TrainConfig, resume: bool) -> None:
