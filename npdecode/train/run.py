@@ -72,16 +72,24 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, say
         from npdecode.train.contrastive import run_stage
 
         backbone_ref = run_stage(config, out, backbone_ref, data, corpus, resume=resume, say=say)
-    rebuilder, builder = None, None
-    if config.model.ce_encoder == "async":
-        device = _one_device(config)
-        rebuilder, backbone = _rebuilder(config, data.corpus_path, backbone_ref, device)
-        if device is not None and rebuilder.frozen_below is not None:
-            builder = (rebuilder, backbone)  # a one-device run indexes with it: the kept states come for free
-        del backbone
-    index = run_index(data.corpus_path, backbone_ref, out / "index", config, say, builder)
-    del builder
+    rebuilder, index_dir = None, out / "index"
+    device = _one_device(config)
+    if _keeps_states(config) and device is not None and not (index_dir / "manifest.json").is_file():
+        # a one-device async run indexes with its rebuilder: the kept states come for free
+        from npdecode.backbone import load_backbone
+
+        backbone = load_backbone(backbone_ref, device=device)
+        rebuilder = _rebuilder(config, data.corpus_path, backbone)
+        index = run_index(data.corpus_path, backbone_ref, index_dir, config, say, (rebuilder, backbone))
+        del backbone  # training loads its own
+    else:
+        index = run_index(data.corpus_path, backbone_ref, index_dir, config, say)
     return _fit_and_save(config, out, backbone_ref, data, corpus, index, rebuilder, resume=resume, say=say)
+
+
+def _keeps_states(config: TrainConfig) -> bool:
+    """An async run whose encoder's bottom layers stay frozen (their states can be kept)."""
+    return config.model.ce_encoder == "async" and config.model.train_encoder_layers is not None
 
 
 def _one_device(config: TrainConfig) -> str | None:
@@ -94,23 +102,19 @@ def _one_device(config: TrainConfig) -> str | None:
     return "cpu" if t.accelerator == "cpu" else resolve_device("auto")
 
 
-def _rebuilder(config: TrainConfig, corpus_path: Path, backbone_ref: str, device: str | None):
-    """The async run's CE rebuilder (keeping the corpus's states below the trained encoder layers)
-    and the backbone it was made with (loaded on ``device``, or the CPU)."""
-    from npdecode.backbone import load_backbone
+def _rebuilder(config: TrainConfig, corpus_path: Path, backbone):
+    """The async run's CE rebuilder (keeping the corpus's states below the trained encoder layers)."""
     from npdecode.index.builder import CERebuilder
     from npdecode.train.module import first_trained_layer
 
-    backbone = load_backbone(backbone_ref, device=device)
     top = config.model.train_encoder_layers
-    rebuilder = CERebuilder(
+    return CERebuilder(
         corpus_path,
         config.index,
         backbone,
         frozen_below=first_trained_layer(backbone, top) if top is not None else None,
         cache_gib=config.model.async_cache_gib,
     )
-    return rebuilder, backbone
 
 
 def _check_out(out: Path, config: TrainConfig, resume: bool) -> None:
@@ -191,9 +195,10 @@ def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index,
         _check_resumable(last, module)
         say(f"resuming from {last}")
     callbacks = []
-    if rebuilder is not None:
+    if config.model.ce_encoder == "async":
         from npdecode.train.async_ce import AsyncCE
 
+        rebuilder = rebuilder or _rebuilder(config, data.corpus_path, module.model.backbone)
         callbacks.append(AsyncCE(rebuilder, config.model.async_every_n_epochs, say=say))
     start = time.perf_counter()
     with quiet_fit(config):
