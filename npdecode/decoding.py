@@ -224,6 +224,7 @@ def beam_search(
     length_penalty: float = 0.0,
     scorer: Any = None,
     normalizer: Any = None,
+    memory: Any = None,
 ) -> list[list[tuple[int, float]]]:
     """Constrained beam search for one batch of B encoded queries; top-``k`` (node, score) per query.
 
@@ -231,11 +232,14 @@ def beam_search(
     L steps scores ``sum / L**α``. Returns, per query, ``(terminal node, score)`` best first.
     ``normalizer`` (an :class:`~npdecode.normalizer.IvfNormalizer`, Np models only) approximates
     the normalizer on steps where that pays; None keeps every score exact.
+    ``memory`` (a :class:`~npdecode.memory.CEMemory` over this trie): hypotheses rank by
+    ``score / L**α + weight * H(node)`` and finished ones score ``score / L**α + weight * m(doc)``.
     """
     scorer = scorer or make_scorer(model, trie.trie)
     n_q = input_ids.shape[0]
     device = input_ids.device
     enc, enc_mask = model.encode(input_ids, attention_mask)
+    look = memory.lookahead(enc, enc_mask).to(device) if memory is not None else None  # (B, n_nodes)
     state = model.init_state(enc, enc_mask)
     query = torch.arange(n_q, device=device)
     node = torch.zeros(n_q, dtype=torch.long, device=device)
@@ -255,17 +259,22 @@ def beam_search(
             logits, lse, state = _step(model, prev, state)
             edge = scorer.edge_scores(logits, lse, row, ids)
         cand = score[row] + torch.nan_to_num(edge, nan=float("-inf"))
+        final = cand / (step**length_penalty) if length_penalty else cand
+        rank = cand  # hypotheses of one step have one length: the raw sum ranks them
+        if look is not None:  # the memory's lookahead: length-normalised score + the best reachable memory
+            rank = final = final + look[query[row], child]
         term = trie.is_terminal[child]
         fin.query.append(query[row[term]])
         fin.node.append(child[term])
-        fin.score.append(cand[term] / (step**length_penalty) if length_penalty else cand[term])
+        fin.score.append(final[term])
         extendable = trie.indptr[child + 1] > trie.indptr[child]
-        keep = _select_live(query, row, cand, extendable, len(node), beam)
+        keep = _select_live(query, row, rank, extendable, len(node), beam)
         if len(keep) and not length_penalty and not getattr(scorer, "duplicates", False):
-            # scores only fall from here: drop what cannot reach the top-k (not in group mode, where
-            # several finished hypotheses may be one document and would overstate the k-th best)
+            # scores only fall from here (so does the memory's max below a node): drop what cannot
+            # reach the top-k (not in group mode, where several finished hypotheses may be one
+            # document and would overstate the k-th best)
             kth = _kth_best(torch.cat(fin.query), torch.cat(fin.score), n_q, k)
-            keep = keep[~(kth[query[row[keep]]] >= cand[keep])]  # NaN (fewer than k finished) keeps all
+            keep = keep[~(kth[query[row[keep]]] >= rank[keep])]  # NaN (fewer than k finished) keeps all
         if len(keep) == 0:
             break
         src = row[keep]
@@ -325,6 +334,7 @@ def search(
     dtype: str | None = None,
     normalizer: Any = None,
     group: bool = False,
+    memory: Any = None,
 ) -> list[list[tuple[int, float]]]:
     """Top-``k`` ``(value, score)`` per query (values = the trie's document group ids), best first.
 
@@ -339,6 +349,7 @@ def search(
     on the model's CE table (approximate normalizer, Np models only).
     ``group``: the authors' group mode over a token trie (any CE row of an allowed token; a
     document scores the best of the row sequences that spell it).
+    ``memory``: a :class:`~npdecode.memory.CEMemory` over ``trie`` (its lookahead joins the scores).
     """
     if k < 1 or beam < 1 or (batch_size is not None and batch_size < 1):
         raise NpdecodeError(f"k={k}, beam={beam}, batch_size={batch_size}: all must be at least 1")
@@ -366,6 +377,7 @@ def search(
                 length_penalty=length_penalty,
                 scorer=scorer,
                 normalizer=normalizer,
+                memory=memory,
             )
             for i, h in zip(idx, hyps):
                 results[i] = _to_values(trie, h, k)

@@ -6,7 +6,10 @@ occurrence gets its own row, as in a build), unseen tokens get new rows (cluster
 build), and their paths join the tries. Existing segments are never rewritten: the new rows
 and documents form the next segment, and the tries and stores move to the next generation.
 A document identical to an indexed one joins its identifier; a document id already in the
-index is refused unless ``replace``, which retires the old version.
+index is refused unless ``replace``, which retires the old version. As in a build, documents
+with neither title nor text are skipped (an empty new version under ``replace`` still retires
+the old one: the document is gone, as a rebuild would have it) and identifiers too long for
+the encoder input are cut, unique against the index's; the segment entry records both.
 """
 
 from __future__ import annotations
@@ -48,8 +51,14 @@ def append_to_index(
     from npdecode.backbone import load_backbone
     from npdecode.corpus import corpus_digest, load_corpus
     from npdecode.index.assembly import make_records, read_occurrences
-    from npdecode.index.builder import encode_shards, fit_to_backbone, prepare_work_dir, tokenize_identifiers
-    from npdecode.index.identifiers import assign_identifiers
+    from npdecode.index.builder import (
+        drop_empty,
+        encode_shards,
+        fit_to_backbone,
+        identify,
+        prepare_work_dir,
+        segment_notes,
+    )
 
     index_dir = Path(index_dir)
     index = load_index(index_dir)
@@ -57,6 +66,7 @@ def append_to_index(
     config = _append_config(manifest, runtime or {})
     docs = load_corpus(corpus)
     removed = _check_ids(index, docs, replace)
+    docs, empty = drop_empty(docs, corpus)
     model_ref = manifest.model.ref
     if manifest.model.digest is not None and model_digest(model_ref) != manifest.model.digest:
         raise NpdecodeError(f"{model_ref}: the model changed since {index_dir} was built; rebuild the index")
@@ -65,8 +75,7 @@ def append_to_index(
     config = fit_to_backbone(config, backbone, model_ref)
 
     joins, fresh = _join_identical(index, docs)
-    groups = assign_identifiers(fresh, config.max_identifier_words, taken={g.identifier for g in index.groups})
-    ident_tokens = tokenize_identifiers(backbone, groups)
+    groups, ident_tokens = identify(backbone, fresh, config, corpus, taken={g.identifier for g in index.groups})
     seg = len(manifest.segments)
     name = f"{seg:05d}"
     work = index_dir / f".append-{name}"
@@ -90,6 +99,7 @@ def append_to_index(
         "precision": precision,
         "removed": sorted(removed),
         "joins": {str(g): ids for g, ids in sorted(joins.items())},
+        **segment_notes(empty, groups),
     }
     new_manifest = _next_generation(index, entry, rows, row_tokens, records, raw)
     new_manifest.corpus.append(

@@ -18,9 +18,17 @@ from pathlib import Path
 from npdecode.device import launcher_rank
 from npdecode.errors import NpdecodeError
 from npdecode.index.config import PLACEMENT_KEYS, IndexConfig
-from npdecode.index.identifiers import IdentifierGroup, assign_identifiers
+from npdecode.index.identifiers import IdentifierGroup, assign_identifiers, fit_identifiers, split_empty
 from npdecode.index.layout import write_segment
-from npdecode.index.manifest import FORMAT, config_digest, model_digest, now, package_versions, write_manifest
+from npdecode.index.manifest import (
+    FORMAT,
+    DocList,
+    config_digest,
+    model_digest,
+    now,
+    package_versions,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +40,10 @@ def build_index(
 
     ``model`` is a model path or hub id, or a loaded :class:`~npdecode.backbone.Backbone` (a
     model in memory, e.g. one being trained; ``model_ref`` is then what the manifest names).
-    User mistakes (unreadable corpus, missing model, a document without identifier, an
-    existing ``out``) raise NpdecodeError before anything is written.
+    Documents with neither title nor text are skipped and identifiers longer than the encoder
+    input allows are cut (one warning each, recorded in the manifest's segment entry). User
+    mistakes (unreadable corpus, a corpus of empty documents only, missing model, an existing
+    ``out``) raise NpdecodeError before anything is written.
     """
     from npdecode.corpus import corpus_digest, load_corpus
 
@@ -41,11 +51,10 @@ def build_index(
     out = Path(out)
     if out.exists():
         raise NpdecodeError(f"{out} already exists; remove it, or add documents with --append {out}")
-    docs = load_corpus(corpus)
+    docs, empty = drop_empty(load_corpus(corpus), corpus)
     backbone, ref, digest = _open_backbone(model, model_ref)
     config = fit_to_backbone(config, backbone, ref)
-    groups = assign_identifiers(docs, config.max_identifier_words)
-    ident_tokens = tokenize_identifiers(backbone, groups)
+    groups, ident_tokens = identify(backbone, docs, config, corpus)
     plan = {
         # how the encoding is spread does not change the shards: a resume may use other devices
         "format": FORMAT,
@@ -74,6 +83,7 @@ def build_index(
         family=backbone.family,
         groups=groups,
         ident_tokens=ident_tokens,
+        empty=empty,
     )
     os.replace(partial / "index", out)
     shutil.rmtree(partial, ignore_errors=True)
@@ -102,12 +112,16 @@ def write_index(
     family: str,
     groups: list[IdentifierGroup],
     ident_tokens: list[list[int]],
+    empty: list[str] | None = None,
 ) -> Path:
     """Write a complete one-segment index dir at ``final`` (replaced if there) from ``segment``
-    = (rows, row tokens, document records, raw CE or None), manifest last."""
-    from npdecode.corpus import corpus_digest
+    = (rows, row tokens, document records, raw CE or None), manifest last. ``empty``: the ids
+    of the corpus's documents with neither title nor text (None: found in ``corpus`` again)."""
+    from npdecode.corpus import corpus_digest, load_corpus
     from npdecode.index.assembly import write_first_generation
 
+    if empty is None:
+        empty = split_empty(load_corpus(corpus))[1]
     rows, row_tokens, records, raw = segment
     shutil.rmtree(final, ignore_errors=True)
     write_segment(final / "segments" / "00000", rows, row_tokens, records, raw)
@@ -121,7 +135,13 @@ def write_index(
         "model": {"ref": model_ref, "digest": model_digest, "family": family},
         "corpus": [{"path": str(Path(corpus).resolve()), "digest": corpus_digest(corpus), "segment": "00000"}],
         "segments": [
-            {"name": "00000", "rows": len(rows), "groups": len(records), "precision": resolve_precision(config)}
+            {
+                "name": "00000",
+                "rows": len(rows),
+                "groups": len(records),
+                "precision": resolve_precision(config),
+                **segment_notes(empty, groups),
+            }
         ],
         "generation": 0,
         "files": files,
@@ -159,8 +179,8 @@ class CERebuilder:
 
         self.corpus = Path(corpus)
         self.config = fit_to_backbone(config, backbone, "the model")
-        self.groups = assign_identifiers(load_corpus(corpus), self.config.max_identifier_words)
-        self.ident_tokens = tokenize_identifiers(backbone, self.groups)
+        docs, self.empty = drop_empty(load_corpus(corpus), corpus)
+        self.groups, self.ident_tokens = identify(backbone, docs, self.config, corpus)  # as build_index makes them
         self.frozen_below, self.cache_bytes = frozen_below, int(cache_gib * 2**30)
         self.bottom: dict[tuple[int, int], object] = {}  # (first group, batch size) -> states entering layer k
         self.bottom_bytes = 0
@@ -239,6 +259,7 @@ class CERebuilder:
             family=backbone.family,
             groups=self.groups,
             ident_tokens=self.ident_tokens,
+            empty=self.empty,
         )
         os.replace(partial, out)
         return out
@@ -258,6 +279,83 @@ def fit_to_backbone(config: IndexConfig, backbone, model: str | Path) -> IndexCo
         config.max_length,
     )
     return config.model_copy(update={"max_length": limit})
+
+
+def drop_empty(docs: dict, corpus: str | Path) -> tuple[dict, list[str]]:
+    """(``docs`` without those with neither title nor text, the sorted ids left out).
+
+    Such a document has no identifier, so it cannot be indexed: it is skipped with one warning
+    (an evaluation counts it as never retrieved). A corpus of only such documents is an error.
+    """
+    from npdecode.corpus import corpus_file
+
+    kept, empty = split_empty(docs)
+    if not kept:
+        which = "its only document has" if len(empty) == 1 else f"all {len(empty)} documents have"
+        raise NpdecodeError(f"{corpus_file(corpus)}: {which} neither title nor text; nothing to index")
+    if empty:
+        log.warning(
+            "%s: skipped %s with neither title nor text: %s",
+            corpus_file(corpus),
+            _count(len(empty), "document"),
+            _shown(empty),
+        )
+    return kept, empty
+
+
+def identify(
+    backbone, docs: dict, config: IndexConfig, corpus: str | Path, taken: set[str] | frozenset[str] = frozenset()
+) -> tuple[list[IdentifierGroup], list[list[int]]]:
+    """Identifier groups of ``docs`` (none of them empty) and their token ids. Every identifier
+    fits the encoder input of ``config.max_length`` tokens: longer ones are cut (one warning).
+
+    ``taken``: identifiers already in the index (an append); new ones avoid them.
+    """
+    from npdecode.corpus import corpus_file
+
+    groups = assign_identifiers(docs, config.max_identifier_words, taken=taken)
+    budget = identifier_budget(backbone, config.max_length)
+    groups, tokens = fit_identifiers(
+        groups, tokenize_identifiers(backbone, groups), backbone.tokenize_identifier, budget, taken
+    )
+    cut = [g.doc_ids[0] for g in groups if g.cut]
+    if cut:
+        log.warning(
+            "%s: cut %s to the %d tokens that max_length=%d leaves: %s",
+            corpus_file(corpus),
+            _count(len(cut), "identifier"),
+            budget,
+            config.max_length,
+            _shown(cut),
+        )
+    return groups, tokens
+
+
+def identifier_budget(backbone, max_length: int) -> int:
+    """The most identifier tokens an encoder input of ``max_length`` holds: all of it but the
+    special tokens the backbone adds around a text (T5: EOS; BERT: [CLS] and [SEP])."""
+    ids, positions = backbone.tokenize_with_identifier("a", "", max_length)
+    return max_length - (len(ids) - len(positions))
+
+
+def segment_notes(empty: list[str], groups: list[IdentifierGroup]) -> dict[str, dict]:
+    """The ``skipped`` and ``cut_identifiers`` fields of a segment's manifest entry (only those
+    with something to say, so a clean corpus gives the entry it always had)."""
+    notes: dict[str, dict] = {}
+    if empty:
+        notes["skipped"] = {"empty": DocList.of(empty).model_dump()}
+    cut = [g.doc_ids[0] for g in groups if g.cut]
+    if cut:
+        notes["cut_identifiers"] = DocList.of(cut).model_dump()
+    return notes
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _shown(ids: list[str], first: int = 5) -> str:
+    return ", ".join(repr(d) for d in ids[:first]) + (", ..." if len(ids) > first else "")
 
 
 def tokenize_identifiers(backbone, groups: list[IdentifierGroup]) -> list[list[int]]:

@@ -24,6 +24,7 @@ from npdecode.errors import NpdecodeError
 
 MANIFEST = "manifest.json"
 FORMAT = "npdecode-index/1"
+MAX_LISTED = 1000  # doc ids a DocList names; its count is exact
 
 
 def model_digest(model: str | Path) -> str | None:
@@ -87,6 +88,22 @@ class CorpusEntry(_Part):
     segment: str
 
 
+class DocList(_Part):
+    """A number of documents and (the first ``MAX_LISTED`` of) their ids, sorted."""
+
+    count: int
+    doc_ids: list[str]
+
+    @classmethod
+    def of(cls, doc_ids: list[str]) -> DocList:
+        ids = sorted(doc_ids)
+        return cls(count=len(ids), doc_ids=ids[:MAX_LISTED])  # a manifest stays readable
+
+
+class Skipped(_Part):
+    empty: DocList | None = None  # documents with neither title nor text: no identifier
+
+
 class SegmentEntry(_Part):
     name: str
     rows: int
@@ -94,6 +111,8 @@ class SegmentEntry(_Part):
     precision: str | None = None  # "32-true" / "bf16-mixed": what its CE was computed in
     removed: list[str] = []  # doc ids this append retired (--replace)
     joins: dict[str, list[str]] = {}  # group index -> documents identical to it
+    skipped: Skipped | None = None  # documents of this build/append left out of the index
+    cut_identifiers: DocList | None = None  # identifiers cut to the token budget (first doc id of each)
 
 
 class GenerationFiles(_Part):

@@ -41,6 +41,11 @@ from npdecode.errors import NpdecodeError
     type=float,
     help="Finished hypotheses score sum / length**L, as HF's beam scorer (default 1, the paper's; 0: the raw sum).",
 )
+@click.option(
+    "--memory-weight",
+    type=float,
+    help="np: weight of the CE memory's lookahead (0: plain Np decoding; default: the checkpoint's setting).",
+)
 def search_command(
     index_dir,
     query,
@@ -58,6 +63,7 @@ def search_command(
     normalizer,
     dtype,
     length_penalty,
+    memory_weight,
 ):
     """Search INDEX_DIR for QUERY (or every query of --queries, written to --run)."""
     from npdecode.search.options import SearchOptions
@@ -78,6 +84,7 @@ def search_command(
         normalizer=normalizer,
         length_penalty=length_penalty,
         dtype=dtype,
+        memory_weight=memory_weight,
     )
     if queries_path is not None:
         from npdecode.topics import load_queries

@@ -34,6 +34,9 @@ class SearchOptions(BaseModel):
     # (benchmarks/results/scifact_gr.md)
     length_penalty: float = 1.0
     normalizer: str = "exact"  # or ivf[:NPROBE[:TOPK[:NLIST]]] (approximate, CPU)
+    # np: weight of the CE memory's lookahead (npdecode/memory.py; 0: plain Np decoding; None:
+    # the checkpoint's own setting, model.memory_weight of its training config, else 0)
+    memory_weight: float | None = Field(None, ge=0)
     widen: bool = True  # widen the beam until k documents are found
     dtype: Literal["fp32", "bf16", "auto"] | None = None  # cast model and CE for decoding (None: as loaded)
     # every retriever

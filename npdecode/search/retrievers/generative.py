@@ -57,6 +57,7 @@ class GenerativeRetriever:
         ref = opts.gr_model if opts.gr_model is not None else decoding_model_ref(self.index)
         self.model = open_model(self.index, ref, kind, resolve_device(opts.device))
         self.normalizer = _build_normalizer(opts.normalizer, self.model, kind, self.index.path)
+        self.memory = _build_memory(self.index, self.trie, self.model, kind, opts.memory_weight)
 
     def search(self, queries: Mapping[str, str], k: int) -> Run:
         """Top ``k`` documents per query: identifier groups decoded best first, each group
@@ -77,6 +78,7 @@ class GenerativeRetriever:
             widen=o.widen,
             group=self.group,
             dtype=o.dtype,
+            memory=self.memory,
         )
         run: Run = {}
         for qid, ranked in zip(qids, hits):
@@ -176,6 +178,24 @@ def _build_normalizer(spec: str, model: Any, kind: str, index_dir: Path) -> Any:
     if kind != "np":
         raise NpdecodeError(f"--normalizer {spec}: only the np retriever has a CE table to approximate over")
     return IvfNormalizer(model.table().detach(), **options, cache_dir=index_dir)
+
+
+def _build_memory(index: Index, trie: Any, model: Any, kind: str, weight: float | None) -> Any:
+    """The CE memory's lookahead (:mod:`npdecode.memory`) when its weight is above 0: the
+    option, else the checkpoint's ``memory_weight``; None for plain decoding."""
+    if weight is None:
+        weight = float(getattr(model, "memory_weight", 0.0) or 0.0)
+    if weight == 0:
+        return None
+    if kind != "np":
+        raise NpdecodeError(f"memory weight {weight}: only the np retriever decodes over a CE memory")
+    if trie.n_sequences and len(index.groups) <= int(trie.term_values.max()):
+        raise NpdecodeError(f"{index.path}: the trie names more identifier groups than documents.jsonl holds")
+    from npdecode.memory import CEMemory, group_vectors
+
+    vectors = group_vectors(index.vectors, [g.ce for g in index.groups])
+    log.info("CE memory lookahead, weight %g, over %d identifier groups", weight, len(vectors))
+    return CEMemory(trie, vectors, weight, device=model.device)
 
 
 def _factory(kind: str):
