@@ -231,6 +231,7 @@ class NpModel(_Seq2Seq):
         learn_scale: bool = False,
         trainable_ce: bool = False,
         token_embeddings: bool = False,
+        memory_weight: float = 0.0,
     ):
         super().__init__(backbone)
         if ce.ndim != 2 or ce.shape[1] != backbone.d_model:
@@ -246,6 +247,9 @@ class NpModel(_Seq2Seq):
         self.log_scale = nn.Parameter(torch.tensor(float(logit_scale), device=device).log(), requires_grad=learn_scale)
         self.start_id, self.eos_id = int(start_ce_id), int(eos_ce_id)
         self.output_scale = backbone.output_scale
+        # decoding default of the CE memory's lookahead (npdecode/memory.py): not a weight, a setting
+        # the checkpoint carries so that `npdecode search` decodes as the run was meant to
+        self.memory_weight = float(memory_weight)
         self.token_emb = None
         if token_embeddings:
             n_tokens = max(len(backbone.tokenizer), int(self.ce_token_ids.max()) + 1)
@@ -254,7 +258,14 @@ class NpModel(_Seq2Seq):
     def with_table(self, ce: torch.Tensor, ce_token_ids: torch.Tensor, start_ce_id: int, eos_ce_id: int) -> NpModel:
         """This model (backbone and token embeddings shared, logit scale copied) over another CE
         table, frozen: another corpus's index, or this table with rows appended to the index."""
-        other = NpModel(self.backbone, ce, ce_token_ids, start_ce_id=start_ce_id, eos_ce_id=eos_ce_id)
+        other = NpModel(
+            self.backbone,
+            ce,
+            ce_token_ids,
+            start_ce_id=start_ce_id,
+            eos_ce_id=eos_ce_id,
+            memory_weight=self.memory_weight,
+        )
         with torch.no_grad():
             other.log_scale.copy_(self.log_scale)
         if self.token_emb is not None:
@@ -347,6 +358,7 @@ class NpModel(_Seq2Seq):
             "learn_scale": self.log_scale.requires_grad,
             "trainable_ce": self.ce.requires_grad,
             "token_embeddings": self.token_emb is not None,
+            "memory_weight": self.memory_weight,
             "ce_rows": self.vocab_size,
             "family": self.backbone.family,
         }
@@ -455,6 +467,7 @@ def load_model(path: str | Path, *, device: Any = None, trust_remote_code: bool 
         learn_scale=meta.get("learn_scale", False),
         trainable_ce=meta.get("trainable_ce", False),
         token_embeddings=meta.get("token_embeddings", False),
+        memory_weight=meta.get("memory_weight", 0.0),
     )
     with torch.no_grad():
         model.log_scale.copy_(t["log_scale"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ LABELS = {
     "recip_rank_cut": "MRR@{}",
     "map_cut": "MAP@{}",
 }
+# One summary table per metric over several datasets (BEIR's: nDCG@10 and Recall@100).
+SUMMARY_METRICS = ("ndcg_cut_10", "recall_100")
 CURVE_CUTOFFS = (1, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
 ALPHA = 0.05
 
@@ -88,6 +91,50 @@ def to_json(experiment: Experiment, per_query: bool = True) -> dict[str, Any]:
             entry["per_query"] = result.evaluation.per_query
         out["retrievers"][result.name] = entry
     return out
+
+
+def average(experiments: Sequence[Experiment]) -> dict[str, dict[str, float]]:
+    """``{retriever: {metric: mean over the datasets}}``, for the metrics every dataset has."""
+    out: dict[str, dict[str, float]] = {}
+    for name in [r.name for r in experiments[0].results]:
+        means = [next(r for r in e.results if r.name == name).evaluation.mean for e in experiments]
+        common = [m for m in means[0] if all(m in mean for mean in means)]
+        out[name] = {m: sum(mean[m] for mean in means) / len(means) for m in common}
+    return out
+
+
+def print_summary(experiments: Sequence[Experiment], labels: dict[str, str], console=None) -> None:
+    """BEIR-style tables, one per metric of :data:`SUMMARY_METRICS`: a row per retriever, a column
+    per dataset (``labels``: dataset name -> column title) and their average."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    avg = average(experiments)
+    for metric in SUMMARY_METRICS:
+        if not all(metric in values for values in avg.values()):
+            continue
+        table = Table(title=f"{label(metric)} ({experiments[0].dataset.split})")
+        table.add_column("retriever")
+        for e in experiments:
+            table.add_column(labels.get(e.dataset.name, e.dataset.name), justify="right")
+        table.add_column("avg", justify="right")
+        for name, values in avg.items():
+            cells = [f"{next(r for r in e.results if r.name == name).evaluation.mean[metric]:.4f}" for e in experiments]
+            table.add_row(name, *cells, f"{values[metric]:.4f}")
+        console.print(table)
+
+
+def to_json_many(experiments: Sequence[Experiment], per_query: bool = True) -> dict[str, Any]:
+    """The report of several datasets: ``{"datasets": {name: to_json(...)}, "average":
+    {retriever: {metric: mean over the datasets}}}`` plus the split, k and version."""
+    return {
+        "datasets": {e.dataset.name: to_json(e, per_query=per_query) for e in experiments},
+        "average": average(experiments),
+        "split": experiments[0].dataset.split,
+        "k": experiments[0].k,
+        "npdecode_version": __version__,
+    }
 
 
 def curves(experiment: Experiment, cutoffs=CURVE_CUTOFFS) -> dict[str, dict[str, list[float]]]:

@@ -54,6 +54,7 @@ def build_model(config: TrainConfig, backbone_ref: str, index):
         learn_scale=config.model.learn_scale,
         trainable_ce=config.model.train_ce,
         token_embeddings=config.model.token_embeddings,
+        memory_weight=config.model.memory_weight,
     )
 
 

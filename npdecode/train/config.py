@@ -9,7 +9,7 @@ has a default, so ``backbone:`` and ``data.dataset`` are all a minimal config ne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -92,6 +92,11 @@ class ModelConfig(_Strict):
     # Add a trainable embedding per token to the CE rows of that token (zeros at first): the
     # decoder reads and scores CE[r] + E[token(r)]. CE stays frozen; appended rows get E too.
     token_embeddings: bool = False
+    # Decoding: weight of the CE memory's lookahead (npdecode/memory.py), saved with the checkpoint
+    # as its search default: hypotheses rank by their length-normalised score + weight x the best
+    # cosine between the query's mean encoder state and a reachable document's mean CE row.
+    # 0 is plain Np decoding; it is what lets documents the decoder never saw be found.
+    memory_weight: float = Field(0.0, ge=0)
 
 
 class ContrastiveConfig(_Strict):
@@ -161,6 +166,21 @@ class ValidationConfig(_Strict):
     metric: Literal["ndcg_cut_10", "success_1", "Rprec"] = "ndcg_cut_10"
     # Stop after this many validations without improvement (None: never stop early).
     patience: int | None = Field(None, ge=1)
+    # Scored zero-shot when the run ends (registry names or BEIR folders, found with data.data_dir):
+    # each corpus is indexed with the checkpoint's encoder into RUN/zero_shot/ and the metrics go
+    # into the run manifest (metrics.zero_shot).
+    eval_datasets: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    # The retrievers scored on them (None: np, or genre for the vanilla variant).
+    eval_retrievers: tuple[Annotated[str, Field(min_length=1)], ...] | None = Field(None, min_length=1)
+    eval_split: Literal["train", "dev", "test"] = "test"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ValidationConfig:
+        for key in ("eval_datasets", "eval_retrievers"):
+            names = getattr(self, key) or ()
+            if len(set(names)) != len(names):
+                raise ValueError(f"{key} names one twice: {', '.join(names)}")
+        return self
 
 
 class TrainConfig(_Strict):

@@ -15,6 +15,8 @@ The run dir::
       lightning/        last.ckpt (resume) and best.ckpt (selection on the validation metric)
       logs/             csv/metrics.csv and tensorboard/ event files
       checkpoint/       the trained model: HF format + npdecode.json (+ the CE table for np)
+      zero_shot/        validation.eval_datasets only: gr-index/<key>/, each corpus indexed with
+                        the checkpoint (scores in the manifest's metrics.zero_shot)
       manifest.json     config, digests, example counts, metrics, versions (written last)
 
 Every input is checked before anything is written, so a user mistake leaves no run dir. A run
@@ -56,6 +58,7 @@ def train_run(config: TrainConfig, out: str | Path, *, resume: bool = False, say
 
     data = load_training_data(config.data.dataset, config.data.data_dir, config.data.train_split)
     corpus = load_corpus(data.corpus_path)  # a malformed or empty corpus fails here, before any write
+    _zero_shot_plan(config)  # so does an unknown eval dataset or retriever
     if not data.queries:
         say(f"{data.notes[0] if data.notes else 'no training queries'}")
     fresh = not out.exists()
@@ -260,6 +263,9 @@ def _save_run(
     write_manifest(out / "index", manifest)
     final_val = module.validator.mean(model) if module.validator is not None else {}
     memo = memorisation(model, index, corpus, config)
+    metrics = {"validation": final_val, "memorisation_success_1": memo}
+    if config.validation.eval_datasets:
+        metrics["zero_shot"] = _zero_shot(config, out, say)
     steps, epochs = _progress(trainer, out)
     run = {
         "format": "npdecode-run/1",
@@ -282,7 +288,7 @@ def _save_run(
                 steps * config.data.batch_size * config.optim.accumulate / max(seconds, 1e-9), 1
             ),
         },
-        "metrics": {"validation": final_val, "memorisation_success_1": memo},
+        "metrics": metrics,
         "versions": package_versions(),
     }
     with open(out / MANIFEST, "w", encoding="utf-8") as fh:
@@ -293,6 +299,41 @@ def _save_run(
         f"memorisation Hits@1 {memo:.3f}"
     )
     return run
+
+
+def _zero_shot_plan(config: TrainConfig):
+    """The eval datasets (loaded: a bad name fails before the run starts) and retrievers."""
+    from npdecode.eval.zero_shot import check_retrievers, load_datasets
+
+    v = config.validation
+    retrievers = list(v.eval_retrievers or (["genre"] if config.model.variant == "vanilla" else ["np"]))
+    if not v.eval_datasets:
+        return [], retrievers
+    check_retrievers(retrievers)
+    return load_datasets(v.eval_datasets, v.eval_split, config.data.data_dir), retrievers
+
+
+def _zero_shot(config: TrainConfig, out: Path, say) -> dict:
+    """``{dataset: {retriever: metrics}}`` of the saved checkpoint over the eval datasets, each
+    corpus indexed with it under RUN/zero_shot/ (the same path as ``npdecode eval --gr-model``)."""
+    from npdecode.eval.zero_shot import zero_shot_scores
+
+    datasets, retrievers = _zero_shot_plan(config)
+    device = "cpu" if config.trainer.accelerator == "cpu" else "auto"
+    scores = zero_shot_scores(
+        out / "checkpoint",
+        datasets,
+        retrievers,
+        cache_dir=out / "zero_shot",
+        options={"device": device, "beam": config.validation.beam},
+        say=say,
+    )
+    for name, by_retriever in scores.items():
+        say(
+            f"zero-shot {name}: "
+            + "; ".join(f"{r} nDCG@10 {m.get('ndcg_cut_10', 0.0):.4f}" for r, m in by_retriever.items())
+        )
+    return scores
 
 
 def _progress(trainer, out: Path) -> tuple[int, int]:
