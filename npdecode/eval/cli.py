@@ -162,6 +162,11 @@ def evaluate_and_report(
     type=float,
     help="np / genre: score sum / length**L as HF's beam scorer (default 1; 0: the raw sum).",
 )
+@click.option(
+    "--memory-weight",
+    type=float,
+    help="np: weight of the CE memory's lookahead (0: plain Np decoding; default: the checkpoint's setting).",
+)
 @click.option("--device", help="auto (default), cpu or cuda[:n].")
 @click.option(
     "--dtype", type=click.Choice(["fp32", "bf16", "auto"]), help="np / genre: decoding precision (default: as loaded)."
@@ -180,7 +185,7 @@ def evaluate_and_report(
 @click.option("--per-query/--no-per-query", default=True, show_default=True, help="Keep per-query values in the JSON.")
 def eval_command(
     datasets, split, data_dir, retrievers, top_k, old_k, json_path, run_path, plot_path, dense_model, old_model,
-    index_dir, gr_model, beam, normalizer, length_penalty, device, dtype, batch_size, cache_dir,
+    index_dir, gr_model, beam, normalizer, length_penalty, memory_weight, device, dtype, batch_size, cache_dir,
     ignore_identical_ids, per_query,
 ):  # fmt: skip
     """Evaluate retrievers on one or more datasets and print a comparison table.
@@ -195,6 +200,6 @@ def eval_command(
         raise NpdecodeError(f"-k {k}: must be at least 1")
     options = {"model": model, "index": index_dir, "gr_model": gr_model, "beam": beam, "device": device,
                "batch_size": batch_size, "cache_dir": cache_dir, "normalizer": normalizer,
-               "length_penalty": length_penalty, "dtype": dtype}  # fmt: skip
+               "length_penalty": length_penalty, "dtype": dtype, "memory_weight": memory_weight}  # fmt: skip
     evaluate_and_report(list(datasets), split, data_dir, list(retrievers), options, k, json_path, run_path, plot_path,
                         ignore_identical_ids, per_query)  # fmt: skip

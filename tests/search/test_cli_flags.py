@@ -49,3 +49,25 @@ def test_model_flags_name_one_thing_each(t5_dir, tmp_path, capsys):
     main(["search", str(tmp_path / "a"), "alpha river", "-k", "2", "--model", str(t5_dir)])
     captured = capsys.readouterr()
     assert len(captured.out.strip().splitlines()) == 2 and "use --gr-model" in captured.err
+
+
+def test_memory_weight_reaches_the_retriever_from_search_and_eval(t5_dir, tmp_path, capsys, monkeypatch):
+    from npdecode.search.retrievers import generative
+
+    seen = []
+    real = generative._build_memory
+    monkeypatch.setattr(generative, "_build_memory", lambda *a: seen.append(a[-1]) or real(*a))
+    corpus = toy_corpus_file(tmp_path, 6, seed=3)
+    main(["index", str(corpus), "--model", str(t5_dir), "--out", str(tmp_path / "a")])
+    capsys.readouterr()
+    main(["search", str(tmp_path / "a"), "alpha river", "-k", "2", "--memory-weight", "4", "--device", "cpu"])
+    assert seen == [4.0] and len(capsys.readouterr().out.strip().splitlines()) == 2
+    data = tmp_path / "ds"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text(corpus.read_text())
+    first = json.loads(corpus.read_text().splitlines()[0])["_id"]
+    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "alpha river"}) + "\n")
+    (data / "qrels" / "test.tsv").write_text(f"query-id\tcorpus-id\tscore\nq1\t{first}\t1\n")
+    main(["eval", "--dataset", str(data), "-r", "np", "--index", str(tmp_path / "a"), "-k", "3",
+          "--memory-weight", "2.5", "--device", "cpu"])  # fmt: skip
+    assert seen == [4.0, 2.5]
