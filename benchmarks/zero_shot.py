@@ -271,6 +271,7 @@ def write(result: dict, args) -> None:
         "held_out_fraction": args.fraction,
         "seed": args.seed,
         "queries": result["queries"],
+        "earlier_commands": [c for c in [*earlier.get("earlier_commands", []), earlier.get("command")] if c],
         "memory_weights": {**earlier.get("memory_weights", {}), **result["memory_weights"]},
         "rows": {**earlier.get("rows", {}), **result["rows"]},
     }
@@ -325,7 +326,17 @@ def render(out: dict) -> None:
             for k, v in w["validation_ndcg_cut_10"].items()
         )
         lines.append(f"- {recipe}: weight {w['chosen']:g}" + (f" (validation nDCG@10 {sweep})" if sweep else ""))
-    lines += ["", f"Command: `{out['command']}`"]
+    lines += [
+        "",
+        "`memory W`: decoded with the CE memory's lookahead at weight W (npdecode/memory.py; 0 is plain "
+        + "Np decoding). `CE memory alone`: every document ranked by the memory's cosine only, no decoder "
+        + "(exhaustive). Generative rows decode with beam 10 and no widening, so their R@100 counts only the "
+        + "documents the beam finished. Train minutes are wall-clock budgets of runs that shared the two "
+        + "cores with another run (steps in the JSON).",
+        "",
+        f"Command (latest): `{out['command']}`",
+    ]
+    lines += [f"Earlier: `{c}`" for c in out.get("earlier_commands", [])]
     (RESULTS / "zero_shot.md").write_text("\n".join(lines) + "\n")
 
 
