@@ -191,7 +191,7 @@ def memory_alone_rows(args, recipe: str, inputs: dict) -> dict:
     for split, (index_dir, model) in dirs.items():
         queries, qrels, _ = inputs[split]
         row = _measure(lambda d=index_dir, m=model: MemoryAlone(d, m), queries, qrels, args.k)
-        rows[f"CE memory alone {split}"] = {"variant": "memory", "recipe": "CE memory alone", "split": split,
+        rows[f"CE memory alone {split}"] = {"variant": "np/memory-alone", "recipe": "CE memory alone", "split": split,
                                             "train_minutes": 0, **row}  # fmt: skip
         print(f"CE memory alone {split}: nDCG@10 {row['metrics']['ndcg_cut_10']:.4f}", flush=True)
     return rows
