@@ -93,12 +93,13 @@ def appended_index(run_dir: Path, held_out: Path) -> tuple[Path, dict]:
     return out, stats
 
 
-def rebuilt_index(run_dir: Path, full_corpus: Path) -> Path:
-    """The whole corpus indexed from scratch with the trained checkpoint's encoder."""
+def rebuilt_index(run_dir: Path, full_corpus: Path, name: str = "index-rebuilt") -> Path:
+    """``run_dir/name``: a corpus (the whole one, by default) indexed from scratch with the trained
+    checkpoint's encoder and the run's index config."""
     from npdecode.index.builder import build_index
     from npdecode.index.layout import load_index
 
-    out = run_dir / "index-rebuilt"
+    out = run_dir / name
     if not (out / "manifest.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
         config = load_index(run_dir / "index").manifest.config

@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,22 +51,11 @@ def train_phase(args) -> None:
     print(f"{args.train} {args.split}: {run['training']['steps']} steps")
 
 
-def _variant(recipe: str) -> str:
-    return "vanilla" if recipe == "vanilla" else recipe.split()[0]
-
-
 def held_out_index(run_dir: Path, held_out: Path) -> Path:
     """(c): the held-out fifth alone, indexed with the checkpoint's encoder and the run's index config."""
-    from npdecode.index.builder import build_index
-    from npdecode.index.config import IndexConfig
-    from npdecode.index.layout import load_index
+    from append_zero_shot import rebuilt_index
 
-    out = run_dir / "index-held-out"
-    if not (out / "manifest.json").is_file():
-        shutil.rmtree(out, ignore_errors=True)
-        config = load_index(run_dir / "index").manifest.config
-        build_index(held_out, run_dir / "checkpoint", out, IndexConfig(**{**config, "progress": False}))
-    return out
+    return rebuilt_index(run_dir, held_out, name="index-held-out")
 
 
 def split_inputs(args, held: set[str]) -> dict:
