@@ -32,10 +32,15 @@ from npdecode.trie import Trie
 def group_vectors(ce: np.ndarray, paths: list[list[int]]) -> np.ndarray:
     """``(G, d)`` float32: the L2-normalised mean of each group's CE rows (``paths[g]``: CE ids,
     EOS excluded). A group without rows gets a zero vector (it scores 0)."""
+    from npdecode.trie import flatten
+
+    flat, offsets = flatten(paths)
+    lengths = np.diff(offsets)
     out = np.zeros((len(paths), ce.shape[1]), dtype=np.float32)
-    for g, rows in enumerate(paths):
-        if rows:
-            out[g] = ce[rows].astype(np.float32).mean(0)
+    filled = np.flatnonzero(lengths)  # reduceat needs non-empty segments
+    if len(filled):
+        sums = np.add.reduceat(ce[flat].astype(np.float32), offsets[filled], axis=0)
+        out[filled] = sums / lengths[filled, None]
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return out / np.where(norms > 0, norms, 1.0)
 
@@ -52,7 +57,8 @@ class CEMemory:
             raise NpdecodeError(f"memory weight {weight}: must be a finite number >= 0")
         if len(trie.term_values) and int(trie.term_values.max()) >= len(vectors):
             raise NpdecodeError(
-                f"the trie names group {int(trie.term_values.max())}; the memory has {len(vectors)} groups"
+                f"the trie names group {int(trie.term_values.max())}, the memory has {len(vectors)} groups "
+                "(documents.jsonl and the trie disagree); rebuild the index"
             )
         self.weight = float(weight)
         self.n_nodes = trie.n_nodes

@@ -59,19 +59,15 @@ def evaluate_and_report(
     from npdecode.cache import cache_root
     from npdecode.eval.datasets import load_dataset
     from npdecode.eval.report import plot_curves, print_summary, print_table, to_json, to_json_many
-    from npdecode.eval.zero_shot import evaluate_datasets
+    from npdecode.eval.zero_shot import check_retrievers, evaluate_datasets
     from npdecode.runs import write_metrics, write_run
     from npdecode.search.options import SearchOptions
-    from npdecode.search.registry import get_factory
 
     names = [dataset] if isinstance(dataset, str) else list(dataset)
     options = SearchOptions.of(options)  # unknown or bad options fail before any work
-    if len(set(retrievers)) != len(retrievers):
-        raise NpdecodeError(f"--retriever given twice: {', '.join(retrievers)}")
+    check_retrievers(retrievers, "--retriever")  # unknown or repeated names fail before any work
     if len(set(names)) != len(names):
         raise NpdecodeError(f"--dataset given twice: {', '.join(names)}")
-    for name in retrievers:
-        get_factory(name)  # unknown names fail before any work
     console = Console(stderr=True)
     datasets = []
     for name in names:  # every dataset loads (or fails) before any retrieval

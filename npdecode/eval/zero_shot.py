@@ -175,12 +175,13 @@ def load_datasets(names: Sequence[str], split: str = "test", data_dir: str | Pat
     return [load_dataset(name, split=split, data_dir=data_dir) for name in names]
 
 
-def check_retrievers(retrievers: Sequence[str]) -> None:
-    """Unknown or repeated retriever names are one-line errors."""
+def check_retrievers(retrievers: Sequence[str], what: str = "retriever") -> None:
+    """Unknown or repeated retriever names are one-line errors (``what``: how the caller's
+    user names them, e.g. ``--retriever``)."""
     from npdecode.search.registry import get_factory
 
     if len(set(retrievers)) != len(retrievers):
-        raise NpdecodeError(f"retriever given twice: {', '.join(retrievers)}")
+        raise NpdecodeError(f"{what} given twice: {', '.join(retrievers)}")
     for name in retrievers:
         get_factory(name)
 

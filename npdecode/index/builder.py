@@ -112,16 +112,14 @@ def write_index(
     family: str,
     groups: list[IdentifierGroup],
     ident_tokens: list[list[int]],
-    empty: list[str] | None = None,
+    empty: list[str],
 ) -> Path:
     """Write a complete one-segment index dir at ``final`` (replaced if there) from ``segment``
     = (rows, row tokens, document records, raw CE or None), manifest last. ``empty``: the ids
-    of the corpus's documents with neither title nor text (None: found in ``corpus`` again)."""
-    from npdecode.corpus import corpus_digest, load_corpus
+    of the corpus's documents with neither title nor text (skipped, recorded in the manifest)."""
+    from npdecode.corpus import corpus_digest
     from npdecode.index.assembly import write_first_generation
 
-    if empty is None:
-        empty = split_empty(load_corpus(corpus))[1]
     rows, row_tokens, records, raw = segment
     shutil.rmtree(final, ignore_errors=True)
     write_segment(final / "segments" / "00000", rows, row_tokens, records, raw)

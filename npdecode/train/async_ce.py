@@ -98,6 +98,7 @@ def write_final_index(module, rebuilder, index_dir: Path, checkpoint_dir: Path) 
         family=model.backbone.family,
         groups=rebuilder.groups,
         ident_tokens=rebuilder.ident_tokens,
+        empty=rebuilder.empty,
     )
     shutil.rmtree(old, ignore_errors=True)
     os.replace(index_dir, old)

@@ -189,13 +189,14 @@ def _build_memory(index: Index, trie: Any, model: Any, kind: str, weight: float 
         return None
     if kind != "np":
         raise NpdecodeError(f"memory weight {weight}: only the np retriever decodes over a CE memory")
-    if trie.n_sequences and len(index.groups) <= int(trie.term_values.max()):
-        raise NpdecodeError(f"{index.path}: the trie names more identifier groups than documents.jsonl holds")
     from npdecode.memory import CEMemory, group_vectors
 
     vectors = group_vectors(index.vectors, [g.ce for g in index.groups])
     log.info("CE memory lookahead, weight %g, over %d identifier groups", weight, len(vectors))
-    return CEMemory(trie, vectors, weight, device=model.device)
+    try:
+        return CEMemory(trie, vectors, weight, device=model.device)
+    except NpdecodeError as err:
+        raise NpdecodeError(f"{index.path}: {err}") from None
 
 
 def _factory(kind: str):
