@@ -134,14 +134,14 @@ def evaluate_rows(work: Path, data_dir: Path, held: set[str], stats: dict, np_ru
         for lp in (0.0, 1.0):
             suffix = " lp1" if lp else ""
             builders[f"{variant} appended{suffix}"] = lambda d=appended, lp=lp: GenerativeRetriever(
-                d, kind="np", length_penalty=lp, widen=False
+                d, kind="np", length_penalty=lp, past_beam="none"
             )
             builders[f"{variant} rebuilt{suffix}"] = lambda d=rebuilt, c=np_dir / "checkpoint", lp=lp: (
-                GenerativeRetriever(d, kind="np", model=c, length_penalty=lp, widen=False)
+                GenerativeRetriever(d, kind="np", model=c, length_penalty=lp, past_beam="none")
             )
     if (work / "vanilla" / "manifest.json").is_file():
         appended, stats["vanilla"] = appended_index(work / "vanilla", work / "held_out.jsonl")
-        builders["vanilla appended"] = lambda d=appended: GenerativeRetriever(d, kind="genre", widen=False)
+        builders["vanilla appended"] = lambda d=appended: GenerativeRetriever(d, kind="genre", past_beam="none")
     rows = {}
     for name, build in builders.items():
         start = time.perf_counter()

@@ -296,7 +296,9 @@ def _run_dtype(model, trie, paths, queries, args, k, device, dtype, enc_len) -> 
 
     def ours_run():
         rows.clear()
-        return decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, widen=False)
+        return decoding.search(
+            model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, past_beam="none"
+        )
 
     def hf_run():
         hf_rows.clear()
@@ -366,7 +368,9 @@ def compare_approx(model, trie, queries, k, args, exact_ids) -> list[dict]:
         exact_t, approx_t, exact_c, approx_c, got = [], [], [], [], None
         for _ in range(args.repeats):
             with Clock() as c:
-                decoding.search(model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, widen=False)
+                decoding.search(
+                    model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, past_beam="none"
+                )
             exact_t.append(c.wall)
             exact_c.append(c.cpu)
             with Clock() as c:
@@ -377,7 +381,7 @@ def compare_approx(model, trie, queries, k, args, exact_ids) -> list[dict]:
                     k=k,
                     beam=args.beam,
                     batch_size=args.batch or None,
-                    widen=False,
+                    past_beam="none",
                     normalizer=norm,
                 )
             approx_t.append(c.wall)

@@ -197,7 +197,7 @@ def main() -> None:
         def ours_run():
             rows.clear()
             return decoding.search(
-                model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, widen=False
+                model, trie, queries, k=k, beam=args.beam, batch_size=args.batch or None, past_beam="none"
             )
 
         def hf_run():

@@ -149,11 +149,11 @@ def evaluate_all(runs: Path, data_dir: Path, k: int, done: dict | None = None) -
     }
     for label, (variant, run_dir) in run_labels(runs).items():
         if not variant.startswith("np"):
-            builders[label] = lambda d=run_dir / "index": GenerativeRetriever(d, kind="genre", widen=False)
+            builders[label] = lambda d=run_dir / "index": GenerativeRetriever(d, kind="genre", past_beam="none")
             continue
         for suffix, (mode, lp) in DECODINGS.items():
             builders[label + suffix] = lambda d=run_dir / "index", mode=mode, lp=lp: GenerativeRetriever(
-                d, kind="np", trie_mode=mode, length_penalty=lp, widen=False
+                d, kind="np", trie_mode=mode, length_penalty=lp, past_beam="none"
             )
     metrics, seconds = {}, {}
     for name, build in builders.items():
@@ -193,7 +193,7 @@ def validation_length_penalty(run_dir: Path, data_dir: Path) -> dict[str, float]
     )
     out = {}
     for lp in (0.0, 1.0):
-        run = GenerativeRetriever(run_dir / "index", kind="np", length_penalty=lp, widen=False).search(
+        run = GenerativeRetriever(run_dir / "index", kind="np", length_penalty=lp, past_beam="none").search(
             validation.queries, 100
         )
         out[str(lp)] = evaluate(validation.qrels, run, queries=validation.queries).mean["ndcg_cut_10"]

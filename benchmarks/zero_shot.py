@@ -105,7 +105,7 @@ def generative_builders(recipe: str, args, weight: float) -> dict:
     name = VARIANTS[recipe][0]
     full, seen = args.work / "full" / name, args.work / "seen" / name
     kind = "genre" if recipe == "vanilla" else "np"
-    opts = {"widen": False, "length_penalty": 1.0}
+    opts = {"past_beam": "none", "length_penalty": 1.0}
     if kind == "np":
         opts["memory_weight"] = weight
     out = {}

@@ -8,6 +8,7 @@ nothing for T5), and whether decoder outputs are scaled by ``d_model**-0.5`` (ti
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -372,16 +373,30 @@ def family_of(config: Any) -> Family:
     return fam
 
 
-def load_backbone(name_or_path: str | Path, *, trust_remote_code: bool = False, device: Any = None) -> Backbone:
+def load_backbone(
+    name_or_path: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    device: Any = None,
+    verify: bool = False,
+    checked: bool = False,
+) -> Backbone:
     """Load a seq2seq checkpoint by local path or hub id (from the local HF cache when offline).
 
     Pickled ``.bin`` weights load with ``weights_only=True``; remote code runs only when
     ``trust_remote_code`` is set. Raises :class:`NpdecodeError` when the model cannot be found.
+    A local dir with a ``checksums.json`` (written by ``npdecode train`` and ``npdecode merge``)
+    is checked against it first: sizes, and with ``verify`` digests (``checked``: the caller
+    did that already); a file the loaders cannot read is one NpdecodeError line naming it.
     """
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from npdecode.integrity import checkpoint_remedy, ensure_intact, read_checksums, reading
+
     name = str(name_or_path)
     local = Path(name).expanduser()
+    if local.is_dir() and not checked:
+        ensure_intact(local, read_checksums(local), digests=verify, remedy=checkpoint_remedy(local))
     if local.exists() and not (local / "config.json").is_file():
         raise NpdecodeError(f"{local} has no config.json; point --model at a Hugging Face checkpoint directory")
     src = str(local) if local.exists() else name
@@ -390,15 +405,21 @@ def load_backbone(name_or_path: str | Path, *, trust_remote_code: bool = False, 
     try:
         config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code, local_files_only=offline)
     except (OSError, ValueError) as err:
+        if local.is_dir():
+            with reading(local / "config.json", checkpoint_remedy(local)):
+                raise
         raise NpdecodeError(
             f"model {name!r} is neither a local checkpoint directory nor in the Hugging Face cache "
             f"(offline or unknown id: {str(err).splitlines()[0][:120]}); download it or pass a local path"
         ) from None
     fam = family_of(config)
-    model = AutoModelForSeq2SeqLM.from_pretrained(
-        src, config=config, trust_remote_code=trust_remote_code, weights_only=True
-    )
-    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    # a broken local file names the dir (hub downloads keep the loaders' own errors)
+    guard = reading(local, checkpoint_remedy(local)) if local.is_dir() else contextlib.nullcontext()
+    with guard:
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            src, config=config, trust_remote_code=trust_remote_code, weights_only=True
+        )
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
     model.eval()
     if fam.name == "bert2bert":
         _fill_bert2bert_ids(model, tokenizer)

@@ -33,6 +33,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "merge": ("npdecode.merge.cli:merge_command", "Merge checkpoints from a MergeKit-style YAML recipe."),
     "train": ("npdecode.train.cli:train_command", "Train a generative retriever (vanilla or Np) with Lightning."),
+    "verify": ("npdecode.index.verify:verify_command", "Check an artifact dir's files against their recorded digests."),
 }
 
 
@@ -62,7 +63,9 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and ``python -m npdecode``."""
     try:
-        cli.main(args=argv, prog_name="npdecode", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="npdecode", standalone_mode=False)
+        if type(code) is int and code:  # a command's ctx.exit(n) / Exit(n): click returns n here
+            sys.exit(code)
     except NpdecodeError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)

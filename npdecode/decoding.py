@@ -18,6 +18,7 @@ vanilla model + token-id trie (GENRE-style).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,6 +226,7 @@ def beam_search(
     scorer: Any = None,
     normalizer: Any = None,
     memory: Any = None,
+    fill: bool = False,
 ) -> list[list[tuple[int, float]]]:
     """Constrained beam search for one batch of B encoded queries; top-``k`` (node, score) per query.
 
@@ -234,6 +236,8 @@ def beam_search(
     the normalizer on steps where that pays; None keeps every score exact.
     ``memory`` (a :class:`~npdecode.memory.CEMemory` over this trie): hypotheses rank by
     ``score / L**α + weight * H(node)`` and finished ones score ``score / L**α + weight * m(doc)``.
+    ``fill``: a query that finished fewer than ``k`` documents gets the rest ranked past them by
+    :func:`_fill` from the scores this search computed anyway (the finished ones are unchanged).
     """
     scorer = scorer or make_scorer(model, trie.trie)
     n_q = input_ids.shape[0]
@@ -246,6 +250,7 @@ def beam_search(
     score = torch.zeros(n_q, dtype=torch.float32, device=device)
     prev = torch.full((n_q,), model.start_id, dtype=torch.long, device=device)
     fin = _Finished([], [], [])
+    seen = _Finished([], [], [])  # fill: every scored edge (query, child, score / L**α)
     step = 0
     vocab = int(getattr(model, "vocab_size", 0) or 0)
     while len(node):
@@ -261,6 +266,10 @@ def beam_search(
         cand = score[row] + torch.nan_to_num(edge, nan=float("-inf"))
         final = cand / (step**length_penalty) if length_penalty else cand
         rank = cand  # hypotheses of one step have one length: the raw sum ranks them
+        if fill:
+            seen.query.append(query[row])
+            seen.node.append(child)
+            seen.score.append(final)
         if look is not None:  # the memory's lookahead: length-normalised score + the best reachable memory
             rank = final = final + look[query[row], child]
         term = trie.is_terminal[child]
@@ -283,7 +292,69 @@ def beam_search(
         same = len(src) == len(query) and bool(torch.equal(new_query, query))  # rows stay grouped by query
         query, node, score = new_query, child[keep], cand[keep]
         state = model.reorder_state(state, src, same_sources=same)
-    return _collect(fin, n_q, k)
+    out = _collect(fin, n_q, k)
+    return _fill(trie, seen, out, look, k) if fill else out
+
+
+_FILL_CELLS = 1 << 24  # (queries x trie nodes) floats one fill chunk holds: 64 MiB
+
+
+def _fill(
+    trie: TorchTrie, seen: _Finished, out: list[list[tuple[int, float]]], look: torch.Tensor | None, k: int
+) -> list[list[tuple[int, float]]]:
+    """Complete each query's ``out`` (finished (node, score), best first) to ``k`` terminals.
+
+    The rule: a document the beam did not finish ranks by the score of the longest prefix of its
+    identifier that the search scored (every first id is scored at step 1, so each document
+    has one; a pruned prefix counts too): ``sum / L**α`` of that prefix, plus the memory's
+    ``weight * m(doc)`` when a memory is on. Ties keep trie order (smaller node first). The
+    scores are shifted down, when needed, to lie below the query's last finished one, so the
+    finished documents keep their places and scores. Cost: per query one pass over the trie's
+    levels (no decoder call), in chunks of at most ``_FILL_CELLS`` query x node cells.
+    """
+    need = [i for i, hyps in enumerate(out) if len(hyps) < k]
+    if not need or not seen.query:
+        return out
+    device = trie.indptr.device
+    n_nodes = int(trie.indptr.shape[0]) - 1
+    parent, levels = trie.levels()
+    term = torch.nonzero(trie.is_terminal).squeeze(1)  # (T,) ascending
+    slot = torch.full((n_nodes,), -1, dtype=torch.long, device=device)
+    slot[term] = torch.arange(len(term), device=device)  # node -> its terminal index
+    sq, sn, ss = torch.cat(seen.query), torch.cat(seen.node), torch.cat(seen.score).float()
+    # a -inf edge is the lowest finite float in ``cand`` (nan_to_num): unreachable, as NaN
+    ss = torch.where(torch.isnan(ss) | (ss <= torch.finfo(ss.dtype).min), float("-inf"), ss)
+    n_q = len(out)
+    per_chunk = max(1, _FILL_CELLS // max(n_nodes, 1))
+    for lo in range(0, len(need), per_chunk):
+        chunk = torch.tensor(need[lo : lo + per_chunk], device=device)
+        pos = torch.full((n_q,), -1, dtype=torch.long, device=device)
+        pos[chunk] = torch.arange(len(chunk), device=device)
+        mine = pos[sq] >= 0
+        best = torch.full((len(chunk), n_nodes), float("nan"), device=device)  # (C, n_nodes): NaN unscored
+        flat = pos[sq[mine]] * n_nodes + sn[mine]
+        best.view(-1).scatter_reduce_(0, flat, ss[mine], reduce="amax", include_self=False)
+        for a, b in levels[1:]:  # top-down: an unscored node takes its parent's (deepest scored prefix)
+            if b > a:
+                cur = best[:, a:b]
+                best[:, a:b] = torch.where(torch.isnan(cur), best[:, parent[a:b]], cur)
+        key = best[:, term]  # (C, T)
+        if look is not None:
+            key = key + look[chunk][:, term]
+        key = torch.where(torch.isnan(key), float("-inf"), key)
+        for r, qi in enumerate(need[lo : lo + per_chunk]):
+            done = out[qi]
+            if done:  # finished terminals are not offered twice
+                key[r, slot[torch.tensor([n for n, _ in done], device=device)]] = float("-inf")
+            want = min(k - len(done), len(term) - len(done))
+            order = torch.sort(key[r], descending=True, stable=True).indices[: want + len(done)]
+            taken = {n for n, _ in done}
+            extra = [(int(term[i]), float(key[r, i])) for i in order.tolist() if int(term[i]) not in taken][:want]
+            if extra and done and math.isfinite(done[-1][1]):
+                shift = min(0.0, done[-1][1] - extra[0][1] - 1e-3)  # strictly below the last finished
+                extra = [(n, s + shift) for n, s in extra]
+            out[qi] = done + extra
+    return out
 
 
 def _collect(fin: _Finished, n_q: int, k: int) -> list[list[tuple[int, float]]]:
@@ -330,8 +401,9 @@ def search(
     batch_size: int | None = None,
     length_penalty: float = 0.0,
     max_query_length: int = 64,
-    widen: bool = True,
+    past_beam: str = "prefix",
     dtype: str | None = None,
+    progress: bool | None = None,
     normalizer: Any = None,
     group: bool = False,
     memory: Any = None,
@@ -340,9 +412,13 @@ def search(
 
     A terminal shared by several values (documents with one identifier) yields all of them with
     the same score. ``batch_size`` queries are decoded together (None: :func:`auto_batch_size`
-    for the beam and the output vocabulary). When ``widen`` and a query found fewer than ``k``
-    documents, it is searched again with a doubled beam (up to exhaustive) so that ``k`` may
-    exceed ``beam``.
+    for the beam and the output vocabulary). ``past_beam`` says how a query that finished fewer
+    than ``k`` documents gets the rest: ``"prefix"`` ranks them by the scores the search already
+    computed (:func:`_fill`; no more decoding), ``"widen"`` searches it again with a doubled beam
+    (up to exhaustive: exact, and up to ~50x slower at k = 1,000), ``"none"`` returns what the
+    beam finished. The first documents are the same in all three.
+    ``progress``: a bar (queries done / total, q/s) on stderr once a search runs for more than a
+    few seconds (None: when stderr is a terminal).
     ``dtype`` ("fp32" | "bf16" | "auto"; None keeps the model as it is) casts the model, CE
     table included, in place first (see :func:`cast_for_decoding`); scores stay fp32.
     ``normalizer``: None (exact scores) or an :class:`~npdecode.normalizer.IvfNormalizer` built
@@ -353,6 +429,8 @@ def search(
     """
     if k < 1 or beam < 1 or (batch_size is not None and batch_size < 1):
         raise NpdecodeError(f"k={k}, beam={beam}, batch_size={batch_size}: all must be at least 1")
+    if past_beam not in PAST_BEAM:
+        raise NpdecodeError(f"past_beam {past_beam!r}: use one of {', '.join(PAST_BEAM)}")
     if normalizer is not None and not hasattr(model, "step_scaled_hidden"):
         raise NpdecodeError("an approximate normalizer needs an Np model (the vanilla model's vocabulary is small)")
     if dtype is not None:
@@ -362,8 +440,10 @@ def search(
     want = min(k, trie.n_sequences)
     results: list[list[tuple[int, float]]] = [[] for _ in queries]
     todo, width = list(range(len(queries))), beam
+    fill = past_beam == "prefix"
     while todo:
         per_batch = batch_size or auto_batch_size(width, int(getattr(model, "vocab_size", 0) or 32768))
+        bar = _progress(len(todo), "search" if width == beam else f"widen to beam {width}", progress)
         for lo in range(0, len(todo), per_batch):
             idx = todo[lo : lo + per_batch]
             ids, mask = model.tokenize([queries[i] for i in idx], max_query_length)
@@ -378,14 +458,27 @@ def search(
                 scorer=scorer,
                 normalizer=normalizer,
                 memory=memory,
+                fill=fill,
             )
             for i, h in zip(idx, hyps):
                 results[i] = _to_values(trie, h, k)
-        if not widen or width >= trie.n_sequences:
+            bar.update(len(idx))
+        bar.close()
+        if past_beam != "widen" or width >= trie.n_sequences:
             break
         width = min(max(2 * width, k), trie.n_sequences)
         todo = [i for i in todo if len(results[i]) < want]
     return results
+
+
+PAST_BEAM = ("prefix", "widen", "none")
+
+
+def _progress(total: int, desc: str, enabled: bool | None) -> Any:
+    """A tqdm bar over queries that appears only after 3 s (short searches print nothing)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="q", delay=3, disable=None if enabled is None else not enabled)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -68,13 +68,8 @@ class CEMemory:
         counts = np.diff(trie.term_ptr)
         self.value_node = torch.from_numpy(np.repeat(trie.term_nodes, counts).astype(np.int64)).to(dev)
         self.values = torch.from_numpy(trie.term_values.astype(np.int64)).to(dev)
-        # children of node n are nodes indptr[n]+1 .. indptr[n+1] (BFS, so a parent's number is lower)
-        parent = np.repeat(np.arange(trie.n_nodes, dtype=np.int64), np.diff(trie.indptr).astype(np.int64))
-        depth = _depths(parent, trie.n_nodes)
-        # BFS numbering: the nodes of one depth are one contiguous range, deepest last
-        bounds = np.searchsorted(depth, np.arange(int(depth.max()) + 2) if trie.n_nodes else [0])
-        self.levels = [(int(bounds[d]), int(bounds[d + 1])) for d in range(len(bounds) - 1)]
-        self.parent = torch.from_numpy(np.concatenate([[0], parent])).to(dev)  # parent[node]; root -> 0
+        parent, self.levels = trie.levels()
+        self.parent = torch.from_numpy(parent).to(dev)  # parent[node]; root -> 0
 
     def query_vectors(self, enc: torch.Tensor, enc_mask: torch.Tensor) -> torch.Tensor:
         """``(B, d)``: the mean of each query's encoder states over its tokens, L2-normalised (the
@@ -98,15 +93,3 @@ class CEMemory:
                 idx = self.parent[lo:hi].expand(b, -1)  # the parents of nodes lo..hi-1
                 h.scatter_reduce_(1, idx, h[:, lo:hi].clone(), reduce="amax", include_self=True)
         return h.mul_(self.weight) if self.weight else torch.zeros_like(h)  # 0 * -inf would be NaN
-
-
-def _depths(parent: np.ndarray, n_nodes: int) -> np.ndarray:
-    """Depth of every node; ``parent[c - 1]`` is the parent of node ``c`` (non-decreasing, and
-    lower than ``c``: breadth-first CSR numbering)."""
-    depth = np.zeros(n_nodes, dtype=np.int64)
-    lo = 1
-    while lo < n_nodes:  # one level per round: the nodes whose parents' depths are known
-        hi = int(np.searchsorted(parent, lo, side="left")) + 1  # nodes c with parent < lo
-        depth[lo:hi] = depth[parent[lo - 1 : hi - 1]] + 1
-        lo = hi
-    return depth

@@ -421,10 +421,12 @@ class VanillaModel(_Seq2Seq):
 
 
 def save_model(model: NpModel | VanillaModel, out_dir: str | Path) -> Path:
-    """Write an HF checkpoint dir (weights, config, tokenizer) plus ``npdecode.json`` (and the CE table)."""
+    """Write an HF checkpoint dir (weights, config, tokenizer) plus ``npdecode.json`` (and the CE
+    table), and ``checksums.json`` over all of them (:mod:`npdecode.integrity`)."""
     from safetensors.torch import save_file
 
     from npdecode.atomic import atomic_dir
+    from npdecode.integrity import write_checksums
 
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, overwrite=True) as tmp:
@@ -440,24 +442,38 @@ def save_model(model: NpModel | VanillaModel, out_dir: str | Path) -> Path:
                 tensors["token_emb"] = model.token_emb.detach()
             save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / CE_FILE))
         (tmp / NPDECODE_JSON).write_text(json.dumps(model.config_dict(), indent=2))
+        write_checksums(tmp)  # last: it covers every file above
     return out_dir
 
 
-def load_model(path: str | Path, *, device: Any = None, trust_remote_code: bool = False) -> NpModel | VanillaModel:
-    """Load what :func:`save_model` wrote (a dir without ``npdecode.json`` loads as vanilla)."""
+def load_model(
+    path: str | Path, *, device: Any = None, trust_remote_code: bool = False, verify: bool = False
+) -> NpModel | VanillaModel:
+    """Load what :func:`save_model` wrote (a dir without ``npdecode.json`` loads as vanilla).
+
+    Its files are checked against its ``checksums.json`` first (sizes; with ``verify`` also
+    digests); a missing, truncated, corrupted or unreadable file is one NpdecodeError line.
+    """
     from safetensors.torch import load_file
 
+    from npdecode.integrity import checkpoint_remedy, ensure_intact, read_checksums, reading
+
     path = Path(path)
+    remedy = checkpoint_remedy(path)
+    if path.is_dir():
+        ensure_intact(path, read_checksums(path), digests=verify, remedy=remedy)
     meta_file = path / NPDECODE_JSON
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"kind": "vanilla"}
-    backbone = load_backbone(path, trust_remote_code=trust_remote_code, device=device)
+    with reading(meta_file, remedy):
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {"kind": "vanilla"}
+    backbone = load_backbone(path, trust_remote_code=trust_remote_code, device=device, checked=True)
     if meta.get("kind") == "vanilla":
         return VanillaModel(backbone)
     if meta.get("kind") != "np":
         raise NpdecodeError(f"{meta_file}: unknown kind {meta.get('kind')!r}; expected 'np' or 'vanilla'")
     if not (path / CE_FILE).is_file():
         raise NpdecodeError(f"{path / CE_FILE} is missing; the Np checkpoint is incomplete, save it again")
-    t = load_file(str(path / CE_FILE))
+    with reading(path / CE_FILE, remedy):
+        t = load_file(str(path / CE_FILE))
     model = NpModel(
         backbone,
         t["ce"],

@@ -86,10 +86,9 @@ class IvfNormalizer:
             )
         self.threads = threads
         saved = Path(cache_dir) / ivf_file_name(rows, nlist, seed) if cache_dir is not None else None
-        self.loaded = saved is not None and saved.is_file()
-        if self.loaded:  # built once for this table, nlist and seed; searches load it
-            index = faiss.deserialize_index(np.fromfile(saved, dtype=np.uint8))
-        else:
+        index = _load_ivf(faiss, saved) if saved is not None and saved.is_file() else None
+        self.loaded = index is not None  # built once for this table, nlist and seed; searches load it
+        if index is None:
             index = _train_ivf(faiss, rows, nlist, seed, threads)
             if saved is not None:
                 _save_ivf(faiss, index, saved)
@@ -128,6 +127,16 @@ def _train_ivf(faiss: Any, rows: np.ndarray, nlist: int, seed: int, threads: int
         index.train(sample)
         index.add(rows)
     return index
+
+
+def _load_ivf(faiss: Any, path: Path) -> Any:
+    """The saved IVF structure, or None when it cannot be read (a truncated or damaged cache file
+    is rebuilt and saved again, with a warning: it is derived from the table, never recorded)."""
+    try:
+        return faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+    except (RuntimeError, OSError, ValueError) as err:
+        log.warning("%s: unreadable IVF normalizer cache (%s); rebuilding it", path, type(err).__name__)
+        return None
 
 
 def _save_ivf(faiss: Any, index: Any, path: Path) -> None:

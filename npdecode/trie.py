@@ -63,6 +63,20 @@ class Trie:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.indptr, self.edge_ids, self.term_nodes, self.term_ptr, self.term_values))
 
+    def levels(self) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """``(parent (n_nodes,) int64, levels)``: each node's parent (the root's: 0) and, per depth
+        ``d``, the node range ``levels[d] = (lo, hi)`` (breadth-first numbering: the nodes of one
+        depth are contiguous, a parent's number is lower than its children's)."""
+        parent = np.repeat(np.arange(self.n_nodes, dtype=np.int64), np.diff(self.indptr).astype(np.int64))
+        depth = np.zeros(self.n_nodes, dtype=np.int64)
+        lo = 1
+        while lo < self.n_nodes:  # one level per round: the nodes whose parents' depths are known
+            hi = int(np.searchsorted(parent, lo, side="left")) + 1  # nodes c with parent < lo
+            depth[lo:hi] = depth[parent[lo - 1 : hi - 1]] + 1
+            lo = hi
+        bounds = np.searchsorted(depth, np.arange(int(depth.max()) + 2) if self.n_nodes else [0])
+        return np.concatenate([[0], parent]), [(int(bounds[d]), int(bounds[d + 1])) for d in range(len(bounds) - 1)]
+
     def children(self, node: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, child_nodes)`` of one node, ids ascending."""
         lo, hi = int(self.indptr[node]), int(self.indptr[node + 1])
@@ -169,7 +183,10 @@ class Trie:
         path = Path(path)
         if not path.is_file():
             raise NpdecodeError(f"{path}: trie file not found; build the index first")
-        with np.load(path, allow_pickle=False) as z:
+        from npdecode.integrity import reading
+
+        remedy = f"rebuild the index it belongs to; `npdecode verify {path.parent}` lists every bad file"
+        with reading(path, remedy), np.load(path, allow_pickle=False) as z:
             return cls(z["indptr"], z["edge_ids"], z["term_nodes"], z["term_ptr"], z["term_values"], str(z["id_space"]))
 
     def to_torch(self, device: Any = None) -> TorchTrie:
@@ -260,6 +277,15 @@ class TorchTrie:
         term[trie.term_nodes.astype(np.int64)] = True
         as_t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.int64), device=device)
         return cls(as_t(trie.indptr), as_t(trie.edge_ids), torch.as_tensor(term, device=device), trie)
+
+    def levels(self) -> tuple[Any, list[tuple[int, int]]]:
+        """:meth:`Trie.levels` with the parents as a tensor on this trie's device (computed once)."""
+        import torch
+
+        if getattr(self, "_levels", None) is None:
+            parent, levels = self.trie.levels()
+            self._levels = (torch.as_tensor(parent, device=self.indptr.device), levels)
+        return self._levels
 
     def expand(self, nodes: Any) -> tuple[Any, Any, Any]:
         """All edges out of ``nodes`` (N,): ``(row (E,), ids (E,), child (E,))``, rows ascending."""

@@ -163,6 +163,13 @@ def evaluate_and_report(
     type=float,
     help="np: weight of the CE memory's lookahead (0: plain Np decoding; default: the checkpoint's setting).",
 )
+@click.option(
+    "--past-beam",
+    type=click.Choice(["prefix", "widen", "none"]),
+    help="np / genre, k above the beam: rank the documents past the beam by their longest scored identifier "
+    "prefix (prefix, default: no extra decoding), decode again with wider beams (widen: exact, up to ~50x "
+    "slower at k=1000), or return the beam's only (none).",
+)
 @click.option("--device", help="auto (default), cpu or cuda[:n].")
 @click.option(
     "--dtype", type=click.Choice(["fp32", "bf16", "auto"]), help="np / genre: decoding precision (default: as loaded)."
@@ -181,8 +188,8 @@ def evaluate_and_report(
 @click.option("--per-query/--no-per-query", default=True, show_default=True, help="Keep per-query values in the JSON.")
 def eval_command(
     datasets, split, data_dir, retrievers, top_k, old_k, json_path, run_path, plot_path, dense_model, old_model,
-    index_dir, gr_model, beam, normalizer, length_penalty, memory_weight, device, dtype, batch_size, cache_dir,
-    ignore_identical_ids, per_query,
+    index_dir, gr_model, beam, normalizer, length_penalty, memory_weight, past_beam, device, dtype, batch_size,
+    cache_dir, ignore_identical_ids, per_query,
 ):  # fmt: skip
     """Evaluate retrievers on one or more datasets and print a comparison table.
 
@@ -196,6 +203,7 @@ def eval_command(
         raise NpdecodeError(f"-k {k}: must be at least 1")
     options = {"model": model, "index": index_dir, "gr_model": gr_model, "beam": beam, "device": device,
                "batch_size": batch_size, "cache_dir": cache_dir, "normalizer": normalizer,
-               "length_penalty": length_penalty, "dtype": dtype, "memory_weight": memory_weight}  # fmt: skip
+               "length_penalty": length_penalty, "dtype": dtype, "memory_weight": memory_weight,
+               "past_beam": past_beam}  # fmt: skip
     evaluate_and_report(list(datasets), split, data_dir, list(retrievers), options, k, json_path, run_path, plot_path,
                         ignore_identical_ids, per_query)  # fmt: skip

@@ -53,6 +53,9 @@ def run_experiment(
         retriever = build_retriever(name, dataset.corpus_path, options)
         log(f"{name}: searching {len(dataset.queries)} queries")
         run = retriever.search(dataset.queries, k)
+        note = retriever.past_beam_note(k) if hasattr(retriever, "past_beam_note") else None
+        if note:  # generative retrievers: how the documents past the beam were ranked
+            log(f"{name}: {note}")
         seconds = time.perf_counter() - start
         evaluation = evaluate(dataset.qrels.judgments, run, queries=dataset.queries, ignore_identical_ids=ignore)
         results.append(RetrieverResult(name, run, evaluation, seconds))

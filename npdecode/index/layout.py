@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from npdecode.atomic import atomic_file
-from npdecode.index.manifest import read_manifest
+from npdecode.index.manifest import IndexManifest, read_manifest
+from npdecode.integrity import ensure_intact, reading
 
 SPECIAL_ROWS = ("bos", "eos")  # CE rows 0 and 1: the decoder start token and the EOS token (NpModel defaults)
 
@@ -149,21 +150,43 @@ class Index:
         return self.path / self.manifest.files.store
 
 
-def load_index(path: str | Path) -> Index:
-    """Read an index dir (manifest, every segment's CE rows, documents and membership changes)."""
+def rebuild_remedy(path: str | Path) -> str:
+    """What to do about a damaged index dir: the tail of every error about one of its files."""
+    return (
+        f"rebuild the index (`npdecode index CORPUS --model MODEL --out NEW_DIR`); "
+        f"`npdecode verify {path}` lists every bad file"
+    )
+
+
+def check_index(path: str | Path, manifest: IndexManifest, *, verify: bool = False) -> None:
+    """Every file the manifest records is there with its recorded size, and with ``verify`` its
+    recorded digest (each byte read once more); else one NpdecodeError line naming the first bad
+    file. An index built before checksums were recorded is not checked."""
+    ensure_intact(path, manifest.checksums, digests=verify, remedy=rebuild_remedy(path))
+
+
+def load_index(path: str | Path, *, verify: bool = False) -> Index:
+    """Read an index dir (manifest, every segment's CE rows, documents and membership changes).
+
+    The files are checked against the manifest's checksums first (sizes; with ``verify`` also
+    digests, :func:`check_index`), and a file no decoder can read is one NpdecodeError line.
+    """
     from safetensors.numpy import load_file
 
     path = Path(path)
     manifest = read_manifest(path)
+    check_index(path, manifest, verify=verify)
+    remedy = rebuild_remedy(path)
     vectors, token_ids, groups, members, removed = [], [], [], [], {}
     for s, seg in enumerate(manifest.segments):
         seg_dir = path / "segments" / seg.name
-        ce = load_file(str(seg_dir / "ce.safetensors"))
-        vectors.append(ce["vectors"])
-        token_ids.append(ce["token_ids"])
+        with reading(seg_dir / "ce.safetensors", remedy):
+            ce = load_file(str(seg_dir / "ce.safetensors"))
+            vectors.append(ce["vectors"])
+            token_ids.append(ce["token_ids"])
         for doc_id in seg.removed:
             removed[doc_id] = s
-        with open(seg_dir / "documents.jsonl", encoding="utf-8") as fh:
+        with reading(seg_dir / "documents.jsonl", remedy), open(seg_dir / "documents.jsonl", encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
                     group = DocumentGroup(**json.loads(line))

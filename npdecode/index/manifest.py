@@ -1,8 +1,9 @@
 """``manifest.json`` of an index dir: what was built, from what, with what.
 
 The manifest is the index's table of contents: config, model reference and digest, corpus
-digests (one per build or append), counts, package versions, and the files that make up the
-current index (segments of CE rows and documents; the current trie and store files). It is
+digests (one per build or append), counts, package versions, the files that make up the
+current index (segments of CE rows and documents; the current trie and store files) and the
+size and xxh3_64 digest of each of them (``checksums``, :mod:`npdecode.integrity`). It is
 written last and atomically, so the files it names are always complete: an index dir whose
 manifest exists is usable, and an append interrupted before its manifest leaves the previous
 index intact.
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from npdecode.atomic import atomic_file
 from npdecode.errors import NpdecodeError
+from npdecode.integrity import Checksums, record
 
 MANIFEST = "manifest.json"
 FORMAT = "npdecode-index/1"
@@ -146,12 +148,36 @@ class IndexManifest(_Part):
     files: GenerationFiles
     counts: Counts
     versions: dict[str, str | None] = {}
+    # size + xxh3_64 of every file above (npdecode/integrity.py); None: built before they were recorded
+    checksums: Checksums | None = None
+
+
+def index_files(index_dir: str | Path, manifest: IndexManifest) -> list[str]:
+    """The files (relative to the index dir) the manifest makes up the index of: every file of
+    its segments and the current generation's tries and stores (``.faiss`` or ``.pt``)."""
+    index_dir = Path(index_dir)
+    names = []
+    for seg in manifest.segments:
+        seg_dir = index_dir / "segments" / seg.name
+        if seg_dir.is_dir():
+            names += [f"segments/{seg.name}/{p.name}" for p in seg_dir.iterdir() if p.is_file() and p.name[0] != "."]
+    files = manifest.files
+    names += [files.trie_ce, files.trie_token]
+    for store in (files.store, files.raw_store):
+        if store is not None:
+            names.append(f"{store}.faiss" if (index_dir / f"{store}.faiss").is_file() else f"{store}.pt")
+    return names
 
 
 def write_manifest(index_dir: str | Path, manifest: IndexManifest | dict[str, Any]) -> None:
-    """Write ``manifest.json`` atomically (temp file + rename), validated first."""
+    """Write ``manifest.json`` atomically (temp file + rename), validated first, with the
+    checksums of :func:`index_files` (files the manifest recorded before are not read again:
+    segments and generations are never rewritten under the same name)."""
     if not isinstance(manifest, IndexManifest):
         manifest = IndexManifest(**manifest)
+    before = manifest.checksums.files if manifest.checksums is not None else {}
+    checksums = record(index_dir, index_files(index_dir, manifest), reuse=before)
+    manifest = manifest.model_copy(update={"checksums": checksums})
     with atomic_file(Path(index_dir) / MANIFEST) as fh:
         json.dump(manifest.model_dump(mode="json", exclude_none=True), fh, indent=2, sort_keys=True)
         fh.write("\n")
@@ -168,6 +194,8 @@ def read_manifest(index_dir: str | Path) -> IndexManifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise NpdecodeError(f"{path}: malformed JSON ({err.msg}); rebuild the index") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise NpdecodeError(f"{path}: unreadable ({type(err).__name__}); rebuild the index") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else None
         raise NpdecodeError(f"{path}: format {found!r}, expected {FORMAT!r}; rebuild the index")

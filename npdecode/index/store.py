@@ -110,20 +110,25 @@ class CEStore:
 
 def load_store(path_without_suffix: str | Path, *, device: str = "cpu") -> CEStore:
     """Read a store saved by ``CEStore.save`` (either backend)."""
+    from npdecode.integrity import reading
+
     base = Path(path_without_suffix)
+    remedy = f"rebuild the index it belongs to; `npdecode verify {base.parent}` lists every bad file"
     if base.with_suffix(".faiss").is_file() and faiss_available():
         import faiss
 
-        data = np.fromfile(base.with_suffix(".faiss"), dtype=np.uint8)
-        index = faiss.deserialize_index(data)
+        with reading(base.with_suffix(".faiss"), remedy):
+            index = faiss.deserialize_index(np.fromfile(base.with_suffix(".faiss"), dtype=np.uint8))
         store = CEStore.__new__(CEStore)
         store.dim, store.factory, store.backend, store.device = index.d, "loaded", "faiss", device
         store._rows = torch.zeros((0, index.d))
         store._index, store._gpu_resources = _to_gpu(index, device)
         return store
     if base.with_suffix(".pt").is_file():
-        saved = torch.load(base.with_suffix(".pt"), weights_only=True)
-        store = CEStore(saved["rows"].shape[1], "Flat", backend="torch", device=device)
+        with reading(base.with_suffix(".pt"), remedy):
+            saved = torch.load(base.with_suffix(".pt"), weights_only=True)
+            dim = saved["rows"].shape[1]  # a file without the rows it should hold fails here too
+        store = CEStore(dim, "Flat", backend="torch", device=device)
         store._rows = saved["rows"]
         return store
     if base.with_suffix(".faiss").is_file():

@@ -21,6 +21,7 @@ import torch
 from npdecode.atomic import atomic_dir, stale_temp_dirs
 from npdecode.device import resolve_device
 from npdecode.errors import NpdecodeError
+from npdecode.integrity import write_checksums
 from npdecode.merge.config import MergeRecipe, load_recipe
 from npdecode.merge.executor import run_tasks
 from npdecode.merge.plan import MergeOptions, MergePlan, build_plan
@@ -95,6 +96,7 @@ def merge_models(
             sink.close()
         sink.write_index(tmp)
         _write_metadata(plan, tmp, opts)
+        write_checksums(tmp)  # last: size + digest of every file above (npdecode verify, loading)
     return MergeReport(out, len(specs), sink.total_bytes, len(sink.files), plan.warnings)
 
 

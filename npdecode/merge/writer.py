@@ -4,7 +4,8 @@ Every output tensor's name, shape and dtype is known before the first one is com
 shard's safetensors header (with all offsets) is written up front and each tensor's bytes go
 straight to their offset with ``os.pwrite``: no shard is ever buffered in memory, and worker
 threads may finish in any order. Everything is written inside a temporary directory that
-:func:`npdecode.atomic.atomic_dir` renames into place at the end.
+:func:`npdecode.atomic.atomic_dir` renames into place at the end, once ``checksums.json``
+(:func:`npdecode.integrity.write_checksums`) records every file's size and digest.
 """
 
 from __future__ import annotations

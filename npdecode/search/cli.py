@@ -46,6 +46,18 @@ from npdecode.errors import NpdecodeError
     type=float,
     help="np: weight of the CE memory's lookahead (0: plain Np decoding; default: the checkpoint's setting).",
 )
+@click.option(
+    "--past-beam",
+    type=click.Choice(["prefix", "widen", "none"]),
+    help="np / genre, k above the beam: rank the documents past the beam by their longest scored identifier "
+    "prefix (prefix, default: no extra decoding), decode again with wider beams (widen: exact, up to ~50x "
+    "slower at k=1000), or return the beam's only (none).",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Check every index and checkpoint file's digest before loading (sizes are always checked).",
+)
 def search_command(
     index_dir,
     query,
@@ -64,6 +76,8 @@ def search_command(
     dtype,
     length_penalty,
     memory_weight,
+    past_beam,
+    verify,
 ):
     """Search INDEX_DIR for QUERY (or every query of --queries, written to --run)."""
     from npdecode.search.options import SearchOptions
@@ -85,6 +99,8 @@ def search_command(
         length_penalty=length_penalty,
         dtype=dtype,
         memory_weight=memory_weight,
+        past_beam=past_beam,
+        verify=verify or None,
     )
     if queries_path is not None:
         from npdecode.topics import load_queries
@@ -94,6 +110,9 @@ def search_command(
         queries = {"query": query}
     retriever = GenerativeRetriever(index_dir, kind=kind, options=options)
     run = retriever.search(queries, k)
+    note = retriever.past_beam_note(k)
+    if note:
+        click.echo(f"{kind}: {note}", err=True)
     if run_path is not None:
         from npdecode.runs import write_run
 

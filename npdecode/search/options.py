@@ -37,11 +37,19 @@ class SearchOptions(BaseModel):
     # np: weight of the CE memory's lookahead (npdecode/memory.py; 0: plain Np decoding; None:
     # the checkpoint's own setting, model.memory_weight of its training config, else 0)
     memory_weight: float | None = Field(None, ge=0)
-    widen: bool = True  # widen the beam until k documents are found
+    # np / genre: how documents past the beam's finished ones are found (npdecode/decoding.py):
+    # "prefix" ranks them by the score of their longest prefix the search scored (no more decoding;
+    # ~1x the one-beam time), "widen" decodes again with doubled beams until k are found (exact
+    # beam search at width k; ~50x at k = 1,000), "none" returns the beam's only
+    past_beam: Literal["prefix", "widen", "none"] = "prefix"
+    progress: bool | None = None  # a progress bar over queries for long searches (None: on a terminal)
     dtype: Literal["fp32", "bf16", "auto"] | None = None  # cast model and CE for decoding (None: as loaded)
     # every retriever
     batch_size: int | None = Field(None, ge=1)
     device: str = "auto"  # auto, cpu or cuda[:n]
+    # np / genre: check the digests of the index's and the checkpoint's files at load (sizes are
+    # always checked; benchmarks/results/verify_cost.md measured what digests cost)
+    verify: bool = False
     cache_dir: Path | None = None  # baseline indexes and encoded corpora
 
     @classmethod

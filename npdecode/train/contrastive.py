@@ -115,6 +115,7 @@ def run_stage(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, *
     from npdecode.atomic import atomic_dir
     from npdecode.train.components import build_model, make_examples, run_index, targets_of
     from npdecode.train.data import Collate, ExampleSet, TrainData
+    from npdecode.train.segments import resume_point
     from npdecode.train.trainer import make_trainer, quiet_fit
 
     stage = out / "contrastive"
@@ -154,7 +155,8 @@ def run_stage(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, *
     say(f"contrastive stage 1: {cfg.contrastive.negatives} negatives, {cfg.contrastive.positives} positives")
     start = time.perf_counter()
     with quiet_fit(cfg):
-        trainer, _ = make_trainer(cfg, stage, has_validation=False)
+        resume_step = resume_point(last if ckpt_path else None)[0]  # its logs keep what came before
+        trainer, _ = make_trainer(cfg, stage, has_validation=False, resume_step=resume_step)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise NpdecodeError(f"training was interrupted; continue it with --resume --out {out}")
@@ -163,6 +165,9 @@ def run_stage(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, *
     with atomic_dir(done, overwrite=True) as tmp:
         model.backbone.model.save_pretrained(tmp)
         model.backbone.tokenizer.save_pretrained(tmp)
+        from npdecode.integrity import write_checksums
+
+        write_checksums(tmp)  # last: the stage-2 backbone proves its files like any checkpoint
     say(
         f"contrastive stage 1: {int(trainer.global_step)} steps in "
         f"{(time.perf_counter() - start) / 60:.1f} min -> {done}"

@@ -13,11 +13,14 @@ The run dir::
                         with the trained model
       cache/            tokenized examples
       lightning/        last.ckpt (resume) and best.ckpt (selection on the validation metric)
-      logs/             csv/metrics.csv and tensorboard/ event files
+      logs/             csv/metrics.csv and tensorboard/ event files (a resume continues them:
+                        npdecode.train.logs)
       checkpoint/       the trained model: HF format + npdecode.json (+ the CE table for np)
       zero_shot/        validation.eval_datasets only: gr-index/<key>/, each corpus indexed with
                         the checkpoint (scores in the manifest's metrics.zero_shot)
-      manifest.json     config, digests, example counts, metrics, versions (written last)
+      manifest.json     config, digests, example counts, metrics, versions (written last); its
+                        training steps, seconds and examples count every segment of the run (the
+                        first and each resume, listed: npdecode.train.segments)
 
 Every input is checked before anything is written, so a user mistake leaves no run dir. A run
 dir without ``manifest.json`` is unfinished: ``--resume`` continues it from ``last.ckpt``.
@@ -29,7 +32,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +190,7 @@ def _fit_and_save(
 def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index, rebuilder, *, resume: bool, say):
     import torch
 
+    from npdecode.train.segments import RunClock, resume_point
     from npdecode.train.trainer import make_trainer, quiet_fit
 
     module, datamodule, examples, validation = prepare(config, out, backbone_ref, data, corpus, index, say)
@@ -203,13 +206,16 @@ def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index,
 
         rebuilder = rebuilder or _rebuilder(config, data.corpus_path, module.model.backbone)
         callbacks.append(AsyncCE(rebuilder, config.model.async_every_n_epochs, say=say))
-    start = time.perf_counter()
+    resume_step, earlier = resume_point(last if ckpt_path else None)
+    t = config.trainer
+    clock = RunClock(earlier, resume_step, config.data.batch_size * config.optim.accumulate * t.devices * t.num_nodes)
+    callbacks.append(clock)
     with quiet_fit(config):
         trainer, checkpoint_cb = make_trainer(
-            config, out, has_validation=module.validator is not None, callbacks=callbacks
+            config, out, has_validation=module.validator is not None, callbacks=callbacks, resume_step=resume_step
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    seconds = time.perf_counter() - start
+    clock.stop()
     if trainer.interrupted:
         raise NpdecodeError(f"training was interrupted; continue it with --resume --out {out}")
     if trainer.global_rank != 0:
@@ -230,15 +236,17 @@ def _fit(config: TrainConfig, out: Path, backbone_ref: str, data, corpus, index,
         write_final_index(module, rebuilder, out / "index", out / "checkpoint")
         apply_targets(None, module)
         index = load_index(out / "index")
-    return _save_run(
-        config, out, backbone_ref, data, corpus, index, module, trainer, examples, validation, seconds, say
-    )
+    return _save_run(config, out, backbone_ref, data, corpus, index, module, trainer, examples, validation, clock, say)
 
 
 def _check_resumable(ckpt: Path, module) -> None:
     import torch
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    from npdecode.integrity import reading
+
+    remedy = "delete it to train that stage from its start (or start a new run dir)"
+    with reading(ckpt, remedy):  # a truncated or damaged last.ckpt: one line, not torch's traceback
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     mine = module.state_dict()
     bad = [k for k in mine if k not in state or tuple(state[k].shape) != tuple(mine[k].shape)]
     if bad:
@@ -247,13 +255,13 @@ def _check_resumable(ckpt: Path, module) -> None:
         )
 
 
-def _save_run(
-    config, out: Path, backbone_ref, data, corpus, index, module, trainer, examples, validation, seconds, say
-):
-    """Write checkpoint/, point the index at it, measure memorisation, write manifest.json last."""
+def _save_run(config, out: Path, backbone_ref, data, corpus, index, module, trainer, examples, validation, clock, say):
+    """Write checkpoint/, point the index at it, measure memorisation, write manifest.json last.
+    ``training`` counts the whole run: every segment of it (the first and each resume) from ``clock``."""
     from npdecode.corpus import corpus_digest
     from npdecode.index.manifest import model_digest, now, package_versions, read_manifest, write_manifest
     from npdecode.model import save_model
+    from npdecode.train.segments import totals
     from npdecode.train.validate import memorisation
 
     model = module.model.cpu().eval()
@@ -267,6 +275,8 @@ def _save_run(
     if config.validation.eval_datasets:
         metrics["zero_shot"] = _zero_shot(config, out, say)
     steps, epochs = _progress(trainer, out)
+    segments = clock.segments(steps)
+    total = totals(segments)
     run = {
         "format": "npdecode-run/1",
         "created": now(),
@@ -280,21 +290,16 @@ def _save_run(
             "examples": examples.counts(),
             "validation": {"kind": validation.kind, "queries": len(validation.queries)},
         },
-        "training": {
-            "steps": steps,
-            "epochs": epochs,
-            "seconds": round(seconds, 1),
-            "examples_per_second": round(
-                steps * config.data.batch_size * config.optim.accumulate / max(seconds, 1e-9), 1
-            ),
-        },
+        "training": {"steps": steps, "epochs": epochs, **total, "segments": segments},
         "metrics": metrics,
         "versions": package_versions(),
     }
     with open(out / MANIFEST, "w", encoding="utf-8") as fh:
         json.dump(run, fh, indent=2)
     say(
-        f"{out}: {steps} steps in {seconds / 60:.1f} min; "
+        f"{out}: {steps} steps in {total['seconds'] / 60:.1f} min"
+        + (f" ({len(segments)} segments)" if len(segments) > 1 else "")
+        + "; "
         f"validation {json.dumps({k: round(v, 4) for k, v in final_val.items()})}; "
         f"memorisation Hits@1 {memo:.3f}"
     )

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from npdecode.index.builder import resolve_strategy  # same fields: strategy, devices, num_nodes
 from npdecode.train.config import TrainConfig
+from npdecode.train.logs import run_loggers
 
 
 def resolve_precision(config: TrainConfig) -> str:
@@ -43,10 +43,12 @@ def quiet_fit(config: TrainConfig) -> Iterator[None]:
 
 
 def make_trainer(
-    config: TrainConfig, out: Path, *, has_validation: bool, callbacks: list | None = None
+    config: TrainConfig, out: Path, *, has_validation: bool, callbacks: list | None = None, resume_step: int = 0
 ) -> tuple[pl.Trainer, ModelCheckpoint]:
     """The Trainer and its checkpoint callback (best on the validation metric, and last), with
-    the run's own ``callbacks`` (e.g. the async CE rebuild) before it."""
+    the run's own ``callbacks`` (e.g. the async CE rebuild) before it. ``resume_step``: the
+    global step of the checkpoint the fit resumes from; the logs under ``out/logs`` keep what
+    was logged before it (:mod:`npdecode.train.logs`)."""
     t, v = config.trainer, config.validation
     monitor = f"val/{v.metric}" if has_validation else None
     if has_validation:
@@ -75,10 +77,7 @@ def make_trainer(
         callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=v.patience))
     if t.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, t.log_every_n_steps // 2)))
-    loggers = [
-        CSVLogger(out / "logs", name="csv", version=""),
-        TensorBoardLogger(out / "logs", name="tensorboard", version="", default_hp_metric=False),
-    ]
+    loggers = run_loggers(out / "logs", resume_step)
     max_time = datetime.timedelta(minutes=t.max_minutes) if t.max_minutes else None
     trainer = pl.Trainer(
         accelerator=t.accelerator,

@@ -99,13 +99,18 @@ def test_every_result_is_a_stored_path(n_docs, vocab, beam, k, seed, shared):
     if shared:  # several documents behind one identifier
         seqs[-1] = seqs[0]
     trie = build_trie(seqs, id_space="token")
-    for q, got in zip(["a", "b"], search(model, trie, ["a", "b"], k=k, beam=beam)):
-        values = [v for v, _ in got]
-        assert len(values) == len(set(values)) == min(k, n_docs)
-        scores = [s for _, s in got]
-        assert scores == sorted(scores, reverse=True)
-        for v, s in got:
+    widened = search(model, trie, ["a", "b"], k=k, beam=beam, past_beam="widen")
+    filled = search(model, trie, ["a", "b"], k=k, beam=beam)  # past the beam: prefix scores
+    alone = search(model, trie, ["a", "b"], k=k, beam=beam, past_beam="none")
+    for q, got, fill, beam_only in zip(["a", "b"], widened, filled, alone):
+        for hits in (got, fill):
+            values = [v for v, _ in hits]
+            assert len(values) == len(set(values)) == min(k, n_docs)
+            scores = [s for _, s in hits]
+            assert scores == sorted(scores, reverse=True)
+        for v, s in got:  # widening decodes every document it returns: exact scores
             assert s == pytest.approx(model.score(q, seqs[v]), abs=1e-4)
+        assert fill[: len(beam_only)] == beam_only
 
 
 def test_all_minus_inf_stays_inside_the_trie():
@@ -139,7 +144,7 @@ def test_single_child_chain_and_k_beyond_beam():
     brute = sorted(((i, model.score("x", s)) for i, s in enumerate(seqs)), key=lambda x: -x[1])
     assert len(got) == 10
     assert {v for v, _ in got} <= set(range(16))
-    assert search(model, trie, ["x"], k=10, beam=2, widen=False)[0].__len__() <= 10
+    assert search(model, trie, ["x"], k=10, beam=2, past_beam="none")[0].__len__() <= 10
     full = search(model, trie, ["x"], k=16, beam=16)[0]
     assert [v for v, _ in full] == [v for v, _ in brute]
 

@@ -79,7 +79,9 @@ def test_search_with_memory_equals_exhaustive(seed, lp):
     for query in ("q", "another query"):
         want = _brute_search(model, memory, query, seqs, values, lp)
         for k in (1, 3, len(seqs)):
-            got = search(model, trie, [query], k=k, beam=len(seqs), length_penalty=lp, memory=memory, widen=False)[0]
+            got = search(model, trie, [query], k=k, beam=len(seqs), length_penalty=lp, memory=memory, past_beam="none")[
+                0
+            ]
             assert [v for v, _ in got] == [v for v, _ in want[:k]]
             assert max(abs(a - b) for (_, a), (_, b) in zip(got, want)) < 1e-4
 
@@ -95,7 +97,7 @@ def test_the_lookahead_finds_the_best_memory_document_with_a_beam_of_one(seed):
     memory = CEMemory(trie, vectors, weight=1.0)
     ids, mask = model.tokenize(["q"])
     best = int(memory.group_scores(*model.encode(ids, mask)).argmax())
-    got = search(model, trie, ["q"], k=1, beam=1, length_penalty=1.0, memory=memory, widen=False)[0]
+    got = search(model, trie, ["q"], k=1, beam=1, length_penalty=1.0, memory=memory, past_beam="none")[0]
     assert got[0][0] == best
 
 

@@ -57,7 +57,7 @@ def test_partial_probe_scores_bound_the_exact_ones(t5_dir):
     model, seqs = _setup(t5_dir, scale=3.0)
     trie = build_trie(seqs)
     norm = IvfNormalizer(model.ce, nlist=8, nprobe=1, topk=5)
-    approx = search(model, trie, QUERIES, k=10, beam=4, normalizer=norm)
+    approx = search(model, trie, QUERIES, k=10, beam=4, normalizer=norm, past_beam="widen")  # decoded scores
     for q, hits in zip(QUERIES, approx):
         exact = dict(exhaustive(model, q, seqs))
         assert hits

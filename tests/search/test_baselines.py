@@ -91,7 +91,9 @@ def test_dense_cache_reused_and_resumed(beir_dir, tmp_path, tiny_bert_dir, monke
     calls = []
     original = DenseEncoder.encode
     monkeypatch.setattr(
-        DenseEncoder, "encode", lambda self, texts, progress=False: calls.append(len(texts)) or original(self, texts)
+        DenseEncoder,
+        "encode",
+        lambda self, texts, progress=False, unit="text": calls.append(len(texts)) or original(self, texts),
     )
     assert build_dense(beir_dir, options).search({"q": "dogs"}, 5) == first
     assert calls == [1]  # only the query was encoded: the corpus came from the cache

@@ -71,3 +71,35 @@ def test_memory_weight_reaches_the_retriever_from_search_and_eval(t5_dir, tmp_pa
     main(["eval", "--dataset", str(data), "-r", "np", "--index", str(tmp_path / "a"), "-k", "3",
           "--memory-weight", "2.5", "--device", "cpu"])  # fmt: skip
     assert seen == [4.0, 2.5]
+
+
+def test_past_beam_reaches_the_decoder_and_says_how_it_ranked(t5_dir, tmp_path, capsys, monkeypatch):
+    """-k above the beam: --past-beam picks the rule (prefix by default), one stderr line names it,
+    and eval's log says it too; -k within the beam says nothing."""
+    from npdecode import decoding
+
+    seen = []
+    real = decoding.search
+    monkeypatch.setattr(decoding, "search", lambda *a, **kw: seen.append(kw["past_beam"]) or real(*a, **kw))
+    corpus = toy_corpus_file(tmp_path, 12, seed=5)
+    main(["index", str(corpus), "--model", str(t5_dir), "--out", str(tmp_path / "a")])
+    capsys.readouterr()
+    main(["search", str(tmp_path / "a"), "alpha river", "-k", "8", "--beam", "2", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert len(captured.out.strip().splitlines()) == 8
+    assert "longest identifier prefix" in captured.err and "past_beam=prefix" in captured.err
+    for rule in ("widen", "none"):
+        main(["search", str(tmp_path / "a"), "alpha river", "-k", "8", "--beam", "2", "--past-beam", rule])
+        assert f"past_beam={rule}" in capsys.readouterr().err
+    main(["search", str(tmp_path / "a"), "alpha river", "-k", "2", "--beam", "2"])
+    assert "past_beam" not in capsys.readouterr().err
+    assert seen == ["prefix", "widen", "none", "prefix"]
+    data = tmp_path / "ds"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text(corpus.read_text())
+    first = json.loads(corpus.read_text().splitlines()[0])["_id"]
+    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "alpha river"}) + "\n")
+    (data / "qrels" / "test.tsv").write_text(f"query-id\tcorpus-id\tscore\nq1\t{first}\t1\n")
+    main(["eval", "--dataset", str(data), "-r", "np", "--index", str(tmp_path / "a"), "-k", "10",
+          "--beam", "2", "--past-beam", "widen", "--device", "cpu"])  # fmt: skip
+    assert seen[-1] == "widen" and "past_beam=widen" in capsys.readouterr().err

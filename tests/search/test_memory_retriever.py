@@ -44,7 +44,7 @@ def _best_by_memory(index_dir, t5_dir) -> dict[str, str]:
 
 
 def test_a_dominant_memory_weight_finds_the_best_memory_document_with_one_beam(index_dir, t5_dir):
-    run = GenerativeRetriever(index_dir, kind="np", beam=1, memory_weight=1e4, widen=False).search(QUERIES, 1)
+    run = GenerativeRetriever(index_dir, kind="np", beam=1, memory_weight=1e4, past_beam="none").search(QUERIES, 1)
     assert {q: next(iter(docs)) for q, docs in run.items()} == _best_by_memory(index_dir, t5_dir)
 
 

@@ -76,6 +76,8 @@ def test_run_dir_holds_checkpoint_index_logs_and_manifest(t5_dir, toy, tmp_path,
     capsys.readouterr()
     main(["search", str(out / "index"), "alpha river", "-k", "3"])  # decodes with the trained checkpoint
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
+    main(["verify", str(out)])  # index/ and checkpoint/ record every file they hold (exit 0)
+    assert "index (index): all" in capsys.readouterr().out
     with pytest.raises(SystemExit) as err:  # a finished run is never overwritten
         main(["train", str(cfg), "--out", str(out)])
     assert err.value.code == 2 and "finished run" in capsys.readouterr().err

@@ -75,15 +75,17 @@ class DenseEncoder:
             ]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
-    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """``(len(texts), d)`` float32, unit norm. Batches are formed by length to cut padding."""
+    def encode(self, texts: Sequence[str], progress: bool = False, unit: str = "text") -> np.ndarray:
+        """``(len(texts), d)`` float32, unit norm. Batches are formed by length to cut padding.
+        ``progress``: a bar (texts done / total, per second) once encoding runs for 3 s."""
         import torch
         from tqdm.auto import tqdm
 
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
         starts = range(0, len(texts), self.batch_size)
-        for start in tqdm(starts, desc="encode", disable=not progress, unit="batch"):
+        bar = tqdm(total=len(texts), desc="encode", disable=not progress, unit=unit, delay=3)
+        for start in starts:
             idx = order[start : start + self.batch_size]
             batch = self.tokenizer(
                 [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
@@ -93,6 +95,8 @@ class DenseEncoder:
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out[idx] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+            bar.update(len(idx))
+        bar.close()
         return out
 
 
@@ -124,7 +128,7 @@ class DenseRetriever:
 
     def search(self, queries: Mapping[str, str], k: int) -> dict[str, dict[str, float]]:
         qids = list(queries)
-        q_emb = self.encoder.encode([queries[q] for q in qids], progress=len(qids) > 500)
+        q_emb = self.encoder.encode([queries[q] for q in qids], progress=True, unit="q")
         scores, indices = exact_search(self.doc_emb, q_emb, k)
         return {
             qid: {self.doc_ids[int(j)]: float(s) for s, j in zip(scores[row], indices[row]) if j >= 0}

@@ -23,14 +23,22 @@ from npdecode.search.registry import register_retriever
 
 log = logging.getLogger(__name__)
 UNREACHABLE = -1e30  # stands for a -inf score in runs (TREC files need finite numbers)
+# the log line of a search whose k exceeds the beam: how documents past the beam were ranked
+PAST_BEAM_RULES = {
+    "prefix": "documents past the beam of {beam} ranked by the score of their longest identifier prefix the "
+    "search scored, below the finished ones (past_beam=prefix; 'widen' decodes them, far slower)",
+    "widen": "documents past the beam of {beam} found by decoding again with doubled beams up to {k} (past_beam=widen)",
+    "none": "only the documents the beam of {beam} finished are returned, not k={k} (past_beam=none)",
+}
 
 
 class GenerativeRetriever:
     """The generative retriever over an index dir: ``search(queries, k) -> run``.
 
     ``options`` (:class:`~npdecode.search.options.SearchOptions`, or its fields as keywords:
-    ``beam``, ``trie_mode``, ``length_penalty``, ``normalizer``, ``widen``, ``batch_size``,
-    ``device``, and ``gr_model`` (or ``model``) for another checkpoint) say how it decodes.
+    ``beam``, ``trie_mode``, ``length_penalty``, ``normalizer``, ``past_beam``, ``batch_size``,
+    ``device``, and ``gr_model`` (or ``model``) for another checkpoint) say how it decodes;
+    ``verify`` checks the digests of the index's and the checkpoint's files at load.
     """
 
     def __init__(
@@ -48,14 +56,14 @@ class GenerativeRetriever:
         if kind not in ("np", "genre"):
             raise NpdecodeError(f"retriever kind {kind!r}: use 'np' or 'genre'")
         opts = SearchOptions.of(options, **overrides, **({"gr_model": str(model)} if model is not None else {}))
-        self.name, self.index, self.options = kind, load_index(index_dir), opts
+        self.name, self.index, self.options = kind, load_index(index_dir, verify=opts.verify), opts
         mode = "token" if kind == "genre" else (opts.trie_mode or self.index.manifest.config["trie_mode"])
         if mode not in ("ce", "token", "group"):
             raise NpdecodeError(f"trie mode {mode!r}: use 'ce', 'token' or 'group'")
         self.group = mode == "group"  # the token trie; any CE row of an allowed token may be emitted
         self.trie = Trie.load(self.index.trie_path("token" if self.group else mode))
         ref = opts.gr_model if opts.gr_model is not None else decoding_model_ref(self.index)
-        self.model = open_model(self.index, ref, kind, resolve_device(opts.device))
+        self.model = open_model(self.index, ref, kind, resolve_device(opts.device), verify=opts.verify)
         self.normalizer = _build_normalizer(opts.normalizer, self.model, kind, self.index.path)
         self.memory = _build_memory(self.index, self.trie, self.model, kind, opts.memory_weight)
 
@@ -75,10 +83,11 @@ class GenerativeRetriever:
             batch_size=o.batch_size,
             length_penalty=o.length_penalty,
             normalizer=self.normalizer,
-            widen=o.widen,
+            past_beam=o.past_beam,
             group=self.group,
             dtype=o.dtype,
             memory=self.memory,
+            progress=o.progress,
         )
         run: Run = {}
         for qid, ranked in zip(qids, hits):
@@ -89,6 +98,11 @@ class GenerativeRetriever:
                         docs[doc_id] = max(UNREACHABLE, score)
             run[qid] = docs
         return run
+
+    def past_beam_note(self, k: int) -> str | None:
+        """One line saying how a search for ``k`` documents ranks those past the beam (None: k <= beam)."""
+        o = self.options
+        return PAST_BEAM_RULES[o.past_beam].format(beam=o.beam, k=k) if k > o.beam else None
 
 
 def decoding_model_ref(index: Index) -> str:
@@ -104,8 +118,9 @@ def decoding_model_ref(index: Index) -> str:
     return index.manifest.model.ref
 
 
-def open_model(index: Index, ref: str, kind: str, device: str):
-    """The decoding model: Np over the index's CE table, or vanilla (``kind="genre"``)."""
+def open_model(index: Index, ref: str, kind: str, device: str, *, verify: bool = False):
+    """The decoding model: Np over the index's CE table, or vanilla (``kind="genre"``).
+    ``verify``: check the digests a local checkpoint records (sizes are always checked)."""
     import torch
 
     from npdecode.backbone import load_backbone
@@ -113,7 +128,11 @@ def open_model(index: Index, ref: str, kind: str, device: str):
 
     trained = (Path(ref) / NPDECODE_JSON).is_file()
     if kind == "genre":
-        model = load_model(ref, device=device) if trained else VanillaModel(load_backbone(ref, device=device))
+        model = (
+            load_model(ref, device=device, verify=verify)
+            if trained
+            else VanillaModel(load_backbone(ref, device=device, verify=verify))
+        )
         if isinstance(model, NpModel):
             model = VanillaModel(model.backbone)
         return model.eval()
@@ -121,7 +140,7 @@ def open_model(index: Index, ref: str, kind: str, device: str):
     token_ids = torch.from_numpy(index.token_ids)
     start, eos = index.bos_ce, index.eos_ce
     if trained:
-        loaded = load_model(ref, device=device)
+        loaded = load_model(ref, device=device, verify=verify)
         if isinstance(loaded, NpModel) and _built_from(index, ref) and not _same_rows(loaded, ce, token_ids):
             # an index made from this checkpoint's encoder (another corpus): its own table, the
             # checkpoint's weights and logit scale
@@ -130,7 +149,7 @@ def open_model(index: Index, ref: str, kind: str, device: str):
             return _with_index_rows(loaded, ce, token_ids).eval()
         backbone = loaded.backbone
     else:
-        backbone = load_backbone(ref, device=device)
+        backbone = load_backbone(ref, device=device, verify=verify)
     return NpModel(backbone, ce, token_ids, start_ce_id=start, eos_ce_id=eos).eval()
 
 
