@@ -319,8 +319,6 @@ def _fill(
     n_nodes = int(trie.indptr.shape[0]) - 1
     parent, levels = trie.levels()
     term = torch.nonzero(trie.is_terminal).squeeze(1)  # (T,) ascending
-    slot = torch.full((n_nodes,), -1, dtype=torch.long, device=device)
-    slot[term] = torch.arange(len(term), device=device)  # node -> its terminal index
     sq, sn, ss = torch.cat(seen.query), torch.cat(seen.node), torch.cat(seen.score).float()
     # a -inf edge is the lowest finite float in ``cand`` (nan_to_num): unreachable, as NaN
     ss = torch.where(torch.isnan(ss) | (ss <= torch.finfo(ss.dtype).min), float("-inf"), ss)
@@ -344,9 +342,8 @@ def _fill(
         key = torch.where(torch.isnan(key), float("-inf"), key)
         for r, qi in enumerate(need[lo : lo + per_chunk]):
             done = out[qi]
-            if done:  # finished terminals are not offered twice
-                key[r, slot[torch.tensor([n for n, _ in done], device=device)]] = float("-inf")
             want = min(k - len(done), len(term) - len(done))
+            # the finished terminals are among these at most len(done) times: skip them
             order = torch.sort(key[r], descending=True, stable=True).indices[: want + len(done)]
             taken = {n for n, _ in done}
             extra = [(int(term[i]), float(key[r, i])) for i in order.tolist() if int(term[i]) not in taken][:want]

@@ -9,6 +9,7 @@ import click
 
 from npdecode.deprecation import deprecated_alias
 from npdecode.errors import NpdecodeError
+from npdecode.search.cli import memory_weight_option, past_beam_option
 
 
 def _run_paths(run: Path | None, names: list[str]) -> dict[str, Path]:
@@ -158,18 +159,8 @@ def evaluate_and_report(
     type=float,
     help="np / genre: score sum / length**L as HF's beam scorer (default 1; 0: the raw sum).",
 )
-@click.option(
-    "--memory-weight",
-    type=float,
-    help="np: weight of the CE memory's lookahead (0: plain Np decoding; default: the checkpoint's setting).",
-)
-@click.option(
-    "--past-beam",
-    type=click.Choice(["prefix", "widen", "none"]),
-    help="np / genre, k above the beam: rank the documents past the beam by their longest scored identifier "
-    "prefix (prefix, default: no extra decoding), decode again with wider beams (widen: exact, up to ~50x "
-    "slower at k=1000), or return the beam's only (none).",
-)
+@memory_weight_option
+@past_beam_option
 @click.option("--device", help="auto (default), cpu or cuda[:n].")
 @click.option(
     "--dtype", type=click.Choice(["fp32", "bf16", "auto"]), help="np / genre: decoding precision (default: as loaded)."

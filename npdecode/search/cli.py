@@ -9,6 +9,20 @@ import click
 from npdecode.deprecation import deprecated_alias
 from npdecode.errors import NpdecodeError
 
+# decoding flags that `npdecode search` and `npdecode eval` share (one text each)
+memory_weight_option = click.option(
+    "--memory-weight",
+    type=float,
+    help="np: weight of the CE memory's lookahead (0: plain Np decoding; default: the checkpoint's setting).",
+)
+past_beam_option = click.option(
+    "--past-beam",
+    type=click.Choice(["prefix", "widen", "none"]),
+    help="np / genre, k above the beam: rank the documents past the beam by their longest scored identifier "
+    "prefix (prefix, default: no extra decoding), decode again with wider beams (widen: exact, 9-90x slower "
+    "at k=100-1000), or return the beam's only (none).",
+)
+
 
 @click.command("search")
 @click.argument("index_dir", type=click.Path(path_type=Path))
@@ -41,18 +55,8 @@ from npdecode.errors import NpdecodeError
     type=float,
     help="Finished hypotheses score sum / length**L, as HF's beam scorer (default 1, the paper's; 0: the raw sum).",
 )
-@click.option(
-    "--memory-weight",
-    type=float,
-    help="np: weight of the CE memory's lookahead (0: plain Np decoding; default: the checkpoint's setting).",
-)
-@click.option(
-    "--past-beam",
-    type=click.Choice(["prefix", "widen", "none"]),
-    help="np / genre, k above the beam: rank the documents past the beam by their longest scored identifier "
-    "prefix (prefix, default: no extra decoding), decode again with wider beams (widen: exact, up to ~50x "
-    "slower at k=1000), or return the beam's only (none).",
-)
+@memory_weight_option
+@past_beam_option
 @click.option(
     "--verify",
     is_flag=True,

@@ -9,6 +9,16 @@ from npdecode.cli import main
 from tests.index.helpers import toy_corpus_file
 
 
+def _one_query_dataset(data, corpus):
+    """A BEIR-layout folder: ``corpus``, one query ("alpha river") judged against its first document."""
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text(corpus.read_text())
+    first = json.loads(corpus.read_text().splitlines()[0])["_id"]
+    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "alpha river"}) + "\n")
+    (data / "qrels" / "test.tsv").write_text(f"query-id\tcorpus-id\tscore\nq1\t{first}\t1\n")
+    return data
+
+
 def test_top_k_centroids_and_the_deprecated_k(t5_dir, tmp_path, capsys):
     corpus = toy_corpus_file(tmp_path, 8, seed=1)
     main(["index", str(corpus), "--model", str(t5_dir), "--out", str(tmp_path / "a"), "--centroids", "2"])
@@ -62,12 +72,7 @@ def test_memory_weight_reaches_the_retriever_from_search_and_eval(t5_dir, tmp_pa
     capsys.readouterr()
     main(["search", str(tmp_path / "a"), "alpha river", "-k", "2", "--memory-weight", "4", "--device", "cpu"])
     assert seen == [4.0] and len(capsys.readouterr().out.strip().splitlines()) == 2
-    data = tmp_path / "ds"
-    (data / "qrels").mkdir(parents=True)
-    (data / "corpus.jsonl").write_text(corpus.read_text())
-    first = json.loads(corpus.read_text().splitlines()[0])["_id"]
-    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "alpha river"}) + "\n")
-    (data / "qrels" / "test.tsv").write_text(f"query-id\tcorpus-id\tscore\nq1\t{first}\t1\n")
+    data = _one_query_dataset(tmp_path / "ds", corpus)
     main(["eval", "--dataset", str(data), "-r", "np", "--index", str(tmp_path / "a"), "-k", "3",
           "--memory-weight", "2.5", "--device", "cpu"])  # fmt: skip
     assert seen == [4.0, 2.5]
@@ -94,12 +99,7 @@ def test_past_beam_reaches_the_decoder_and_says_how_it_ranked(t5_dir, tmp_path, 
     main(["search", str(tmp_path / "a"), "alpha river", "-k", "2", "--beam", "2"])
     assert "past_beam" not in capsys.readouterr().err
     assert seen == ["prefix", "widen", "none", "prefix"]
-    data = tmp_path / "ds"
-    (data / "qrels").mkdir(parents=True)
-    (data / "corpus.jsonl").write_text(corpus.read_text())
-    first = json.loads(corpus.read_text().splitlines()[0])["_id"]
-    (data / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "alpha river"}) + "\n")
-    (data / "qrels" / "test.tsv").write_text(f"query-id\tcorpus-id\tscore\nq1\t{first}\t1\n")
+    data = _one_query_dataset(tmp_path / "ds", corpus)
     main(["eval", "--dataset", str(data), "-r", "np", "--index", str(tmp_path / "a"), "-k", "10",
           "--beam", "2", "--past-beam", "widen", "--device", "cpu"])  # fmt: skip
     assert seen[-1] == "widen" and "past_beam=widen" in capsys.readouterr().err
