@@ -12,7 +12,7 @@ are searched over the whole corpus. Compared on exactly those queries and docume
 - ``vanilla appended``: the vanilla GR model, new identifiers in its token trie;
 - ``bm25`` and ``dense`` over the whole corpus.
 
-    .venv/bin/python benchmarks/append_zero_shot.py --data-dir ../shared/data --minutes 15 --threads 1
+    .venv/bin/python benchmarks/append_zero_shot.py --data-dir $NPDECODE_DATA --minutes 15 --threads 1
 
 Training runs (``runs/zero-shot/<variant>``) are reused when finished; ``--np-variants`` names
 one or more Np recipes (e.g. ``'np/base trained-CE' 'np/base token-emb'``), ``--variants`` trains a
@@ -247,7 +247,12 @@ def main() -> None:
     from scifact_gr import VARIANTS, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="Holds scifact/ in BEIR layout.")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=conditions.data_dir(),
+        help="Holds scifact/ in BEIR layout (default $NPDECODE_DATA).",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "zero-shot")
     parser.add_argument(
         "--np-variants", nargs="+", default=["np/base"], choices=[v for v in VARIANTS if v.startswith("np")]

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 LOAD_AT_START = [round(x, 2) for x in os.getloadavg()]
+
+
+def data_dir() -> Path:
+    """The folder that holds real datasets in BEIR layout (``scifact/``, ...): ``$NPDECODE_DATA``,
+    else ``data/`` in the folder beside this checkout (where CI puts its copy)."""
+    env = os.environ.get("NPDECODE_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def cpu_name() -> str:

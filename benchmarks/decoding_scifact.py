@@ -101,7 +101,11 @@ def to_run(index, qids, hits, k):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="../shared/data/scifact", help="BEIR SciFact folder")
+    ap.add_argument(
+        "--data",
+        default=str(conditions.data_dir() / "scifact"),
+        help="BEIR SciFact folder (default $NPDECODE_DATA/scifact)",
+    )
     ap.add_argument(
         "--work",
         default=str(Path(tempfile.gettempdir()) / "npdecode-decoding-scifact"),

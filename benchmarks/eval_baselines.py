@@ -1,7 +1,7 @@
 """Baselines on full BEIR SciFact (test): quality against the published anchors, and our
 metric code against BEIR's ``EvaluateRetrieval.evaluate`` on the same runs (equality + time).
 
-Usage: python benchmarks/eval_baselines.py [--data-dir ../shared/data] [--out benchmarks/results/eval_baselines.json]
+Usage: python benchmarks/eval_baselines.py [--data-dir $NPDECODE_DATA] [--out benchmarks/results/eval_baselines.json]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _median_time(fn, repeats: int = 5) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, default=conditions.data_dir())
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "eval_baselines.json")
     args = parser.parse_args()
     from beir.retrieval.evaluation import EvaluateRetrieval

@@ -3,7 +3,7 @@
 # under 8 minutes on one H100/H200 (bf16-mixed): encoding 5,183 documents, MINUTES of training,
 # decoding the 300 test queries. Writes $OUT/scifact_gr_gpu.{json,txt}.
 #
-#   DATA_DIR=../shared/data bash benchmarks/gpu_train.sh
+#   DATA_DIR=$NPDECODE_DATA bash benchmarks/gpu_train.sh
 #
 # Settings (environment): PY (python, default .venv/bin/python), DATA_DIR (holds scifact/ in
 # BEIR layout; unset: downloaded), DATASET (default beir/scifact), CONFIG (default

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -131,8 +130,12 @@ NOTE = (
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--index", type=Path, default=ROOT / "runs" / "zero-shot" / "full" / "np-train-ce" / "index")
-    data = os.environ.get("NPDECODE_DATA", ROOT.parent / "shared" / "data")  # CI's copy beside the repo
-    p.add_argument("--data-dir", type=Path, default=Path(data))
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=conditions.data_dir(),
+        help="Holds scifact/ in BEIR layout (default $NPDECODE_DATA).",
+    )
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--widen-queries", type=int, default=100, help="queries the widening rows run (0: none)")
     p.add_argument("--memory-weight", type=float, action="append", help="repeatable (default 0)")

@@ -6,9 +6,9 @@ wall-clock budget, then evaluates every retriever on the test split in one exper
 writes ``benchmarks/results/scifact_gr.md`` and ``.json``. Finished runs are reused, so the
 variants can be trained in separate (parallel) invocations and evaluated in a last one:
 
-    .venv/bin/python benchmarks/scifact_gr.py --data-dir ../shared/data --variants np --skip-eval --threads 1 &
-    .venv/bin/python benchmarks/scifact_gr.py --data-dir ../shared/data --variants vanilla --skip-eval --threads 1
-    .venv/bin/python benchmarks/scifact_gr.py --data-dir ../shared/data
+    .venv/bin/python benchmarks/scifact_gr.py --data-dir $NPDECODE_DATA --variants np --skip-eval --threads 1 &
+    .venv/bin/python benchmarks/scifact_gr.py --data-dir $NPDECODE_DATA --variants vanilla --skip-eval --threads 1
+    .venv/bin/python benchmarks/scifact_gr.py --data-dir $NPDECODE_DATA
 
 The np retriever is evaluated with both tries (CE ids, token ids with log-sum-exp over a token's
 rows) and both scorings (raw sum of log-probabilities, length penalty 1.0 = sum / length); each
@@ -327,7 +327,12 @@ def render(out: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="Holds scifact/ in BEIR layout.")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=conditions.data_dir(),
+        help="Holds scifact/ in BEIR layout (default $NPDECODE_DATA).",
+    )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "scifact-gr")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--minutes", type=float, default=20.0)

@@ -15,7 +15,7 @@ digests checked too, alternating ABBA; the digest check alone; and, for context,
 without ``--verify``. Reports medians and the cost of the digests as a share of the start-up
 without them. Target: at most 5% (else digests are checked only on ``--verify``).
 
-    .venv/bin/python benchmarks/verify_cost.py [--data-dir ../shared/data/scifact] [--repeats 7]
+    .venv/bin/python benchmarks/verify_cost.py [--data-dir $NPDECODE_DATA/scifact] [--repeats 7]
 """
 
 from __future__ import annotations

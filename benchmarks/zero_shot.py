@@ -10,7 +10,7 @@
 BM25 and dense (all-MiniLM-L6-v2, the encoder that makes the CE) run on the same queries over
 the same documents for every split. Each recipe trains with the same CPU budget (``--minutes``).
 
-    B=".venv/bin/python benchmarks/zero_shot.py --data-dir ../shared/data --threads 1"
+    B=".venv/bin/python benchmarks/zero_shot.py --data-dir $NPDECODE_DATA --threads 1"
     $B --train 'np/base trained-CE' --split full & $B --train 'np/base trained-CE' --split seen
     $B --recipes 'np/base trained-CE' vanilla
 
@@ -31,6 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import conditions  # benchmarks/conditions.py, on sys.path from here
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -330,7 +332,12 @@ def render(out: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="holds scifact/ in BEIR layout")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=conditions.data_dir(),
+        help="holds scifact/ in BEIR layout (default $NPDECODE_DATA)",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "zero-shot")
     parser.add_argument("--train", help="train this recipe (a scifact_gr.py variant) and stop")
     parser.add_argument("--split", choices=["full", "seen"], default="full")

@@ -66,7 +66,11 @@ def _register_vanilla(index_dir: Path) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: OUT/cache.")
 def demo_command(out, config_path, vanilla, sets, device, cache_dir):
-    """Train Np (and vanilla) on the bundled SciFact sample; compare with BM25 and dense."""
+    """Train Np (and vanilla) on the bundled SciFact sample; compare with BM25 and dense.
+
+    \b
+    Example:  npdecode demo --out out/demo --set trainer.max_minutes=2
+    """
     from rich.console import Console
 
     from npdecode.eval.cli import evaluate_and_report

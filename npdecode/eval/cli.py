@@ -185,6 +185,7 @@ def eval_command(
     """Evaluate retrievers on one or more datasets and print a comparison table.
 
     \b
+    Example:  npdecode eval -d beir/scifact -r bm25 -r dense -r np --index runs/scifact/index --json m.json
     Zero-shot over several datasets (each corpus indexed with the checkpoint, cached):
       npdecode eval -d beir/scifact -d beir/nfcorpus -r bm25 -r np --gr-model RUN/checkpoint
     """

@@ -48,7 +48,7 @@ def print_table(experiment: Experiment, console=None) -> None:
     console = console or Console()
     ds = experiment.dataset
     metrics = table_metrics(experiment)
-    table = Table(title=f"{ds.name} ({ds.split}, {experiment.results[0].evaluation.num_queries} judged queries)")
+    table = Table(title=f"{ds.title} ({ds.split}, {experiment.results[0].evaluation.num_queries} judged queries)")
     table.add_column("retriever")
     for m in metrics:
         table.add_column(label(m), justify="right")
@@ -179,7 +179,7 @@ def plot_curves(experiment: Experiment, path: str | Path, cutoffs=CURVE_CUTOFFS)
         ax.set_ylim(0, 1)
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{experiment.dataset.name} ({experiment.dataset.split})")
+    fig.suptitle(f"{experiment.dataset.title} ({experiment.dataset.split})")
     suffix = Path(path).suffix.lstrip(".") or "png"
     with atomic_file(path, "wb") as fh:
         fig.savefig(fh, format=suffix, dpi=120)

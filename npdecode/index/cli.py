@@ -57,7 +57,12 @@ def index_command(
     precision,
     allow_mixed_precision,
 ):
-    """Build an index dir from CORPUS (or add CORPUS to one with --append)."""
+    """Build an index dir from CORPUS (or add CORPUS to one with --append).
+
+    \b
+    Example:  npdecode index corpus.jsonl --model google/flan-t5-base --out idx/
+    Append:   npdecode index new-docs.jsonl --append idx/
+    """
     k = deprecated_alias("--k", "--centroids", old_k, centroids)
     runtime = {"devices": devices, "num_nodes": num_nodes, "accelerator": accelerator, "precision": precision}
     if append_to is not None:

@@ -55,7 +55,11 @@ def _return_large_frees_to_os() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar per tensor.")
 def merge_command(recipe: str, out: str, out_shard_size: str, dry_run: bool, overwrite: bool, **options) -> None:
-    """Merge checkpoints as described by the MergeKit-style YAML RECIPE into directory OUT."""
+    """Merge checkpoints as described by the MergeKit-style YAML RECIPE into directory OUT.
+
+    \b
+    Example:  npdecode merge configs/merge-ties-t5.yml out/t5-ties --random-seed 0
+    """
     from npdecode.merge.api import merge_models
 
     _return_large_frees_to_os()

@@ -83,7 +83,11 @@ def search_command(
     past_beam,
     verify,
 ):
-    """Search INDEX_DIR for QUERY (or every query of --queries, written to --run)."""
+    """Search INDEX_DIR for QUERY (or every query of --queries, written to --run).
+
+    \b
+    Example:  npdecode search runs/scifact/index "vitamin D deficiency increases fracture risk" -k 5
+    """
     from npdecode.search.options import SearchOptions
     from npdecode.search.retrievers.generative import GenerativeRetriever
 

@@ -15,7 +15,11 @@ import click
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. optim.lr=3e-4.")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 def train_command(config_path, out, dataset, data_dir, sets, resume):
-    """Train a generative retriever (vanilla or Np) and index the corpus for it."""
+    """Train a generative retriever (vanilla or Np) and index the corpus for it.
+
+    \b
+    Example:  npdecode train configs/train-scifact-cpu.yml --out runs/scifact --dataset beir/scifact
+    """
     from rich.console import Console
 
     from npdecode.train.config import load_train_config

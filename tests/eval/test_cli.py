@@ -34,7 +34,11 @@ def test_eval_bm25_writes_json_run_and_table(beir_dir, tmp_path, capsys):
     assert max(run["q1"], key=run["q1"].get) == "d1"
 
 
-def test_eval_compares_retrievers_with_significance_and_plot(beir_dir, tmp_path, tiny_bert_dir, capsys):
+def test_eval_compares_retrievers_with_significance_and_plot(beir_dir, tmp_path, tiny_bert_dir, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    titles, suptitle = [], Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda fig, t, **kw: (titles.append(t), suptitle(fig, t, **kw))[1])
     out = tmp_path / "out"
     main(["eval", "-d", str(beir_dir), "-r", "bm25", "-r", "dense", "--dense-model", str(tiny_bert_dir),
           "--device", "cpu", "--json", str(out / "m.json"), "--run", str(out / "r.trec"), "--plot", str(out / "c.png"),
@@ -45,7 +49,9 @@ def test_eval_compares_retrievers_with_significance_and_plot(beir_dir, tmp_path,
     assert set(pvalues) == set(report["retrievers"]["bm25"]["metrics"]) and all(0 <= p <= 1 for p in pvalues.values())
     assert (out / "r.bm25.trec").is_file() and (out / "r.dense.trec").is_file()
     assert (out / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "paired t-test against bm25" in capsys.readouterr().out
+    assert titles == [f"{beir_dir.name} (test)"]  # the plot names the dataset, not its path
+    printed = capsys.readouterr().out
+    assert "paired t-test against bm25" in printed and f"{beir_dir.name} (test, 3 judged queries)" in printed
 
 
 def test_user_mistakes_are_one_line_errors(beir_dir, tmp_path, capsys):

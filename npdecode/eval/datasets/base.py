@@ -25,3 +25,9 @@ class Dataset:
     primary: tuple[str, ...] = ("ndcg_cut_10", "recall_100")
     ignore_identical_ids: bool = False
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        """The name shown in plot and table titles: a folder dataset's folder name (``name`` is
+        its path), a registry name as it is."""
+        return Path(self.name).name if self.name == str(self.corpus_path.parent) else self.name
