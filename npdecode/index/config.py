@@ -11,43 +11,55 @@ from npdecode.config import read_mapping, validated
 
 
 class IndexConfig(BaseModel):
-    """How ``npdecode index`` turns a corpus into an index dir (DESIGN.md, "Np Decoding").
+    """How ``npdecode index`` turns a corpus into an index dir (docs/np-decoding.md, steps 1-5).
 
     Every field has a default, so an empty YAML file is a valid config.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a docstring under a field is its description: docs/config-index.md is generated from them
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    # Identifiers (step 1): words of text appended to an empty/shared title, at most this many,
-    # so a corpus of near-duplicates cannot produce identifiers as long as the documents.
     max_identifier_words: int = Field(32, ge=1)
-    # CE extraction (step 2): the paper truncates `identifier + text` to 512 tokens.
+    """Identifiers (step 1): words of text appended to an empty or shared title, at most this many,
+    so a corpus of near-duplicates cannot produce identifiers as long as the documents."""
     max_length: int = Field(512, ge=8)
-    # Length-bucketed batches: at most this many (padded) tokens and documents per batch.
+    """CE extraction (step 2): ``identifier + text`` is cut to this many tokens (the paper's 512;
+    cut further to what the backbone's positions allow)."""
     batch_tokens: int = Field(16384, ge=64)
+    """Length-bucketed encoding batches: at most this many (padded) tokens per batch."""
     batch_size: int = Field(64, ge=1)
-    # Documents per shard: the unit of resume and of work spread over devices.
+    """Length-bucketed encoding batches: at most this many documents per batch."""
     shard_size: int = Field(2048, ge=1)
-    # "auto": bf16 autocast on CUDA devices that support it, fp32 elsewhere.
+    """Documents per shard: the unit of resume and of work spread over devices."""
     precision: Literal["auto", "32", "bf16"] = "auto"
+    """Precision of the CE computation; auto: bf16 autocast on CUDA devices that support it, fp32
+    elsewhere. Each segment records it."""
     accelerator: str = "auto"
+    """Lightning accelerator of the encoding loop: auto, cpu, gpu, ..."""
     devices: int = Field(1, ge=1)
+    """Devices per node that encode."""
     num_nodes: int = Field(1, ge=1)
-    # "auto": ddp_spawn for several processes on one node (the caller's process keeps the
-    # corpus and writes the index), ddp across nodes (each node runs the command itself).
+    """Nodes that encode (each runs the command itself)."""
     strategy: str = "auto"
+    """Lightning strategy; auto: ddp_spawn for several processes on one node (the caller's process
+    keeps the corpus and writes the index), ddp across nodes."""
     progress: bool = True
-    # Compression (step 3): k centroids per token id; 0 turns clustering off (CE = raw).
+    """Show progress bars."""
     k: int = Field(5, ge=0)
+    """Compression (step 4): at most k CE rows (k-means centroids) per token id; 0 turns clustering
+    off (every occurrence keeps its own row)."""
     kmeans_iterations: int = Field(20, ge=1)
+    """k-means iterations per token."""
     seed: int = 0
-    # Also keep the raw (unclustered) CE vectors and a store over them.
+    """Seed of the k-means initialisation."""
     raw_ce: bool = False
-    # FAISS store (step 7): any index_factory string; inner product metric.
+    """Also keep the raw (unclustered) CE vectors and a store over them."""
     factory: str = "Flat"
-    # Which trie mode `npdecode search` decodes with (step 6): CE ids, token ids (log-sum-exp
-    # over a token's rows) or group (token trie, any row of an allowed token; the authors' default).
+    """FAISS store of the CE table: any index_factory string; inner-product metric."""
     trie_mode: Literal["ce", "token", "group"] = "ce"
+    """The trie mode ``npdecode search`` decodes with by default (step 7): ce (CE ids), token (token
+    ids, log-sum-exp over a token's rows) or group (token trie, any row of an allowed token; the
+    authors' default)."""
 
 
 def load_index_config(path: str | Path | None = None, **overrides: object) -> IndexConfig:

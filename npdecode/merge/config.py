@@ -25,14 +25,17 @@ Value = Scalar | tuple[float, ...]  # a scalar or a gradient
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # a docstring under a field is its description: docs/config-merge.md is generated from them
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Conditional(_Frozen):
     """One ``{filter, value}`` entry; ``filter=None`` matches every tensor."""
 
     value: Value
+    """A number, bool or string, or a gradient (a list of numbers interpolated over layer depth)."""
     filter: str | None = None
+    """Substring of the tensor name this value applies to (None: every tensor)."""
 
 
 Setting = tuple[Conditional, ...]
@@ -83,6 +86,8 @@ def _normalize_parameters(raw: Any) -> Parameters:
 
 class _WithParameters(_Frozen):
     parameters: Parameters = {}
+    """Method parameters at this level: name -> scalar, gradient or list of {filter, value}
+    conditionals (first match wins); a deeper level overrides a shallower one."""
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -94,13 +99,16 @@ class InputModel(_WithParameters):
     """An entry of ``models``: a model reference (path, hub id or ``model+lora``)."""
 
     model: str
+    """Path or hub id of the checkpoint; ``path+lora_path`` applies a LoRA adapter first."""
 
 
 class InputSlice(_WithParameters):
     """A source of an output slice: layers ``[start, end)`` of one model."""
 
     model: str
+    """Path or hub id of the checkpoint the layers come from."""
     layer_range: tuple[int, int]
+    """Layers [start, end) of that model."""
 
     @field_validator("layer_range")
     @classmethod
@@ -112,7 +120,9 @@ class InputSlice(_WithParameters):
 
 class OutputSlice(_WithParameters):
     sources: tuple[InputSlice, ...]
+    """The input slices merged into this output slice (all spanning the same number of layers)."""
     base_model: str | None = None
+    """The slice's base model (default: the recipe's)."""
 
     @field_validator("sources")
     @classmethod
@@ -129,31 +139,44 @@ class TokenSource(_Frozen):
     """Where a token's embedding comes from: ``zero`` or another model's token."""
 
     kind: Literal["zero", "model_token"]
+    """zero (a zero embedding) or model_token (a token's embedding in another model)."""
     model: str | None = None
+    """model_token: the model to take it from."""
     token: str | None = None
+    """model_token: the token (as a string) in that model's tokenizer."""
     token_id: int | None = None
+    """model_token: the token's id in that model (instead of token)."""
 
 
 class TokenEmbedding(_Frozen):
     source: str | TokenSource
+    """zero, a model reference (that model's row of the same token) or a {kind, model, token} source."""
     force: bool = False
+    """Every model takes this source's row for the token, also where each model has its own."""
 
 
 class TokenizerConfig(_Frozen):
     """``source``: ``union``, ``base`` or a model reference; per-token sources; row padding."""
 
     source: str = "base"
+    """The output vocabulary: base (the base model's), union (every input's tokens) or a model."""
     tokens: dict[str, TokenEmbedding] = {}
+    """Per-token embedding sources: token -> {source, force}."""
     pad_to_multiple_of: int | None = None
+    """Pad the vocabulary (embedding rows) to a multiple of this."""
 
 
 class _Body(_WithParameters):
     """What ``models``/``slices`` bodies share (the recipe and each module)."""
 
     models: tuple[InputModel, ...] | None = None
+    """Whole models to merge: a list of {model, parameters}."""
     slices: tuple[OutputSlice, ...] | None = None
+    """Layer stacking: a list of output slices, each {sources, parameters, merge_method, base_model}."""
     merge_method: str | None = None
+    """A merge method (docs/merge-recipes.md, or one a plugin registers)."""
     base_model: str | None = None
+    """Path or hub id of the base checkpoint (required by task-vector methods)."""
 
 
 class ModuleDefinition(_Body):
@@ -171,12 +194,19 @@ class MergeRecipe(_Body):
     inputs lack: ``error`` (default), ``base`` (take the base model's) or ``zero``."""
 
     modules: dict[str, ModuleDefinition] | None = None
+    """Per-stack bodies (encoder, decoder, shared), each with its own models or slices."""
     dtype: str | None = None
+    """Computation dtype (float32, bfloat16, float16, float64); ``--dtype`` overrides it."""
     out_dtype: str | None = None
+    """Dtype written (default: dtype)."""
     tokenizer_source: str | None = None
+    """The older spelling of tokenizer.source."""
     tokenizer: TokenizerConfig | None = None
+    """The output tokenizer and embedding rows (None: the base model's)."""
     missing_tensors: Literal["error", "base", "zero"] = "error"
+    """A tensor some inputs lack: error, base (take the base model's) or zero (npdecode's addition)."""
     name: str | None = None
+    """Free text."""
 
     @model_validator(mode="after")
     def _exactly_one_body(self) -> MergeRecipe:
