@@ -1,6 +1,6 @@
 """Corpus readers: the data contract ``corpus = {doc_id: {"title": str, "text": str}}``.
 
-Accepted inputs (DESIGN.md, "Data flow"):
+Accepted inputs (docs/data-formats.md):
 
 - a BEIR folder (``corpus.jsonl`` inside),
 - a ``.jsonl`` file with ``_id``, ``title`` (optional), ``text`` per line,

@@ -1,7 +1,7 @@
 """``npdecode index CORPUS --append INDEX_DIR [--replace]``: add documents without retraining.
 
 New documents are encoded with the index's model (same config), their identifier tokens go to
-the nearest existing CE row of the same token (DESIGN.md step 8; with ``k = 0`` every
+the nearest existing CE row of the same token (docs/np-decoding.md step 9; with ``k = 0`` every
 occurrence gets its own row, as in a build), unseen tokens get new rows (clustered like a
 build), and their paths join the tries. Existing segments are never rewritten: the new rows
 and documents form the next segment, and the tries and stores move to the next generation.

@@ -13,7 +13,7 @@ from npdecode.index.layout import SPECIAL_ROWS, DocumentGroup
 
 
 def special_rows(backbone) -> tuple[np.ndarray, np.ndarray]:
-    """CE rows of the decoder start and EOS tokens, each encoded alone (DESIGN.md step 2).
+    """CE rows of the decoder start and EOS tokens, each encoded alone (docs/np-decoding.md step 3).
 
     Returns vectors (2, d) float32 and their token ids (2,), in ``SPECIAL_ROWS`` order.
     """

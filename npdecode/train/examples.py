@@ -1,6 +1,6 @@
 """Training examples: (encoder text -> document identifier group), built once and tokenized once.
 
-Three kinds (DESIGN.md, "Training"):
+Three kinds (docs/np-decoding.md, step 8):
 
 - ``query``: a training query -> each document it judges relevant (grade > 0);
 - ``index``: a document's text -> its identifier (DSI indexing examples; every document gets one);
