@@ -159,3 +159,25 @@ def test_dataset_registry_refuses_taken_names_and_resolves_families(tmp_path, mo
     assert datasets.load_dataset("toyfam/sub/set", "dev", cache=tmp_path) == "ok" and seen == [("sub/set", "dev")]
     with pytest.raises(NpdecodeError, match="toyfam/<name>"):
         datasets.load_dataset("nothing-like-it", cache=tmp_path)
+
+
+def test_kilt_nq_through_the_cli_with_bm25_and_np(tmp_path, t5_dir, capsys):
+    """The mission's command, `npdecode eval --dataset nq`, on a KILT-shaped fixture (the official
+    files and schema): the knowledge source is converted once to an on-disk corpus, indexed with
+    `npdecode index`, and bm25 and np are scored with R-precision first."""
+    from npdecode.cli import main
+
+    _kilt_fixture(tmp_path / "kilt" / "nq")
+    ds = load_dataset("nq", split="dev", data_dir=tmp_path / "kilt", cache=tmp_path / "cache")
+    main(["index", str(ds.corpus_path), "--model", str(t5_dir), "--out", str(tmp_path / "idx"), "--centroids", "2"])
+    out = tmp_path / "m.json"
+    main(["eval", "--dataset", "nq", "--data-dir", str(tmp_path / "kilt"), "-r", "bm25", "-r", "np",
+          "--index", str(tmp_path / "idx"), "--json", str(out), "--cache-dir", str(tmp_path / "cache"),
+          "--device", "cpu"])  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["dataset"] == "nq" and report["num_queries"] == 2 and list(report["retrievers"]) == ["bm25", "np"]
+    for name in ("bm25", "np"):
+        metrics = report["retrievers"][name]["metrics"]
+        assert 0.0 <= metrics["Rprec"] <= 1.0 and set(report["retrievers"][name]["per_query"]) == {"-1001", "-1002"}
+    assert report["retrievers"]["bm25"]["metrics"]["success_1"] == 1.0  # both queries name their page's words
+    assert "nq (dev, 2 judged queries)" in capsys.readouterr().out

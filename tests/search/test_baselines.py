@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -7,8 +8,9 @@ from npdecode.errors import NpdecodeError
 from npdecode.search.options import SearchOptions
 from npdecode.search.registry import Retriever, build_retriever, get_factory, register_retriever
 from npdecode.search.retrievers import bm25 as bm25_module
+from npdecode.search.retrievers import dense
 from npdecode.search.retrievers.bm25 import BM25Settings, build_bm25
-from npdecode.search.retrievers.dense import DenseEncoder, build_dense, exact_search
+from npdecode.search.retrievers.dense import DenseEncoder, build_dense, chunked_search, exact_search
 from tests.eval.conftest import DOCS
 
 
@@ -113,6 +115,37 @@ def test_faiss_and_torch_exact_search_agree():
     np.testing.assert_array_equal(i1, brute)
     np.testing.assert_array_equal(i2, brute)
     np.testing.assert_allclose(s1, s2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sizes", [(300,), (128, 128, 44), (1, 7, 0, 250, 42), (5, 5, 5)])
+@pytest.mark.parametrize("k", [1, 10, 64])
+def test_chunked_search_equals_one_search_over_all_rows(sizes, k):
+    rng = np.random.default_rng(len(sizes) * 100 + k)
+    docs = rng.standard_normal((sum(sizes), 16)).astype(np.float32)
+    docs[5::37] = docs[3]  # exact ties across chunks: the lower row comes first
+    queries = rng.standard_normal((6, 16)).astype(np.float32)
+    queries[0] = docs[3]
+    bounds = np.cumsum((0,) + sizes)
+    chunks = [docs[a:b] for a, b in itertools.pairwise(bounds)]
+    scores, ids = chunked_search(chunks, queries, k)
+    exact = queries.astype(np.float64) @ docs.T.astype(np.float64)
+    top = -np.sort(-exact, axis=1)[:, : min(k, len(docs))]
+    assert ids.shape == top.shape and all(len(set(row)) == len(row) for row in ids)
+    np.testing.assert_allclose(scores, top, rtol=1e-5, atol=1e-5)  # the k best scores, best first
+    np.testing.assert_allclose(np.take_along_axis(exact, ids, 1), top, rtol=1e-5, atol=1e-5)  # of those rows
+
+
+def test_dense_run_does_not_depend_on_the_chunking(beir_dir, tmp_path, tiny_bert_dir, monkeypatch):
+    options = {"model": str(tiny_bert_dir), "device": "cpu", "max_length": 64}
+    whole = build_dense(beir_dir, SearchOptions(cache_dir=tmp_path / "a", **options))
+    monkeypatch.setattr(dense, "CHUNK", 2)  # several chunks, the last one short
+    chunked = build_dense(beir_dir, SearchOptions(cache_dir=tmp_path / "b", **options))
+    assert len(chunked.chunks) == -(-len(DOCS) // 2) and len(whole.chunks) == 1
+    queries = {"q1": "cats purr", "q2": "dogs bark loudly"}
+    got, want = chunked.search(queries, len(DOCS)), whole.search(queries, len(DOCS))
+    for q in queries:  # the tiny random encoder ties some documents: compare scores per document
+        assert got[q].keys() == want[q].keys() and got[q] == pytest.approx(want[q], abs=1e-6)
+        assert list(got[q].values()) == sorted(got[q].values(), reverse=True)
 
 
 def test_missing_model_is_a_clear_error(beir_dir, tmp_path):

