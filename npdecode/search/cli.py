@@ -19,7 +19,7 @@ past_beam_option = click.option(
     "--past-beam",
     type=click.Choice(["prefix", "widen", "none"]),
     help="np / genre, k above the beam: rank the documents past the beam by their longest scored identifier "
-    "prefix (prefix, default: no extra decoding), decode again with wider beams (widen: exact, 9-90x slower "
+    "prefix (prefix, default: no extra decoding), decode again with wider beams (widen: exact, 10-90x slower "
     "at k=100-1000), or return the beam's only (none).",
 )
 
