@@ -126,11 +126,15 @@ def place_occurrences(index: Index, vectors: np.ndarray, tokens: np.ndarray, con
     are clustered into new rows. Returns (new rows (r, d), their token ids (r,), CE ids (N,)).
     """
     from npdecode.index.clustering import assign_to_existing, cluster_by_token
+    from npdecode.index.config import kmeans_sample_size
 
+    sample = kmeans_sample_size(config)
     base = len(index.vectors)
     dim = index.vectors.shape[1]
     if config.k == 0 or not len(tokens):
-        clustered = cluster_by_token(vectors, tokens, config.k, iterations=config.kmeans_iterations, seed=config.seed)
+        clustered = cluster_by_token(
+            vectors, tokens, config.k, iterations=config.kmeans_iterations, seed=config.seed, sample=sample
+        )
         return clustered.rows, clustered.row_tokens, base + clustered.assignment
     n_special = len(SPECIAL_ROWS)
     old_rows, old_tokens = index.vectors[n_special:], index.token_ids[n_special:]
@@ -144,7 +148,12 @@ def place_occurrences(index: Index, vectors: np.ndarray, tokens: np.ndarray, con
     for spare, spare_set in sorted(by_spare.items()):
         members = np.flatnonzero(np.isin(tokens, spare_set))
         grown = cluster_by_token(
-            vectors[members], tokens[members], spare, iterations=config.kmeans_iterations, seed=config.seed
+            vectors[members],
+            tokens[members],
+            spare,
+            iterations=config.kmeans_iterations,
+            seed=config.seed,
+            sample=sample,
         )
         spare_rows.append(grown.rows)
         spare_tokens.append(grown.row_tokens)
@@ -160,7 +169,7 @@ def place_occurrences(index: Index, vectors: np.ndarray, tokens: np.ndarray, con
     )
     unseen = np.flatnonzero(~known)
     clustered = cluster_by_token(
-        vectors[unseen], tokens[unseen], config.k, iterations=config.kmeans_iterations, seed=config.seed
+        vectors[unseen], tokens[unseen], config.k, iterations=config.kmeans_iterations, seed=config.seed, sample=sample
     )
     ce_ids[unseen] = base + len(spare_rows) + clustered.assignment
     return (

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from npdecode.index.clustering import cluster_by_token
-from npdecode.index.config import IndexConfig
+from npdecode.index.config import IndexConfig, kmeans_sample_size
 from npdecode.index.identifiers import IdentifierGroup
 from npdecode.index.layout import SPECIAL_ROWS, DocumentGroup
 
@@ -56,13 +56,67 @@ def assemble_segment(
     (rows (R, d), row token ids (R,), documents, raw CE or None)."""
     specials, special_tokens = special_rows(backbone)
     clustered = cluster_by_token(
-        occ["vectors"], occ["tokens"], config.k, iterations=config.kmeans_iterations, seed=config.seed
+        occ["vectors"],
+        occ["tokens"],
+        config.k,
+        iterations=config.kmeans_iterations,
+        seed=config.seed,
+        sample=kmeans_sample_size(config),
     )
     ce_ids = clustered.assignment + len(specials)
     rows = np.concatenate([specials, clustered.rows])
     row_tokens = np.concatenate([special_tokens, clustered.row_tokens])
     records = make_records(groups, ident_tokens, ce_ids)
     raw = {"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids} if config.raw_ce else None
+    return rows, row_tokens, records, raw
+
+
+def assemble_from_shards(
+    backbone,
+    groups: list[IdentifierGroup],
+    ident_tokens: list[list[int]],
+    shard_dir: Path,
+    work_dir: Path,
+    config: IndexConfig,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier=None,
+):
+    """What :func:`assemble_segment` makes of :func:`read_occurrences`, with the raw CE left in
+    the shards on disk (:mod:`npdecode.index.streaming`: bounded memory, resumable, split over
+    ``world_size`` processes; rank 0 gets the segment, the others None). ``raw_ce`` still reads
+    every raw vector into memory."""
+    from npdecode.index.extraction import shard_count
+    from npdecode.index.streaming import cluster_shards
+
+    clustered = cluster_shards(
+        shard_dir,
+        shard_count(len(ident_tokens), config.shard_size),
+        ident_tokens,
+        config.shard_size,
+        work_dir,
+        k=config.k,
+        iterations=config.kmeans_iterations,
+        seed=config.seed,
+        sample=kmeans_sample_size(config),
+        memory_mb=config.cluster_memory_mb,
+        rank=rank,
+        world_size=world_size,
+        barrier=barrier,
+        progress=config.progress,
+    )
+    if clustered is None:
+        return None
+    specials, special_tokens = special_rows(backbone)
+    ce_ids = clustered.assignment + len(specials)
+    rows = np.concatenate([specials, clustered.rows])
+    row_tokens = np.concatenate([special_tokens, clustered.row_tokens])
+    records = make_records(groups, ident_tokens, ce_ids)
+    raw = None
+    if config.raw_ce:
+        occ = read_occurrences(shard_dir, ident_tokens, config.shard_size)
+        raw = {"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids}
     return rows, row_tokens, records, raw
 
 

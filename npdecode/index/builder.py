@@ -67,12 +67,12 @@ def build_index(
     partial = out.parent / f".{out.name}.partial"
     shard_dir = prepare_work_dir(partial, plan)
     rank = encode_shards(backbone, groups, shard_dir, config)
+    rank = cluster_in_parallel(ident_tokens, shard_dir, partial, config, rank)
     if rank != 0:
-        return out  # other ddp ranks (multi-node runs) only encode
-    from npdecode.index.assembly import assemble_segment, read_occurrences
+        return out  # other ddp ranks (multi-node runs) encode and cluster their share
+    from npdecode.index.assembly import assemble_from_shards
 
-    occ = read_occurrences(shard_dir, ident_tokens, config.shard_size)
-    segment = assemble_segment(backbone, groups, ident_tokens, occ, config)
+    segment = assemble_from_shards(backbone, groups, ident_tokens, shard_dir, partial, config)
     write_index(
         partial / "index",
         segment,
@@ -404,6 +404,62 @@ def encode_shards(backbone, groups: list[IdentifierGroup], shard_dir: Path, conf
         strategy=resolve_strategy(config),
         precision=resolve_precision(config),
         progress=config.progress,
+    )
+
+
+def cluster_in_parallel(
+    ident_tokens: list[list[int]], shard_dir: Path, work: Path, config: IndexConfig, rank: int
+) -> int:
+    """Cluster the token ranges and assign the shards over the build's processes
+    (``devices x num_nodes``; :mod:`npdecode.index.streaming`), leaving their files in ``work``
+    for rank 0 to gather. One node: a Lightning Fabric ``ddp_spawn`` launch of ``devices`` CPU
+    processes (clustering is numpy work); several nodes: the process group the encoding loop
+    set up. Returns this process's rank (``rank``, from the encoding, when nothing runs here)."""
+    if config.devices * config.num_nodes == 1 or config.k == 0:
+        return rank
+    if resolve_strategy(config) == "ddp_spawn":
+        from lightning_fabric import Fabric
+
+        from npdecode.index.extraction import quiet_lightning
+
+        with quiet_lightning():
+            fabric = Fabric(accelerator="cpu", devices=config.devices, strategy="ddp_spawn")
+            fabric.launch(_cluster_rank, ident_tokens, str(shard_dir), str(work), config)
+        return rank
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return rank  # nothing was encoded in this run (a resume): rank 0 clusters alone
+    _cluster_share(ident_tokens, shard_dir, work, config, dist.get_rank(), dist.get_world_size(), dist.barrier)
+    return dist.get_rank()
+
+
+def _cluster_rank(fabric, ident_tokens, shard_dir: str, work: str, config: IndexConfig) -> None:
+    _cluster_share(
+        ident_tokens, Path(shard_dir), Path(work), config, fabric.global_rank, fabric.world_size, fabric.barrier
+    )
+
+
+def _cluster_share(ident_tokens, shard_dir: Path, work: Path, config: IndexConfig, rank, world_size, barrier) -> None:
+    from npdecode.index.config import kmeans_sample_size
+    from npdecode.index.extraction import shard_count
+    from npdecode.index.streaming import cluster_shards
+
+    cluster_shards(
+        shard_dir,
+        shard_count(len(ident_tokens), config.shard_size),
+        ident_tokens,
+        config.shard_size,
+        work,
+        k=config.k,
+        iterations=config.kmeans_iterations,
+        seed=config.seed,
+        sample=kmeans_sample_size(config),
+        memory_mb=config.cluster_memory_mb,
+        rank=rank,
+        world_size=world_size,
+        barrier=lambda name: barrier(),
+        progress=config.progress and rank == 0,
     )
 
 

@@ -7,6 +7,11 @@ FAISS call costs milliseconds of fixed overhead (thread pool, checks) that would
 vocabulary of tiny groups. Groups of at least ``FAISS_MIN_POINTS`` run FAISS k-means
 (a torch Lloyd's k-means where faiss is absent). Every occurrence maps to its nearest row of its own
 token (L2, the k-means objective). ``k = 0`` turns compression off: one row per occurrence.
+
+A token with more than ``sample`` occurrences computes its centroids from a seeded sample of
+``sample`` of them (:func:`sample_ordinals`: which ones depends only on the seed, the token id
+and its occurrence count, never on how the occurrences were read), and every occurrence still
+goes to its nearest centroid. A token that fits the sample is clustered exactly as without one.
 """
 
 from __future__ import annotations
@@ -39,12 +44,14 @@ def cluster_by_token(
     seed: int = 0,
     use_faiss: bool | None = None,
     faiss_min_points: int | None = None,
+    sample: int | None = None,
 ) -> Clustered:
     """Compress ``vectors`` (N, d) float32 with token ids ``tokens`` (N,) into per-token rows.
 
     Groups are visited in increasing token id and each keeps its occurrences' order, so the
     result depends only on the inputs and the seed. ``use_faiss=None`` uses faiss if importable
-    for groups of at least ``faiss_min_points`` (default ``FAISS_MIN_POINTS``) occurrences.
+    for groups of at least ``faiss_min_points`` (default ``FAISS_MIN_POINTS``) occurrences;
+    ``sample``: a token with more occurrences is clustered on :func:`sample_ordinals` of them.
     """
     floor = FAISS_MIN_POINTS if faiss_min_points is None else faiss_min_points
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -60,13 +67,11 @@ def cluster_by_token(
     rows, row_tokens, start_row = [], [], 0
     for members in np.split(order, bounds) if n else []:
         group = vectors[members]
-        distinct = _distinct_rows(group, k)
-        if distinct is not None:
-            centroids = distinct
-        elif len(group) < floor:
-            centroids = numpy_kmeans(group, k, iterations, seed)
-        else:
-            centroids = kmeans(group, k, iterations, seed)
+        token = int(tokens[members[0]])
+        fit = (
+            group if sample is None or len(group) <= sample else group[sample_ordinals(len(group), sample, seed, token)]
+        )
+        centroids = token_centroids(fit, k, iterations, seed, kmeans, floor)
         assignment[members] = start_row + nearest_rows(group, centroids)
         rows.append(centroids)
         row_tokens.append(np.full(len(centroids), tokens[members[0]], dtype=np.int64))
@@ -77,6 +82,31 @@ def cluster_by_token(
 
 
 FAISS_MIN_POINTS = 4096
+
+
+def token_centroids(points: np.ndarray, k: int, iterations: int, seed: int, kmeans=None, floor: int | None = None):
+    """One token's rows from (a sample of) its occurrences ``points`` (n, d): the distinct
+    vectors when there are at most ``k``, else ``k`` k-means centroids (numpy below ``floor``
+    points, ``kmeans`` — FAISS where importable — from there)."""
+    kmeans = kmeans or _pick_kmeans(None)
+    floor = FAISS_MIN_POINTS if floor is None else floor
+    distinct = _distinct_rows(points, k)
+    if distinct is not None:
+        return distinct
+    if len(points) < floor:
+        return numpy_kmeans(points, k, iterations, seed)
+    return kmeans(points, k, iterations, seed)
+
+
+def sample_ordinals(count: int, sample: int, seed: int, token: int) -> np.ndarray:
+    """Which of a token's ``count`` occurrences (0-based, in corpus order) its k-means sees:
+    all of them when ``count <= sample``, else ``sample`` drawn without replacement by a
+    generator seeded with ``(seed, token)``, in increasing order. The same occurrences whatever
+    the order, the machine or the process that reads them."""
+    if count <= sample:
+        return np.arange(count, dtype=np.int64)
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, token])
+    return np.sort(rng.choice(count, size=sample, replace=False)).astype(np.int64)
 
 
 def _distinct_rows(group: np.ndarray, limit: int) -> np.ndarray | None:

@@ -50,6 +50,14 @@ class IndexConfig(BaseModel):
     off (every occurrence keeps its own row)."""
     kmeans_iterations: int = Field(20, ge=1)
     """k-means iterations per token."""
+    kmeans_sample: int | None = Field(None, ge=0)
+    """A token with more occurrences than this is clustered on a seeded sample of this many of
+    them (each occurrence still goes to its nearest centroid), so memory does not grow with the
+    corpus; default (null) 256·k, 0: every occurrence (memory grows with the token's count)."""
+    cluster_memory_mb: float = Field(2048, gt=0)
+    """Clustering holds at most about this many MB of sampled raw CE at a time (tokens are
+    clustered in id ranges that fit, the encoded shards streamed from disk once per range). Never
+    changes the index."""
     seed: int = 0
     """Seed of the k-means initialisation."""
     raw_ce: bool = False
@@ -62,6 +70,13 @@ class IndexConfig(BaseModel):
     authors' default)."""
 
 
+def kmeans_sample_size(config: IndexConfig) -> int | None:
+    """The per-token sample size of the clustering, None for no sampling."""
+    if config.kmeans_sample is None:
+        return 256 * config.k
+    return config.kmeans_sample or None
+
+
 def load_index_config(path: str | Path | None = None, **overrides: object) -> IndexConfig:
     """Read ``path`` (YAML mapping; None = defaults) and apply non-None ``overrides``."""
     data = read_mapping(path, "index config")
@@ -71,7 +86,7 @@ def load_index_config(path: str | Path | None = None, **overrides: object) -> In
 
 # How the work is spread over processes and shown: never changes what is computed, so a resumed
 # build may use other values.
-PLACEMENT_KEYS = frozenset({"devices", "num_nodes", "strategy", "accelerator", "progress"})
+PLACEMENT_KEYS = frozenset({"devices", "num_nodes", "strategy", "accelerator", "progress", "cluster_memory_mb"})
 # What an append may set differently from the build: placement, batching and precision (each
 # segment records its precision); every other key defines the index's content.
 APPEND_KEYS = PLACEMENT_KEYS | {"batch_tokens", "batch_size", "shard_size", "precision"}

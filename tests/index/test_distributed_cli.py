@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 from npdecode.cli import main
+from npdecode.index import builder
 from npdecode.index.builder import build_index
 from npdecode.index.layout import load_index
 from npdecode.trie import Trie
@@ -16,10 +21,24 @@ from tests.tiny_models import toy_corpus
 
 
 @pytest.mark.slow
-def test_two_processes_build_the_same_index_as_one(t5_dir, tmp_path):
+def test_two_processes_build_the_same_index_as_one(t5_dir, tmp_path, monkeypatch):
+    """Encoding and clustering (token ranges, sampled tokens, shard assignments) split over two
+    processes give the one-process index."""
     corpus = write_jsonl(toy_corpus(14, seed=9), tmp_path / "c.jsonl")
-    build_index(corpus, t5_dir, tmp_path / "one", fast_config(devices=1))
-    build_index(corpus, t5_dir, tmp_path / "two", fast_config(devices=2, strategy="ddp_spawn"))
+    spread = {"k": 2, "kmeans_sample": 3, "cluster_memory_mb": 1e-3}
+    build_index(corpus, t5_dir, tmp_path / "one", fast_config(devices=1, **spread))
+    kept = tmp_path / "work"
+
+    def keep_work_dir(path, **kwargs):  # the build deletes its work dir at the end: keep it here
+        if Path(path).name.endswith(".partial"):
+            shutil.move(path, kept)
+        else:
+            shutil.rmtree(path, **kwargs)
+
+    monkeypatch.setattr(builder, "shutil", SimpleNamespace(rmtree=keep_work_dir))
+    build_index(corpus, t5_dir, tmp_path / "two", fast_config(devices=2, strategy="ddp_spawn", **spread))
+    makers = {safe_open(str(f), "numpy").metadata()["rank"] for f in (kept / "clusters").glob("*.safetensors")}
+    assert makers == {"0", "1"}  # both processes clustered ranges and assigned shards
     one, two = load_index(tmp_path / "one"), load_index(tmp_path / "two")
     np.testing.assert_allclose(one.vectors, two.vectors, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(one.token_ids, two.token_ids)
