@@ -12,7 +12,7 @@ leaves. ``id_space`` records which ids the paths use: ``"ce"`` (CE rows) or ``"t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Trie:
     term_ptr: np.ndarray
     term_values: np.ndarray
     id_space: str = "ce"
+    _torch: dict = field(default_factory=dict, repr=False, compare=False)  # device -> TorchTrie
 
     @property
     def n_nodes(self) -> int:
@@ -179,18 +180,66 @@ class Trie:
             )
 
     @classmethod
-    def load(cls, path: str | Path) -> Trie:
+    def load(cls, path: str | Path, *, mmap: bool = True) -> Trie:
+        """Read a trie file. ``mmap``: its arrays are memory-mapped (the file is an uncompressed
+        ``.npz``), so loading costs the same for 100 or 40M nodes and pages are read as decoding
+        touches them; otherwise (or for a compressed file) they are read into memory."""
         path = Path(path)
         if not path.is_file():
             raise NpdecodeError(f"{path}: trie file not found; build the index first")
         from npdecode.integrity import reading
 
         remedy = f"rebuild the index it belongs to; `npdecode verify {path.parent}` lists every bad file"
-        with reading(path, remedy), np.load(path, allow_pickle=False) as z:
+        with reading(path, remedy):
+            z = _memmap_npz(path) if mmap else None
+            if z is None:
+                with np.load(path, allow_pickle=False) as npz:
+                    z = {name: npz[name] for name in npz.files}
             return cls(z["indptr"], z["edge_ids"], z["term_nodes"], z["term_ptr"], z["term_values"], str(z["id_space"]))
 
     def to_torch(self, device: Any = None) -> TorchTrie:
-        return TorchTrie.from_trie(self, device)
+        """The trie as torch tensors on ``device``, made once per device and kept."""
+        key = str(device)
+        if key not in self._torch:
+            self._torch[key] = TorchTrie.from_trie(self, device)
+        return self._torch[key]
+
+
+def _memmap_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an uncompressed ``.npz`` memory-mapped in place (each member of the zip is a
+    ``.npy`` stored as is, at an offset found from its local header); None if a member is
+    compressed. Empty and 0-d arrays are read (there is nothing to map)."""
+    import struct
+    import zipfile
+
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                return None
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise ValueError(f"member {info.filename}: bad local header")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            start = info.header_offset + 30 + name_len + extra_len
+            fh.seek(start)
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+            count = int(np.prod(shape)) if shape else 1
+            if dtype.hasobject or offset + count * dtype.itemsize > start + info.file_size:
+                raise ValueError(f"member {info.filename}: header and size disagree")
+            name = info.filename.removesuffix(".npy")
+            if count == 0 or not shape:
+                out[name] = np.frombuffer(fh.read(count * dtype.itemsize), dtype=dtype, count=count).reshape(shape)
+            else:
+                order = "F" if fortran else "C"
+                out[name] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+    return out
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

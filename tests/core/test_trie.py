@@ -121,3 +121,31 @@ def test_torch_expand_matches_children():
         want_ids, want_child = trie.children(n)
         assert ids[row == r].tolist() == want_ids.tolist()
         assert child[row == r].tolist() == want_child.tolist()
+
+
+FIELDS = ("indptr", "edge_ids", "term_nodes", "term_ptr", "term_values")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seqs=st.lists(st.lists(st.integers(0, 40), min_size=0, max_size=6), min_size=1, max_size=30))
+def test_memory_mapped_load_equals_reading_the_file(tmp_path_factory, seqs):
+    path = tmp_path_factory.mktemp("trie") / "t.npz"
+    trie = build_trie(seqs, id_space="token")
+    trie.save(path)
+    mapped, read = Trie.load(path), Trie.load(path, mmap=False)
+    for name in FIELDS:
+        a, b = getattr(mapped, name), getattr(read, name)
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        assert isinstance(a, np.memmap) or a.size == 0  # mapped, not read
+    assert mapped.id_space == read.id_space == "token"
+    for seq in seqs:
+        node = mapped.walk(seq)
+        assert node >= 0 and np.array_equal(mapped.values(node), read.values(node))
+
+
+def test_compressed_trie_file_is_read_and_torch_trie_is_made_once(tmp_path):
+    trie = build_trie([[1, 2, 3], [1, 4], [5]])
+    np.savez_compressed(tmp_path / "z.npz", **{n: getattr(trie, n) for n in FIELDS}, id_space=np.array("ce"))
+    loaded = Trie.load(tmp_path / "z.npz")
+    assert not isinstance(loaded.indptr, np.memmap) and np.array_equal(loaded.edge_ids, trie.edge_ids)
+    assert loaded.to_torch() is loaded.to_torch() and loaded.to_torch("cpu") is not None
