@@ -112,7 +112,7 @@ def bare_forward(model_dir: Path, corpus: Path, config: IndexConfig, device: str
 PHASES = {  # module, function: the build's stages, timed by wrapping them (looked up at call time)
     "load_model": ("npdecode.backbone", "load_backbone"),
     "encode": ("npdecode.index.extraction", "run_extraction"),
-    "cluster": ("npdecode.index.assembly", "assemble_segment"),
+    "cluster": ("npdecode.index.assembly", "assemble_from_shards"),
     "store_and_trie": ("npdecode.index.assembly", "write_first_generation"),
 }
 

@@ -23,8 +23,8 @@ from npdecode.errors import NpdecodeError
 @click.option("--k", "old_k", type=int, hidden=True, help="Deprecated spelling of --centroids.")
 @click.option("--raw-ce", is_flag=True, default=None, help="Also keep the raw CE vectors and a store over them.")
 @click.option("--factory", help="FAISS index_factory string of the CE store. Default Flat.")
-@click.option("--devices", type=int, help="Processes / GPUs per node for encoding.")
-@click.option("--num-nodes", type=int, help="Nodes for encoding (each runs this command).")
+@click.option("--devices", type=int, help="Processes / GPUs per node (encoding; clustering too).")
+@click.option("--num-nodes", type=int, help="Nodes (each runs this command; encoding and clustering split over all).")
 @click.option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.")
 @click.option(
     "--trie-mode", type=click.Choice(["ce", "token", "group"]), help="Trie mode `npdecode search` decodes with."
