@@ -31,6 +31,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "npdecode.search.cli:search_command",
         "Search an index dir with its generative model (Np or GENRE-style).",
     ),
+    "serve": (
+        "npdecode.serve.cli:serve_command",
+        "Serve an index dir over HTTP: batched search, live document appends, metrics.",
+    ),
     "merge": ("npdecode.merge.cli:merge_command", "Merge checkpoints from a MergeKit-style YAML recipe."),
     "train": ("npdecode.train.cli:train_command", "Train a generative retriever (vanilla or Np) with Lightning."),
     "verify": ("npdecode.index.verify:verify_command", "Check an artifact dir's files against their recorded digests."),

