@@ -316,8 +316,7 @@ def _has(client, doc_id: str) -> bool:
 def write_report(result: dict, path: Path) -> None:
     rounds, lv, s = result["rounds"], result["levels"], result["soak"]
     c, a = result["conditions"], result["args"]
-    ratio32 = statistics.median(r["throughput_ratio_32"] for r in rounds)
-    ratio1 = statistics.median(r["p50_ratio_1"] for r in rounds)
+    quiet = max(rounds, key=lambda r: r["offline_qps"])
     lines = [
         "# `npdecode serve` under load",
         "",
@@ -360,13 +359,26 @@ def write_report(result: dict, path: Path) -> None:
         )
     lines += [
         "",
-        (
-            f"- 32 clients >= 80% of the offline throughput: median **{ratio32:.0%}** "
-            f"({'met' if ratio32 >= 0.8 else 'not met'})."
+        _verdict(
+            "32 clients >= 80% of the offline throughput",
+            [r["throughput_ratio_32"] for r in rounds],
+            quiet,
+            "throughput_ratio_32",
+            lambda x: x >= 0.8,
+            "{:.0%}",
         ),
+        _verdict(
+            "1 client p50 <= 1.3x the decode time of one query",
+            [r["p50_ratio_1"] for r in rounds],
+            quiet,
+            "p50_ratio_1",
+            lambda x: x <= 1.3,
+            "{:.2f}x",
+        ),
+        "",
         (
-            f"- 1 client p50 <= 1.3x the decode time of one query: median **{ratio1:.2f}x** "
-            f"({'met' if ratio1 <= 1.3 else 'not met'})."
+            f"Round {quiet['round']} is the least disturbed: its offline pass was the fastest. A target counts as met "
+            "only when both the median over rounds and that round meet it."
         ),
         "",
         "## Every load level",
@@ -416,6 +428,15 @@ def write_report(result: dict, path: Path) -> None:
         *result.get("notes", []),
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _verdict(target: str, ratios: list[float], quiet: dict, key: str, ok, fmt: str) -> str:
+    median = statistics.median(ratios)
+    met = ok(median) and ok(quiet[key])
+    return (
+        f"- {target}: median over rounds **{fmt.format(median)}**, round {quiet['round']} "
+        f"**{fmt.format(quiet[key])}** ({'met' if met else 'not shown to be met'})."
+    )
 
 
 def main() -> None:
@@ -508,8 +529,8 @@ NOTES = [
     (
         "- Speed on this machine drifts a lot: the same offline pass over the 300 queries took 20 s to 311 s in "
         "runs of the same day (under cProfile the elementwise ops of a slow pass, `sub`, `exp2_`, `sum`, `amax`, "
-        "ran 20-40x slower, `mm` 5x, as user time: memory bandwidth taken by other tenants of the host, as far as "
-        "can be told from inside). Hence the interleaved rounds above."
+        "ran 20-40x slower, `mm` 5x, as user time; the slow passes coincide with other jobs on the two cores, "
+        "where 2 OMP threads wait for each other at every parallel op). Hence the interleaved rounds above."
     ),
     (
         "- After an append the server loads the new retriever in a worker thread, swaps it in, then returns freed "
