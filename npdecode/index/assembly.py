@@ -71,9 +71,7 @@ def assemble_segment(
     return rows, row_tokens, records, raw
 
 
-def assemble_from_shards(
-    backbone,
-    groups: list[IdentifierGroup],
+def cluster_index_shards(
     ident_tokens: list[list[int]],
     shard_dir: Path,
     work_dir: Path,
@@ -83,14 +81,12 @@ def assemble_from_shards(
     world_size: int = 1,
     barrier=None,
 ):
-    """What :func:`assemble_segment` makes of :func:`read_occurrences`, with the raw CE left in
-    the shards on disk (:mod:`npdecode.index.streaming`: bounded memory, resumable, split over
-    ``world_size`` processes; rank 0 gets the segment, the others None). ``raw_ce`` still reads
-    every raw vector into memory."""
+    """:func:`npdecode.index.streaming.cluster_shards` with the index config's settings: the
+    clustering of a build's shards (rank 0 gets it, the other ranks of a split run None)."""
     from npdecode.index.extraction import shard_count
     from npdecode.index.streaming import cluster_shards
 
-    clustered = cluster_shards(
+    return cluster_shards(
         shard_dir,
         shard_count(len(ident_tokens), config.shard_size),
         ident_tokens,
@@ -106,6 +102,21 @@ def assemble_from_shards(
         barrier=barrier,
         progress=config.progress,
     )
+
+
+def assemble_from_shards(
+    backbone,
+    groups: list[IdentifierGroup],
+    ident_tokens: list[list[int]],
+    shard_dir: Path,
+    work_dir: Path,
+    config: IndexConfig,
+):
+    """What :func:`assemble_segment` makes of :func:`read_occurrences`, with the raw CE left in
+    the shards on disk (:mod:`npdecode.index.streaming`: bounded memory, resumable; ranges and
+    shards another process of the build already clustered are read, not redone). ``raw_ce``
+    still reads every raw vector into memory."""
+    clustered = cluster_index_shards(ident_tokens, shard_dir, work_dir, config)
     if clustered is None:
         return None
     specials, special_tokens = special_rows(backbone)

@@ -441,26 +441,10 @@ def _cluster_rank(fabric, ident_tokens, shard_dir: str, work: str, config: Index
 
 
 def _cluster_share(ident_tokens, shard_dir: Path, work: Path, config: IndexConfig, rank, world_size, barrier) -> None:
-    from npdecode.index.config import kmeans_sample_size
-    from npdecode.index.extraction import shard_count
-    from npdecode.index.streaming import cluster_shards
+    from npdecode.index.assembly import cluster_index_shards
 
-    cluster_shards(
-        shard_dir,
-        shard_count(len(ident_tokens), config.shard_size),
-        ident_tokens,
-        config.shard_size,
-        work,
-        k=config.k,
-        iterations=config.kmeans_iterations,
-        seed=config.seed,
-        sample=kmeans_sample_size(config),
-        memory_mb=config.cluster_memory_mb,
-        rank=rank,
-        world_size=world_size,
-        barrier=lambda name: barrier(),
-        progress=config.progress and rank == 0,
-    )
+    barrier_named = lambda name: barrier()  # Fabric's and torch's barriers take no name
+    cluster_index_shards(ident_tokens, shard_dir, work, config, rank=rank, world_size=world_size, barrier=barrier_named)
 
 
 def resolve_strategy(config: IndexConfig) -> str:
