@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 VOCAB = 8000
 STAGES = {  # stage: (module, function), wrapped where build_index looks them up at call time
-    "read corpus": ("npdecode.corpus", "load_corpus"),
+    "read corpus": ("npdecode.index.builder", "open_corpus"),
     "load model": ("npdecode.index.builder", "_open_backbone"),
     "identifiers": ("npdecode.index.builder", "identify"),
     "encode": ("npdecode.index.builder", "encode_shards"),

@@ -130,10 +130,12 @@ def corpus_file(path: str | Path) -> Path:
     return path
 
 
-def iter_corpus(path: str | Path) -> Iterator[tuple[str, Document]]:
+def iter_corpus(path: str | Path, *, unique_ids: bool = True) -> Iterator[tuple[str, Document]]:
     """Stream ``(doc_id, {"title", "text"})`` from any accepted corpus input.
 
-    Raises NpdecodeError on duplicate ids, malformed rows and an empty corpus.
+    Raises NpdecodeError on duplicate ids, malformed rows and an empty corpus. ``unique_ids=False``
+    leaves the duplicate check to the caller (it keeps no set of the ids: a corpus of millions
+    streamed into an on-disk store, :mod:`npdecode.index.docstore`, checks them there).
     """
     source = corpus_file(path)
     if source.is_dir():
@@ -143,12 +145,15 @@ def iter_corpus(path: str | Path) -> Iterator[tuple[str, Document]]:
     else:
         rows = _iter_tsv_corpus(source)
     seen: set[str] = set()
+    n = 0
     for doc_id, doc in rows:
-        if doc_id in seen:
-            raise NpdecodeError(f"{source}: duplicate document id {doc_id!r}; document ids must be unique")
-        seen.add(doc_id)
+        if unique_ids:
+            if doc_id in seen:
+                raise NpdecodeError(f"{source}: duplicate document id {doc_id!r}; document ids must be unique")
+            seen.add(doc_id)
+        n += 1
         yield doc_id, doc
-    if not seen:
+    if not n:
         raise NpdecodeError(f"{source}: the corpus is empty")
 
 

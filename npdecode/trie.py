@@ -254,7 +254,10 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def _as_flat(sequences: Any) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(sequences, tuple):
         tokens, offsets = sequences
-        return np.asarray(tokens, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+        tokens = np.asarray(tokens)
+        if tokens.dtype not in (np.int32, np.int64):  # int32 ids stay as they are (half the memory)
+            tokens = tokens.astype(np.int64)
+        return tokens, np.asarray(offsets, dtype=np.int64)
     return flatten(sequences)
 
 
@@ -278,30 +281,34 @@ def build_trie(
         raise NpdecodeError("sequence ids must be non-negative")
     starts, lengths = offsets[:-1], np.diff(offsets)
     vmax = int(tokens.max()) + 1 if len(tokens) else 1
+    bound = 1 + len(tokens)  # nodes: the root and at most one per sequence position
+    idx = _index_dtype(max(bound, vmax))
+    ids = np.empty(len(tokens), dtype=idx)  # ids[j - 1]: the id on the edge into node j
+    child_count = np.zeros(bound, dtype=idx)
     node = np.zeros(n, dtype=np.int64)  # current node of every sequence
     alive = np.flatnonzero(lengths > 0)
-    parents, ids = [], []
     n_nodes, depth = 1, 0
     while len(alive):
         key = node[alive] * vmax + tokens[starts[alive] + depth]
-        uniq, inv = np.unique(key, return_inverse=True)
-        parents.append(uniq // vmax)
-        ids.append(uniq % vmax)
+        uniq, inv = np.unique(key, return_inverse=True)  # sorted: by parent, then id
+        ids[n_nodes - 1 : n_nodes - 1 + len(uniq)] = uniq % vmax
+        parents, per_parent = np.unique(uniq // vmax, return_counts=True)
+        child_count[parents] = per_parent
         node[alive] = n_nodes + inv.reshape(-1)
         n_nodes += len(uniq)
         depth += 1
         alive = alive[lengths[alive] > depth]
-    edge_parent = np.concatenate(parents) if parents else np.empty(0, dtype=np.int64)
-    idx = _index_dtype(max(n_nodes, vmax))
-    indptr = np.zeros(n_nodes + 1, dtype=np.int64)
-    np.cumsum(np.bincount(edge_parent, minlength=n_nodes), out=indptr[1:])
+        del key, uniq, inv, parents, per_parent
+    indptr = np.zeros(n_nodes + 1, dtype=idx)
+    np.cumsum(child_count[:n_nodes], out=indptr[1:])
+    del child_count
     order = np.argsort(node, kind="stable")
     term_nodes, counts = np.unique(node[order], return_counts=True)
     term_ptr = np.zeros(len(term_nodes) + 1, dtype=np.int64)
     np.cumsum(counts, out=term_ptr[1:])
     return Trie(
-        indptr.astype(idx),
-        (np.concatenate(ids) if ids else np.empty(0, np.int64)).astype(idx),
+        indptr,
+        ids[: n_nodes - 1],
         term_nodes.astype(idx),
         term_ptr.astype(idx),
         values[order].astype(_index_dtype(int(values.max(initial=0)) + 1)),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from npdecode.index.clustering import cluster_by_token
 from npdecode.index.config import IndexConfig, kmeans_sample_size
-from npdecode.index.identifiers import IdentifierGroup
+from npdecode.index.identifiers import IdentifierGroup, TokenLists
 from npdecode.index.layout import SPECIAL_ROWS, DocumentGroup
 
 
@@ -39,8 +40,8 @@ def read_occurrences(shard_dir: Path, ident_tokens: list[list[int]], shard_size:
     return occ
 
 
-def check_occurrences(occ: dict[str, np.ndarray], ident_tokens: list[list[int]], what: str) -> None:
-    expected = np.fromiter((t for toks in ident_tokens for t in toks), dtype=np.int64)
+def check_occurrences(occ: dict[str, np.ndarray], ident_tokens: Sequence[Sequence[int]], what: str) -> None:
+    expected = TokenLists.of(ident_tokens).flat
     if not np.array_equal(occ["groups"], np.arange(len(ident_tokens))) or not np.array_equal(occ["tokens"], expected):
         raise RuntimeError(f"{what} do not match the identifiers; delete it and rebuild")
 
@@ -120,7 +121,8 @@ def assemble_from_shards(
     if clustered is None:
         return None
     specials, special_tokens = special_rows(backbone)
-    ce_ids = clustered.assignment + len(specials)
+    ce_ids = clustered.assignment
+    ce_ids += len(specials)  # in place: one array per occurrence, not two
     rows = np.concatenate([specials, clustered.rows])
     row_tokens = np.concatenate([special_tokens, clustered.row_tokens])
     records = make_records(groups, ident_tokens, ce_ids)
@@ -131,33 +133,70 @@ def assemble_from_shards(
     return rows, row_tokens, records, raw
 
 
-def make_records(
-    groups: list[IdentifierGroup], ident_tokens: list[list[int]], ce_ids: np.ndarray
-) -> list[DocumentGroup]:
+def make_records(groups: Sequence[IdentifierGroup], ident_tokens, ce_ids: np.ndarray) -> RecordTable:
     """``documents.jsonl`` records: each group's identifier tokens and their CE ids."""
-    records, start = [], 0
-    for group, tokens in zip(groups, ident_tokens):
-        ce = ce_ids[start : start + len(tokens)].tolist()
-        start += len(tokens)
-        records.append(DocumentGroup(group.identifier, list(group.doc_ids), group.digest, list(tokens), ce))
-    return records
+    return RecordTable(groups, TokenLists.of(ident_tokens), ce_ids)
+
+
+class RecordTable(Sequence):
+    """The :class:`DocumentGroup` records of a segment, made on demand from the groups, their
+    token ids (CSR) and the CE id of every occurrence: a build of millions of documents writes
+    ``documents.jsonl`` and the tries from these arrays without a list of records."""
+
+    def __init__(self, groups: Sequence[IdentifierGroup], tokens: TokenLists, ce_ids: np.ndarray) -> None:
+        if len(ce_ids) != tokens.total:
+            raise ValueError(f"{len(ce_ids)} CE ids for {tokens.total} identifier tokens")
+        self.groups, self.tokens, self.ce_ids = groups, tokens, np.asarray(ce_ids)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        group = self.groups[i]
+        lo, hi = self.tokens.offsets[i], self.tokens.offsets[i + 1]
+        return DocumentGroup(
+            group.identifier, list(group.doc_ids), group.digest, self.tokens[i], self.ce_ids[lo:hi].tolist()
+        )
+
+    def targets(self, mode: str, eos_ce: int, eos_token: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every record's :meth:`DocumentGroup.target` as flat ``(ids, offsets)``."""
+        ids = self.ce_ids if mode == "ce" else self.tokens.flat
+        n = len(self)
+        offsets = self.tokens.offsets + np.arange(n + 1)  # one EOS more per record
+        flat = np.empty(int(offsets[-1]), dtype=np.result_type(ids.dtype, np.int32))
+        is_eos = np.zeros(len(flat), dtype=bool)
+        is_eos[offsets[1:] - 1] = True
+        flat[~is_eos] = ids
+        flat[is_eos] = eos_ce if mode == "ce" else eos_token
+        return flat, offsets
 
 
 def write_first_generation(
     index_dir: Path,
     rows: np.ndarray,
     row_tokens: np.ndarray,
-    records: list[DocumentGroup],
+    records: Sequence[DocumentGroup],
     raw: dict[str, np.ndarray] | None,
     config: IndexConfig,
 ) -> tuple[dict, dict]:
     """Tries and stores of a fresh index (generation 0): ``(files, counts)`` for the manifest."""
-    from npdecode.index.generation import build_tries, new_store, save_generation, trie_counts
+    from npdecode.index.generation import TRIE_MODES, new_store, save_generation, save_trie
+    from npdecode.trie import build_trie
 
     eos_ce = SPECIAL_ROWS.index("eos")
     eos_token = int(row_tokens[eos_ce])
-    targets = {mode: [r.target(mode, eos_ce, eos_token) for r in records] for mode in ("ce", "token")}
-    tries = build_tries(targets, list(range(len(records))))
+    if not isinstance(records, RecordTable):
+        records = make_records(records, [r.tokens for r in records], np.array([c for r in records for c in r.ce]))
+    files, counts = {}, {}
+    for mode in TRIE_MODES:  # one trie at a time: each is built, written and dropped
+        trie = build_trie(records.targets(mode, eos_ce, eos_token), np.arange(len(records)), id_space=mode)
+        key, files[key] = save_trie(index_dir, 0, mode, trie)
+        counts[f"{key}_nodes"] = int(trie.n_nodes)
+        del trie
     raw_store = new_store(raw["vectors"], config) if raw is not None else None
-    files = save_generation(index_dir, 0, tries, new_store(rows, config), raw_store)
-    return files, trie_counts(tries)
+    files.update(save_generation(index_dir, 0, {}, new_store(rows, config), raw_store))
+    return files, counts

@@ -9,16 +9,27 @@ encoded; a different corpus, model or config starts the partial work over.
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from npdecode.device import launcher_rank
 from npdecode.errors import NpdecodeError
 from npdecode.index.config import PLACEMENT_KEYS, IndexConfig
-from npdecode.index.identifiers import IdentifierGroup, assign_identifiers, fit_identifiers, split_empty
+from npdecode.index.identifiers import (
+    IdentifierGroup,
+    IdentifierTable,
+    MemoryDocuments,
+    TokenLists,
+    fit_table,
+    split_empty,
+)
 from npdecode.index.layout import write_segment
 from npdecode.index.manifest import (
     FORMAT,
@@ -45,49 +56,66 @@ def build_index(
     mistakes (unreadable corpus, a corpus of empty documents only, missing model, an existing
     ``out``) raise NpdecodeError before anything is written.
     """
-    from npdecode.corpus import corpus_digest, load_corpus
+    from npdecode.corpus import corpus_digest
 
     config = config or IndexConfig()
     out = Path(out)
     if out.exists():
         raise NpdecodeError(f"{out} already exists; remove it, or add documents with --append {out}")
-    docs, empty = drop_empty(load_corpus(corpus), corpus)
-    backbone, ref, digest = _open_backbone(model, model_ref)
-    config = fit_to_backbone(config, backbone, ref)
-    groups, ident_tokens = identify(backbone, docs, config, corpus)
-    plan = {
-        # how the encoding is spread does not change the shards: a resume may use other devices
-        "format": FORMAT,
-        "config": config.model_dump(exclude=set(PLACEMENT_KEYS)),
-        "corpus_digest": corpus_digest(corpus),
-        "model": ref,
-        "model_digest": digest,
-        "groups": len(groups),
-    }
-    partial = out.parent / f".{out.name}.partial"
-    shard_dir = prepare_work_dir(partial, plan)
-    rank = encode_shards(backbone, groups, shard_dir, config)
-    rank = cluster_in_parallel(ident_tokens, shard_dir, partial, config, rank)
-    if rank != 0:
-        return out  # other ddp ranks (multi-node runs) encode and cluster their share
-    from npdecode.index.assembly import assemble_from_shards
+    store_path = out.parent / f".{out.name}.corpus.sqlite"  # beside the work dir: a resume rebuilds it
+    try:
+        docs, empty = open_corpus(corpus, store_path)
+        backbone, ref, digest = _open_backbone(model, model_ref)
+        config = fit_to_backbone(config, backbone, ref)
+        groups, ident_tokens = identify(backbone, docs, config, corpus)
+        plan = {
+            # how the encoding is spread does not change the shards: a resume may use other devices
+            "format": FORMAT,
+            "config": config.model_dump(exclude=set(PLACEMENT_KEYS)),
+            "corpus_digest": corpus_digest(corpus),
+            "model": ref,
+            "model_digest": digest,
+            "groups": len(groups),
+        }
+        partial = out.parent / f".{out.name}.partial"
+        shard_dir = prepare_work_dir(partial, plan)
+        rank = encode_shards(backbone, groups, shard_dir, config)
+        rank = cluster_in_parallel(ident_tokens, shard_dir, partial, config, rank)
+        if rank != 0:
+            return out  # other ddp ranks (multi-node runs) encode and cluster their share
+        from npdecode.index.assembly import assemble_from_shards
 
-    segment = assemble_from_shards(backbone, groups, ident_tokens, shard_dir, partial, config)
-    write_index(
-        partial / "index",
-        segment,
-        config,
-        corpus=corpus,
-        model_ref=ref,
-        model_digest=digest,
-        family=backbone.family,
-        groups=groups,
-        ident_tokens=ident_tokens,
-        empty=empty,
-    )
-    os.replace(partial / "index", out)
-    shutil.rmtree(partial, ignore_errors=True)
+        segment = assemble_from_shards(backbone, groups, ident_tokens, shard_dir, partial, config)
+        write_index(
+            partial / "index",
+            segment,
+            config,
+            corpus=corpus,
+            model_ref=ref,
+            model_digest=digest,
+            family=backbone.family,
+            groups=groups,
+            ident_tokens=ident_tokens,
+            empty=empty,
+        )
+        os.replace(partial / "index", out)
+        shutil.rmtree(partial, ignore_errors=True)
+    finally:
+        if launcher_rank() == 0:
+            store_path.unlink(missing_ok=True)
     return out
+
+
+def open_corpus(corpus: str | Path, store_path: Path):
+    """The corpus streamed into an on-disk :class:`~npdecode.index.docstore.DocStore` at
+    ``store_path`` and the ids of its empty documents (skipped with one warning, as
+    :func:`drop_empty` does); a corpus of empty documents only is an error."""
+    from npdecode.corpus import corpus_file
+    from npdecode.index.docstore import DocStore
+
+    docs, empty = DocStore.build(corpus, store_path)
+    report_empty(len(docs), empty, corpus_file(corpus))
+    return docs, empty
 
 
 def _open_backbone(model, model_ref: str | None):
@@ -110,8 +138,8 @@ def write_index(
     model_ref: str,
     model_digest: str | None,
     family: str,
-    groups: list[IdentifierGroup],
-    ident_tokens: list[list[int]],
+    groups: IdentifierTable,
+    ident_tokens: TokenLists,
     empty: list[str],
 ) -> Path:
     """Write a complete one-segment index dir at ``final`` (replaced if there) from ``segment``
@@ -144,9 +172,9 @@ def write_index(
         "generation": 0,
         "files": files,
         "counts": {
-            "documents": sum(len(g.doc_ids) for g in groups),
+            "documents": groups.n_documents,
             "identifiers": len(groups),
-            "occurrences": int(sum(len(t) for t in ident_tokens)),
+            "occurrences": ident_tokens.total,
             "ce_rows": len(rows),
             **counts,
         },
@@ -199,7 +227,7 @@ class CERebuilder:
 
         c = self.config
         data = ShardBatches(
-            [(g.identifier, g.text) for g in self.groups],
+            list(encoder_inputs(self.groups)),
             range(shard_count(len(self.groups), c.shard_size)),
             backbone.tokenize_with_identifier,
             backbone.pad_token_id,
@@ -288,35 +316,37 @@ def drop_empty(docs: dict, corpus: str | Path) -> tuple[dict, list[str]]:
     from npdecode.corpus import corpus_file
 
     kept, empty = split_empty(docs)
-    if not kept:
-        which = "its only document has" if len(empty) == 1 else f"all {len(empty)} documents have"
-        raise NpdecodeError(f"{corpus_file(corpus)}: {which} neither title nor text; nothing to index")
-    if empty:
-        log.warning(
-            "%s: skipped %s with neither title nor text: %s",
-            corpus_file(corpus),
-            _count(len(empty), "document"),
-            _shown(empty),
-        )
+    report_empty(len(kept), empty, corpus_file(corpus))
     return kept, empty
 
 
+def report_empty(kept: int, empty: list[str], source: Path) -> None:
+    """One warning naming the skipped empty documents; an error when nothing else is left."""
+    if not kept:
+        which = "its only document has" if len(empty) == 1 else f"all {len(empty)} documents have"
+        raise NpdecodeError(f"{source}: {which} neither title nor text; nothing to index")
+    if empty:
+        log.warning(
+            "%s: skipped %s with neither title nor text: %s", source, _count(len(empty), "document"), _shown(empty)
+        )
+
+
 def identify(
-    backbone, docs: dict, config: IndexConfig, corpus: str | Path, taken: set[str] | frozenset[str] = frozenset()
-) -> tuple[list[IdentifierGroup], list[list[int]]]:
-    """Identifier groups of ``docs`` (none of them empty) and their token ids. Every identifier
-    fits the encoder input of ``config.max_length`` tokens: longer ones are cut (one warning).
+    backbone, docs, config: IndexConfig, corpus: str | Path, taken: set[str] | frozenset[str] = frozenset()
+) -> tuple[IdentifierTable, TokenLists]:
+    """Identifier groups of ``docs`` (a dict without empty documents, or a
+    :class:`~npdecode.index.docstore.DocStore`) and their token ids. Every identifier fits the
+    encoder input of ``config.max_length`` tokens: longer ones are cut (one warning).
 
     ``taken``: identifiers already in the index (an append); new ones avoid them.
     """
     from npdecode.corpus import corpus_file
 
-    groups = assign_identifiers(docs, config.max_identifier_words, taken=taken)
+    documents = docs if hasattr(docs, "id_order") else MemoryDocuments(docs)
+    groups = IdentifierTable.build(documents, config.max_identifier_words, taken)
     budget = identifier_budget(backbone, config.max_length)
-    groups, tokens = fit_identifiers(
-        groups, tokenize_identifiers(backbone, groups), backbone.tokenize_identifier, budget, taken
-    )
-    cut = [g.doc_ids[0] for g in groups if g.cut]
+    tokens = fit_table(groups, tokenize_identifiers(backbone, groups), backbone.tokenize_identifier, budget, taken)
+    cut = groups.cut_doc_ids()
     if cut:
         log.warning(
             "%s: cut %s to the %d tokens that max_length=%d leaves: %s",
@@ -336,13 +366,13 @@ def identifier_budget(backbone, max_length: int) -> int:
     return max_length - (len(ids) - len(positions))
 
 
-def segment_notes(empty: list[str], groups: list[IdentifierGroup]) -> dict[str, dict]:
+def segment_notes(empty: list[str], groups: IdentifierTable) -> dict[str, dict]:
     """The ``skipped`` and ``cut_identifiers`` fields of a segment's manifest entry (only those
     with something to say, so a clean corpus gives the entry it always had)."""
     notes: dict[str, dict] = {}
     if empty:
         notes["skipped"] = {"empty": DocList.of(empty).model_dump()}
-    cut = [g.doc_ids[0] for g in groups if g.cut]
+    cut = groups.cut_doc_ids()
     if cut:
         notes["cut_identifiers"] = DocList.of(cut).model_dump()
     return notes
@@ -356,21 +386,32 @@ def _shown(ids: list[str], first: int = 5) -> str:
     return ", ".join(repr(d) for d in ids[:first]) + (", ..." if len(ids) > first else "")
 
 
-def tokenize_identifiers(backbone, groups: list[IdentifierGroup]) -> list[list[int]]:
+def tokenize_identifiers(backbone, groups: IdentifierTable | Sequence[IdentifierGroup]) -> TokenLists:
     """Identifier token ids per group; an identifier without tokens is a clear error."""
-    tokens = []
-    for group in groups:
-        ids = backbone.tokenize_identifier(group.identifier)
+    flat, offsets = array.array("i"), array.array("q", [0])
+    table = isinstance(groups, IdentifierTable)
+    for i in range(len(groups)):
+        identifier = groups.identifier(i) if table else groups[i].identifier
+        ids = backbone.tokenize_identifier(identifier)
         if not ids:
+            doc_id = groups.first_doc_id(i) if table else groups[i].doc_ids[0]
             raise NpdecodeError(
-                f"document {group.doc_ids[0]!r}: identifier {group.identifier!r} has no tokens "
+                f"document {doc_id!r}: identifier {identifier!r} has no tokens "
                 "for this model's tokenizer; give it a title or text the tokenizer can read"
             )
-        tokens.append(list(ids))
-    return tokens
+        flat.extend(ids)
+        offsets.append(len(flat))
+    return TokenLists(np.frombuffer(flat, dtype=np.int32).copy(), np.frombuffer(offsets, dtype=np.int64).copy())
 
 
-def encode_shards(backbone, groups: list[IdentifierGroup], shard_dir: Path, config: IndexConfig) -> int:
+def encoder_inputs(groups: IdentifierTable | Sequence[IdentifierGroup]) -> Sequence[tuple[str, str]]:
+    """``(identifier, text)`` per group: what CE extraction encodes (read on demand from a table)."""
+    if isinstance(groups, IdentifierTable):
+        return groups.inputs()
+    return [(g.identifier, g.text) for g in groups]
+
+
+def encode_shards(backbone, groups: IdentifierTable, shard_dir: Path, config: IndexConfig) -> int:
     """Encode every shard that has no file yet (a Lightning predict loop over the devices).
 
     Returns the global rank of this process (0 when nothing was left to encode here).
@@ -383,9 +424,8 @@ def encode_shards(backbone, groups: list[IdentifierGroup], shard_dir: Path, conf
         log.info("resuming: %d of %d shards already encoded", n_shards - len(todo), n_shards)
     if not todo:
         return 0 if launcher_rank() == 0 else 1
-    docs = [(g.identifier, g.text) for g in groups]
     data = ShardData(
-        docs,
+        encoder_inputs(groups),
         todo,
         backbone.tokenize_with_identifier,
         backbone.pad_token_id,
@@ -407,9 +447,7 @@ def encode_shards(backbone, groups: list[IdentifierGroup], shard_dir: Path, conf
     )
 
 
-def cluster_in_parallel(
-    ident_tokens: list[list[int]], shard_dir: Path, work: Path, config: IndexConfig, rank: int
-) -> int:
+def cluster_in_parallel(ident_tokens: TokenLists, shard_dir: Path, work: Path, config: IndexConfig, rank: int) -> int:
     """Cluster the token ranges and assign the shards over the build's processes
     (``devices x num_nodes``; :mod:`npdecode.index.streaming`), leaving their files in ``work``
     for rank 0 to gather. One node: a Lightning Fabric ``ddp_spawn`` launch of ``devices`` CPU

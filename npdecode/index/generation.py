@@ -38,15 +38,20 @@ def save_generation(
     """Write the tries and stores of ``generation``; returns the manifest's ``files`` entry."""
     files = {}
     for mode, trie in tries.items():
-        name = f"trie-{mode}-{generation:05d}.npz"
-        trie.save(index_dir / name)
-        files[f"trie_{mode}"] = name
+        key, files[key] = save_trie(index_dir, generation, mode, trie)
     files["store"] = f"store-{generation:05d}"
     store.save(index_dir / files["store"])
     if raw_store is not None:
         files["raw_store"] = f"raw-store-{generation:05d}"
         raw_store.save(index_dir / files["raw_store"])
     return files
+
+
+def save_trie(index_dir: Path, generation: int, mode: str, trie: Trie) -> tuple[str, str]:
+    """Write the ``mode`` trie of ``generation``; returns its manifest key and file name."""
+    name = f"trie-{mode}-{generation:05d}.npz"
+    trie.save(index_dir / name)
+    return f"trie_{mode}", name
 
 
 def remove_generation(index_dir: Path, files: dict[str, str]) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from npdecode.atomic import atomic_file
 from npdecode.index.clustering import Clustered, _pick_kmeans, nearest_rows, sample_ordinals, token_centroids
 from npdecode.index.extraction import shard_path
+from npdecode.index.identifiers import TokenLists
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def count_tokens(shards: Shards, ident_tokens: Sequence[Sequence[int]], shard_si
     for s in range(shards.n):
         part = shards.read(s, "groups", "tokens")
         lo, hi = s * shard_size, min((s + 1) * shard_size, len(ident_tokens))
-        expected = np.fromiter((t for toks in ident_tokens[lo:hi] for t in toks), dtype=np.int64)
+        expected = TokenLists.of(ident_tokens[lo:hi]).flat
         if not np.array_equal(part["groups"], np.arange(lo, hi)) or not np.array_equal(part["tokens"], expected):
             raise RuntimeError(f"{shard_path(shards.dir, s)} does not match the identifiers; delete it and rebuild")
         here = np.bincount(part["tokens"])
@@ -272,7 +273,10 @@ def cluster_shards(
     for s in _mine(range(n_shards), rank, world_size):
         path = work / f"assign-{s:05d}.safetensors"
         if not path.is_file():
-            _save(path, {"assignment": assign_shard(shards, s, rows, row_start)}, rank)
+            assignment = assign_shard(shards, s, rows, row_start)
+            if len(rows) < 2**31 - 16:  # int32: half the memory of the gathered assignment
+                assignment = assignment.astype(np.int32)
+            _save(path, {"assignment": assignment}, rank)
         bar.update(world_size)
     bar.close()
     barrier("npdecode-cluster-assigned")
