@@ -51,11 +51,7 @@ class BM25Retriever:
         """Tokenize and index the corpus; the index dir appears only when complete."""
         import bm25s
 
-        doc_ids, texts = [], []
-        for doc_id, doc in iter_corpus(corpus_path):
-            doc_ids.append(doc_id)
-            texts.append(f"{doc['title']} {doc['text']}".strip())
-        tokens = bm25s.tokenize(texts, stopwords=settings.stopwords, stemmer=_stemmer(settings), show_progress=True)
+        doc_ids, tokens = tokenize_corpus(corpus_path, settings)
         index = bm25s.BM25(k1=settings.k1, b=settings.b, method=settings.method)
         index.index(tokens, show_progress=True)
         with atomic_dir(index_dir, overwrite=True) as tmp:
@@ -81,6 +77,39 @@ class BM25Retriever:
             # bm25s pads with score-0 documents when fewer than k match; a run lists matches only.
             run[qid] = {self.doc_ids[int(d)]: float(s) for d, s in zip(docs[row], scores[row]) if s > 0}
         return run
+
+
+def tokenize_corpus(corpus_path: Path, settings: BM25Settings, chunk: int = 10_000):
+    """(doc ids, bm25s ``Tokenized``) of the corpus, streamed: ``bm25s.tokenize`` of ``chunk``
+    documents at a time (a document's tokens do not depend on the others), each document's
+    token ids kept as one int32 array and the vocabulary grown as tokens appear. The texts are
+    never all in memory, and the ids take 4 bytes each instead of a Python int in a list; the
+    index is the one ``bm25s.tokenize`` of the whole corpus gives (test_baselines.py)."""
+    import bm25s
+    import numpy as np
+    from bm25s.tokenization import Tokenized
+
+    doc_ids: list[str] = []
+    ids: list[np.ndarray] = []
+    vocab: dict[str, int] = {}
+    batch: list[str] = []
+
+    def flush() -> None:
+        docs = bm25s.tokenize(
+            batch, stopwords=settings.stopwords, stemmer=_stemmer(settings), return_ids=False, show_progress=False
+        )
+        for words in docs:
+            ids.append(np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), np.int32, len(words)))
+        batch.clear()
+
+    for doc_id, doc in iter_corpus(corpus_path):
+        doc_ids.append(doc_id)
+        batch.append(f"{doc['title']} {doc['text']}".strip())
+        if len(batch) >= chunk:
+            flush()
+    if batch:
+        flush()
+    return doc_ids, Tokenized(ids=ids, vocab=vocab)
 
 
 def _stemmer(settings: BM25Settings):
