@@ -33,6 +33,7 @@ from npdecode.index.manifest import (
     package_versions,
     write_manifest,
 )
+from npdecode.index.rawce import RawSource
 
 
 def append_to_index(
@@ -89,7 +90,7 @@ def append_to_index(
         occ = {"vectors": np.zeros((0, index.vectors.shape[1]), np.float32), "tokens": np.zeros(0, np.int64)}
     rows, row_tokens, ce_ids = place_occurrences(index, occ["vectors"], occ["tokens"], config)
     records = make_records(groups, ident_tokens, ce_ids)
-    raw = {"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids} if config.raw_ce else None
+    raw = RawSource.from_arrays(occ["vectors"], occ["tokens"], ce_ids) if config.raw_ce else None
     write_segment(index_dir / "segments" / name, rows, row_tokens, records, raw)
 
     entry = {
@@ -264,12 +265,19 @@ def _next_generation(index: Index, entry: dict, rows, row_tokens, records, raw) 
         tries = build_tries(seqs, which)
     store = load_store(index.store_path())
     store.add(rows)
-    raw_store = None
-    if raw is not None:
-        raw_store = load_store(index.path / index.manifest.files.raw_store)
-        raw_store.add(raw["vectors"])
     generation = manifest.generation + 1
-    manifest.files = GenerationFiles(**save_generation(index.path, generation, tries, store, raw_store))
+    config = index.manifest.config
+    files = save_generation(
+        index.path,
+        generation,
+        tries,
+        store,
+        raw,
+        index.manifest.files.raw_store,
+        factory=config.get("factory", "Flat"),
+        part_mb=config.get("cluster_memory_mb", 2048),
+    )
+    manifest.files = GenerationFiles(**files)
     manifest.generation, manifest.updated, manifest.versions = generation, now(), package_versions()
     manifest.counts = Counts(
         documents=len(updated.live_doc_set()),

@@ -11,6 +11,7 @@ from npdecode.index.clustering import cluster_by_token
 from npdecode.index.config import IndexConfig, kmeans_sample_size
 from npdecode.index.identifiers import IdentifierGroup, TokenLists
 from npdecode.index.layout import SPECIAL_ROWS, DocumentGroup
+from npdecode.index.rawce import RawSource
 
 
 def special_rows(backbone) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +69,7 @@ def assemble_segment(
     rows = np.concatenate([specials, clustered.rows])
     row_tokens = np.concatenate([special_tokens, clustered.row_tokens])
     records = make_records(groups, ident_tokens, ce_ids)
-    raw = {"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids} if config.raw_ce else None
+    raw = RawSource.from_arrays(occ["vectors"], occ["tokens"], ce_ids) if config.raw_ce else None
     return rows, row_tokens, records, raw
 
 
@@ -115,8 +116,8 @@ def assemble_from_shards(
 ):
     """What :func:`assemble_segment` makes of :func:`read_occurrences`, with the raw CE left in
     the shards on disk (:mod:`npdecode.index.streaming`: bounded memory, resumable; ranges and
-    shards another process of the build already clustered are read, not redone). ``raw_ce``
-    still reads every raw vector into memory."""
+    shards another process of the build already clustered are read, not redone). With
+    ``raw_ce`` the raw CE stays in the shards until written (a streaming pass)."""
     clustered = cluster_index_shards(ident_tokens, shard_dir, work_dir, config)
     if clustered is None:
         return None
@@ -127,9 +128,12 @@ def assemble_from_shards(
     row_tokens = np.concatenate([special_tokens, clustered.row_tokens])
     records = make_records(groups, ident_tokens, ce_ids)
     raw = None
-    if config.raw_ce:
-        occ = read_occurrences(shard_dir, ident_tokens, config.shard_size)
-        raw = {"vectors": occ["vectors"], "tokens": occ["tokens"], "rows": ce_ids}
+    if config.raw_ce:  # read shard by shard when written (npdecode/index/rawce.py)
+        from npdecode.index.extraction import shard_count
+        from npdecode.index.streaming import Shards
+
+        shards = Shards(shard_dir, shard_count(len(ident_tokens), config.shard_size))
+        raw = RawSource.from_shards(shards, len(ce_ids), ce_ids)
     return rows, row_tokens, records, raw
 
 
@@ -180,7 +184,7 @@ def write_first_generation(
     rows: np.ndarray,
     row_tokens: np.ndarray,
     records: Sequence[DocumentGroup],
-    raw: dict[str, np.ndarray] | None,
+    raw: RawSource | None,
     config: IndexConfig,
 ) -> tuple[dict, dict]:
     """Tries and stores of a fresh index (generation 0): ``(files, counts)`` for the manifest."""
@@ -197,6 +201,8 @@ def write_first_generation(
         key, files[key] = save_trie(index_dir, 0, mode, trie)
         counts[f"{key}_nodes"] = int(trie.n_nodes)
         del trie
-    raw_store = new_store(raw["vectors"], config) if raw is not None else None
-    files.update(save_generation(index_dir, 0, {}, new_store(rows, config), raw_store))
+    store = new_store(rows, config)
+    files.update(
+        save_generation(index_dir, 0, {}, store, raw, factory=config.factory, part_mb=config.cluster_memory_mb)
+    )
     return files, counts

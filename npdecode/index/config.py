@@ -56,12 +56,13 @@ class IndexConfig(BaseModel):
     corpus; default (null) 256·k, 0: every occurrence (memory grows with the token's count)."""
     cluster_memory_mb: float = Field(2048, gt=0)
     """Clustering holds at most about this many MB of sampled raw CE at a time (tokens are
-    clustered in id ranges that fit, the encoded shards streamed from disk once per range). Never
-    changes the index."""
+    clustered in id ranges that fit, the encoded shards streamed from disk once per range); with
+    raw_ce, the raw store's parts hold at most this much each. Never changes the CE table."""
     seed: int = 0
     """Seed of the k-means initialisation."""
     raw_ce: bool = False
-    """Also keep the raw (unclustered) CE vectors and a store over them."""
+    """Also keep the raw (unclustered) CE vectors (raw.safetensors, written shard by shard) and a
+    store over them in parts (raw-store-<gen>/)."""
     factory: str = "Flat"
     """FAISS store of the CE table: any index_factory string; inner-product metric."""
     trie_mode: Literal["ce", "token", "group"] = "ce"

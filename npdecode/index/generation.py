@@ -8,6 +8,7 @@ manifest names the current files, so a crash during an append leaves the old ind
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +34,32 @@ def new_store(rows: np.ndarray, config: IndexConfig, device: str = "cpu") -> CES
 
 
 def save_generation(
-    index_dir: Path, generation: int, tries: dict[str, Trie], store: CEStore, raw_store: CEStore | None
+    index_dir: Path,
+    generation: int,
+    tries: dict[str, Trie],
+    store: CEStore,
+    raw=None,
+    previous_raw: str | None = None,
+    *,
+    factory: str = "Flat",
+    part_mb: float = 2048,
 ) -> dict[str, str]:
-    """Write the tries and stores of ``generation``; returns the manifest's ``files`` entry."""
+    """Write the tries and stores of ``generation``; returns the manifest's ``files`` entry.
+
+    ``raw`` (a :class:`~npdecode.index.rawce.RawSource`): the new raw CE, added as parts to the
+    raw store after those of ``previous_raw`` (the current generation's, linked, not copied)."""
     files = {}
     for mode, trie in tries.items():
         key, files[key] = save_trie(index_dir, generation, mode, trie)
     files["store"] = f"store-{generation:05d}"
     store.save(index_dir / files["store"])
-    if raw_store is not None:
+    if raw is not None:
+        from npdecode.index.rawce import link_parts, part_rows, write_parts
+
         files["raw_store"] = f"raw-store-{generation:05d}"
-        raw_store.save(index_dir / files["raw_store"])
+        out = index_dir / files["raw_store"]
+        first = link_parts(index_dir / previous_raw, out) if previous_raw else 0
+        write_parts(out, raw.chunks("vectors"), raw.dim, factory, part_rows(raw.dim, part_mb), first)
     return files
 
 
@@ -57,6 +73,9 @@ def save_trie(index_dir: Path, generation: int, mode: str, trie: Trie) -> tuple[
 def remove_generation(index_dir: Path, files: dict[str, str]) -> None:
     """Delete a superseded generation's files (after the manifest stopped naming them)."""
     for key, name in files.items():
+        if key == "raw_store" and (index_dir / name).is_dir():
+            shutil.rmtree(index_dir / name, ignore_errors=True)
+            continue
         paths = (
             [index_dir / name]
             if key.startswith("trie")

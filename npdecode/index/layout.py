@@ -11,7 +11,8 @@ INDEX_DIR/
   trie-ce-<gen>.npz             trie over the targets in CE ids (+ EOS row), CSR arrays
   trie-token-<gen>.npz          trie over the targets in token ids (+ EOS token)
   store-<gen>.faiss             FAISS store of the whole CE table (store-<gen>.pt without faiss)
-  raw-store-<gen>.faiss         with raw_ce: a store over the raw CE vectors
+  raw-store-<gen>/part-<p>.faiss  with raw_ce: stores over the raw CE vectors, in parts
+                                (npdecode/index/rawce.py)
   ivf-<digest>-<nlist>-<seed>.faiss   IVF lists of --normalizer ivf, saved on first use
 ```
 
@@ -72,9 +73,10 @@ def write_segment(
     vectors: np.ndarray,
     token_ids: np.ndarray,
     groups: list[DocumentGroup],
-    raw: dict[str, np.ndarray] | None = None,
+    raw=None,
 ) -> None:
-    """Write one segment's CE rows, documents and (optionally) raw CE."""
+    """Write one segment's CE rows, documents and (optionally) raw CE (a
+    :class:`~npdecode.index.rawce.RawSource`)."""
     from safetensors.numpy import save
 
     seg_dir.mkdir(parents=True, exist_ok=True)
@@ -90,9 +92,10 @@ def write_segment(
     with atomic_file(seg_dir / "documents.jsonl") as fh:
         for group in groups:
             fh.write(group.to_json() + "\n")
-    if raw is not None:
-        with atomic_file(seg_dir / "raw.safetensors", "wb") as fh:
-            fh.write(save({k: np.ascontiguousarray(v) for k, v in raw.items()}))
+    if raw is not None:  # a RawSource: written in a streaming pass
+        from npdecode.index.rawce import write_raw_file
+
+        write_raw_file(seg_dir / "raw.safetensors", raw)
 
 
 @dataclass

@@ -164,7 +164,9 @@ def index_files(index_dir: str | Path, manifest: IndexManifest) -> list[str]:
     files = manifest.files
     names += [files.trie_ce, files.trie_token]
     for store in (files.store, files.raw_store):
-        if store is not None:
+        if store is not None and (index_dir / store).is_dir():  # a raw store in parts
+            names += [f"{store}/{p.name}" for p in sorted((index_dir / store).iterdir()) if p.name[0] != "."]
+        elif store is not None:
             names.append(f"{store}.faiss" if (index_dir / f"{store}.faiss").is_file() else f"{store}.pt")
     return names
 

@@ -27,7 +27,7 @@ INDEX_FILES = [
     "trie-ce-00000.npz",
     "trie-token-00000.npz",
     "store-00000.faiss",
-    "raw-store-00000.faiss",
+    "raw-store-00000/part-00000.faiss",
 ]
 CHECKPOINT_FILES = [
     "model.safetensors",
@@ -156,12 +156,14 @@ def test_append_records_the_new_files_and_drops_the_old_generation(t5_dir, tmp_p
         "trie-ce-00001.npz",
         "trie-token-00001.npz",
         "store-00001.faiss",
-        "raw-store-00001.faiss",
+        "raw-store-00001/part-00000.faiss",
+        "raw-store-00001/part-00001.faiss",
     }
-    assert not {n for n in after if n.endswith(("-00000.npz", "-00000.faiss"))}
+    assert not {n for n in after if n.split("/")[0].endswith(("-00000.npz", "-00000.faiss", "raw-store-00000"))}
+    assert not (tmp_path / "idx" / "raw-store-00000").exists()
     assert all(after[n] == before[n] for n in before if n.startswith("segments/00000/"))
     code, out = run_cli(["verify", str(tmp_path / "idx")], capsys)
-    assert code == 0 and "all 10 recorded files intact" in out
+    assert code == 0 and "all 11 recorded files intact" in out  # the raw store in two parts
     damage(tmp_path / "idx" / "segments" / "00000" / "ce.safetensors", "truncate")  # an append reads it
     code, out = run_cli(["index", str(first), "--append", str(tmp_path / "idx"), "--replace"], capsys)
     assert code == 2
