@@ -214,7 +214,9 @@ def render(record: dict) -> str:
             f"Synthetic corpora (titles of 6-14 Zipf-drawn words of {VOCAB:,}, texts of 10-30), a random 1-layer T5 "
             f"with d_model {record['dim']}, max_length 48, k 5, one process with {record['threads']} threads. Each "
             "build runs in its own process; a stage's peak is the kernel's peak RSS from its start to its end "
-            "(reset before it). `streaming`: today's clustering (raw CE stays on disk, sampled k-means, "
+            "(reset before it). Both variants keep the corpus in the on-disk store and the identifiers, "
+            "tokens and records in arrays (npdecode/index/docstore.py, identifiers.py). `streaming`: today's "
+            "clustering (raw CE stays on disk, sampled k-means, "
             f"`cluster_memory_mb` {record['cluster_memory_mb']:g}); "
             "`in-memory`: every raw CE vector in one array (the clustering before it)."
         ),
@@ -244,7 +246,27 @@ def render(record: dict) -> str:
     lines += ["", "## Targets", ""]
     for line in record["targets"]:
         lines.append(f"- {line}")
+    lines += ["", *HISTORY]
     return "\n".join(lines) + "\n"
+
+
+HISTORY = [
+    "## Earlier runs",
+    "",
+    "Same corpora, model and settings; peak RSS of the whole build in MB (streaming variant).",
+    "",
+    "| date | code | 100k | 1M | 100k -> 1M | what grew |",
+    "| --- | --- | --- | --- | --- | --- |",
+    (
+        "| 2026-12-07 00:04 | raw CE on disk, sampled clustering; corpus as a dict, identifiers, token lists and "
+        "records as Python objects (commit e0f200c) | 1,219 | 3,364 | 2.76x | ~2.5 KB per document of Python "
+        "objects: the identifiers stage alone peaked at 2,964 MB at 1M |"
+    ),
+    (
+        "| 2026-12-07 00:04 | the same run's in-memory variant: every raw CE vector in one array (the "
+        "clustering before issue 20) | 1,614 | 12,224 | 7.6x | the raw CE, ~1 KB per occurrence at d=128 |"
+    ),
+]
 
 
 def targets(rows: list[dict]) -> list[str]:

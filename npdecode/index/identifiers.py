@@ -181,15 +181,8 @@ class IdentifierTable(Sequence):
         members = order[np.argsort(group_of, kind="stable")]
         ptr = np.zeros(len(first) + 1, dtype=np.int64)
         np.cumsum(np.bincount(group_of, minlength=len(first)), out=ptr[1:])
-        firsts = members[ptr[:-1]]
-        names = _unique_names(
-            len(firsts),
-            lambda i: _normalize(docs.row(firsts[i])[1]),
-            lambda i: docs.row(firsts[i])[2],
-            lambda i: docs.doc_id(firsts[i]),
-            max_words,
-            set(taken),
-        )
+        firsts = _FirstDocuments(docs, members[ptr[:-1]])
+        names = _unique_names(len(ptr) - 1, firsts.title, firsts.text, firsts.doc_id, max_words, set(taken))
         return cls(docs, members, ptr, digests[np.sort(first)], names)
 
     def __len__(self) -> int:
@@ -229,6 +222,23 @@ class IdentifierTable(Sequence):
     def cut_doc_ids(self) -> list[str]:
         """First doc id of each group whose identifier was cut, in group order."""
         return [self.first_doc_id(i) for i in sorted(self.cut)]
+
+
+class _FirstDocuments:
+    """Normalized title, text and doc id of each group's first document (picklable: a
+    ddp_spawn process gets the table)."""
+
+    def __init__(self, docs, rows: np.ndarray) -> None:
+        self.docs, self.rows = docs, rows
+
+    def title(self, i: int) -> str:
+        return _normalize(self.docs.row(int(self.rows[i]))[1])
+
+    def text(self, i: int) -> str:
+        return self.docs.row(int(self.rows[i]))[2]
+
+    def doc_id(self, i: int) -> str:
+        return self.docs.doc_id(int(self.rows[i]))
 
 
 class _Inputs(Sequence):

@@ -109,6 +109,7 @@ def test_the_on_disk_store_gives_the_same_groups_as_the_dict(tmp_path_factory, c
     assert table.n_documents == len(corpus) - len(empty)
     assert [table.identifier(i) for i in range(len(table))] == [g.identifier for g in table]
     assert list(table.inputs()) == [(g.identifier, g.text) for g in table]
+    assert list(pickle.loads(pickle.dumps(table))) == list(table)  # what ddp_spawn processes get
     store.close()
 
 
