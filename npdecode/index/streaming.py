@@ -129,8 +129,16 @@ def cluster_range(
     capped = np.zeros(hi - lo, dtype=bool)
     for keys in wanted:
         capped[int(keys[0] // _KEY) - lo] = True
+    # Each token's kept vectors go straight to their place in one array (token by token, corpus
+    # order within a token: the in-memory order), so the range holds its sample once.
+    kept = counts[lo:hi] if not sample else np.minimum(counts[lo:hi], sample)
+    start = np.zeros(hi - lo + 1, dtype=np.int64)
+    np.cumsum(kept, out=start[1:])
+    if not start[-1]:
+        return np.zeros((0, shards.dim()), np.float32), np.zeros(0, np.int64)
+    buffer = np.empty((int(start[-1]), shards.dim()), dtype=np.float32)
+    filled = np.zeros(hi - lo, dtype=np.int64)
     seen = np.zeros(len(counts), dtype=np.int64)
-    kept_keys, kept_vectors = [], []
     for s in range(shards.n):
         tokens = shards.read(s, "tokens")["tokens"]
         ordinal = _ordinals(tokens, seen)
@@ -145,24 +153,21 @@ def cluster_range(
             at = np.searchsorted(wanted_keys, keys).clip(max=max(len(wanted_keys) - 1, 0))
             keep[cap] = wanted_keys[at] == keys
         idx = np.flatnonzero(keep)
+        local = tokens[idx] - lo
+        order = np.argsort(local, kind="stable")  # by token; corpus order within one
+        idx, local = idx[order], local[order]
+        rank = np.arange(len(local)) - np.searchsorted(local, local, side="left")
         vectors = shards.read(s, "vectors")["vectors"]
-        kept_keys.append(tokens[idx] * _KEY + ordinal[idx])
-        kept_vectors.append(np.ascontiguousarray(vectors[idx], dtype=np.float32))
+        buffer[start[local] + filled[local] + rank] = vectors[idx]
+        filled += np.bincount(local, minlength=hi - lo)
         del vectors
-    if not kept_keys:
-        return np.zeros((0, shards.dim()), np.float32), np.zeros(0, np.int64)
-    keys = np.concatenate(kept_keys)
-    vectors = np.concatenate(kept_vectors)
-    del kept_vectors
-    order = np.argsort(keys, kind="stable")  # token, then corpus order: the in-memory group order
-    keys, vectors = keys[order], vectors[order]
-    token_of = keys // _KEY
-    bounds = np.flatnonzero(np.diff(token_of)) + 1
+    if not np.array_equal(filled, kept):
+        raise RuntimeError(f"{shards.dir}: the shards' occurrences changed while clustering; rebuild")
     rows, row_tokens = [], []
-    for members in np.split(np.arange(len(keys)), bounds):
-        centroids = token_centroids(vectors[members], k, iterations, seed, kmeans)
+    for t in np.flatnonzero(kept):
+        centroids = token_centroids(buffer[start[t] : start[t + 1]], k, iterations, seed, kmeans)
         rows.append(centroids)
-        row_tokens.append(np.full(len(centroids), token_of[members[0]], dtype=np.int64))
+        row_tokens.append(np.full(len(centroids), lo + t, dtype=np.int64))
     return np.concatenate(rows).astype(np.float32), np.concatenate(row_tokens)
 
 
