@@ -1,7 +1,12 @@
 """Dynamic batching: concurrent search requests decoded together, one decoder call per batch.
 
-Requests wait in a bounded asyncio queue. A single worker takes the first one, collects what
-arrives within ``max_wait_ms`` (never splitting a request, at most ``max_batch`` queries), runs
+Requests wait in a bounded asyncio queue. A single worker takes the first one and collects
+what is queued and what arrives, never splitting a request, at most ``max_batch`` queries, until
+the batch holds as many queries as the largest of the last ``HISTORY`` batches (the clients
+that are active come back: closed-loop clients answered together return together) or
+``max_wait_ms`` has passed since the first (before any batch: the whole wait). A lone client
+thus waits once (its previous batch was itself), and many clients fill a batch instead of
+splitting into a large and a small one whenever some return a few milliseconds late. It runs
 ``decode(queries, k)`` once per distinct ``k`` in a dedicated thread, so the event loop keeps
 answering while the decoder works, and hands each request its own slice of the answers.
 The decoder sees one batch at a time: a second thread would only contend for the same cores.
@@ -11,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+HISTORY = 8  # batches whose largest size is the size a batch waits for
 
 Decode = Callable[[list[str], int], list[Any]]  # (queries, k) -> one answer per query
 
@@ -56,6 +64,7 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npdecode-decode")
         self._arrived = asyncio.Event()
         self._held: Pending | None = None  # taken from the queue but left for the next batch
+        self._recent: deque[int] = deque(maxlen=HISTORY)  # queries in the last batches
         self._busy = False
         self._closed = False
         self._task: asyncio.Task | None = None
@@ -106,23 +115,26 @@ class Batcher:
         self._held = None
         batch, n = [first], len(first.queries)
         deadline = loop.time() + self.max_wait
+        expected = min(self.max_batch, max(self._recent, default=self.max_batch))  # none yet: wait
         while n < self.max_batch:
             self._arrived.clear()  # before draining: an arrival after the drain sets it again
             while n < self.max_batch and not self.queue.empty():
                 item = self.queue.get_nowait()
                 if n + len(item.queries) > self.max_batch:
                     self._held = item
+                    self._recent.append(n)
                     return batch
                 batch.append(item)
                 n += len(item.queries)
             remaining = deadline - loop.time()
-            if n >= self.max_batch or remaining <= 0:
+            if n >= expected or remaining <= 0:
                 break
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 if self.queue.empty():
                     break
+        self._recent.append(n)
         return batch
 
     async def _decode(self, batch: list[Pending]) -> None:

@@ -25,7 +25,13 @@ from npdecode.search.cli import memory_weight_option, past_beam_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free one, printed).")
 @click.option("--max-batch", type=int, default=32, show_default=True, help="Queries decoded together at most.")
-@click.option("--max-wait-ms", type=float, default=10.0, show_default=True, help="How long a batch waits to fill.")
+@click.option(
+    "--max-wait-ms",
+    type=float,
+    default=50.0,
+    show_default=True,
+    help="How long a batch waits at most for as many queries as a recent batch held.",
+)
 @click.option("--max-queue", type=int, default=256, show_default=True, help="Waiting requests before 503.")
 @click.option("--timeout-s", type=float, default=30.0, show_default=True, help="A request's answer deadline (504).")
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, help="Larger request bodies get 413.")

@@ -19,10 +19,10 @@ class ServeSettings(BaseModel):
     # queries decoded together at most: one decoder call (the offline search batches ~320 beam
     # rows per step, 32 queries at beam 10; more only adds latency on a CPU)
     max_batch: int = Field(32, ge=1)
-    # how long the first request of a batch waits for company: 10 ms cost a lone client ~2% of
-    # one SciFact decode on a CPU (~450 ms) and let closed-loop clients, answered one by one,
-    # send their next request in time to join (5 ms split 32 clients into batches of ~16)
-    max_wait_ms: float = Field(10.0, ge=0)
+    # how long a batch waits at most for as many queries as the largest recent batch held
+    # (batcher.py): a lone client never waits, closed-loop clients slow to return still join
+    # (a fixed 10 ms window split 32 clients into batches of 21-27 and the rest)
+    max_wait_ms: float = Field(50.0, ge=0)
     # requests waiting (not yet decoding) before new ones get 503 + Retry-After: bounds memory
     # and the latency a queued request can see (max_queue / max_batch decoder calls)
     max_queue: int = Field(256, ge=1)

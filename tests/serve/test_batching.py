@@ -3,6 +3,7 @@ requests are grouped into decoder calls, timeouts, loading, failures. No model n
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -162,3 +163,62 @@ def test_documents_route_is_disabled_without_a_token_file(serve):
     with pytest.raises(ServerError) as err:
         server.client.add_documents({"x": {"title": "X", "text": ""}}, "any-token-0123456789")
     assert err.value.status == 403 and "--admin-token-file" in err.value.message
+
+
+def _run_batcher(script, *, max_batch=8, max_wait_ms=300.0):
+    """Run ``script(batcher, loop)`` against a Batcher whose decoder records each batch."""
+    import asyncio
+
+    from npdecode.serve.batcher import Batcher
+
+    batches = []
+
+    def decode(queries, k):
+        batches.append((time.perf_counter(), list(queries)))
+        return [[q] for q in queries]
+
+    async def main():
+        batcher = Batcher(decode, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=64)
+        batcher.start()
+        try:
+            await script(batcher)
+        finally:
+            await batcher.close()
+
+    asyncio.run(main())
+    return batches
+
+
+def test_a_lone_client_waits_only_before_its_first_batch():
+    """Margins of seconds, so a busy machine cannot flip it: the wait is 2 s or none."""
+    times = []
+
+    async def script(batcher):
+        for i in range(4):
+            t0 = time.perf_counter()
+            assert await batcher.submit([f"q{i}"], 1) == [[f"q{i}"]]
+            times.append(time.perf_counter() - t0)
+
+    batches = _run_batcher(script, max_wait_ms=2000)
+    assert [b for _, b in batches] == [["q0"], ["q1"], ["q2"], ["q3"]]
+    assert times[0] >= 1.99  # nothing known yet: the whole wait
+    assert max(times[1:]) < 1.0  # its last batch held one query: no wait
+
+
+def test_clients_returning_late_fill_the_batch_instead_of_splitting_it():
+    """Four closed-loop clients answered together come back 0-30 ms apart: every later batch
+    waits for all four (as large as the largest recent batch), long before max_wait."""
+    import asyncio
+
+    async def client(batcher, c):
+        for r in range(3):
+            await asyncio.sleep(0.01 * c if r else 0)  # client c returns c x 10 ms late
+            await batcher.submit([f"c{c}r{r}"], 1)
+
+    async def script(batcher):
+        await asyncio.gather(*(client(batcher, c) for c in range(4)))
+
+    batches = _run_batcher(script, max_batch=8, max_wait_ms=5000)  # room for 8: only history says 4
+    assert [len(b) for _, b in batches] == [4, 4, 4]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(batches)]
+    assert max(gaps) < 2.5  # filled by the last client (40 ms), not by the 5 s deadline
