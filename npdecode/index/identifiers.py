@@ -13,6 +13,13 @@ A document with neither title nor text has no possible identifier: :func:`split_
 them and :func:`assign_identifiers` leaves them out. :func:`fit_identifiers` cuts identifiers
 whose tokens would not fit the encoder input (step 2 encodes ``identifier + text`` within
 ``max_length`` tokens, the identifier whole), keeping them unique.
+
+The groups are kept in columns (:class:`IdentifierTable`, :class:`TokenLists`): member rows,
+one digest and a 64-bit hash of the name per group, titles and texts read back from the
+documents (a dict, or the on-disk :class:`~npdecode.index.docstore.DocStore` of a build); only
+the texts of colliding groups are split into words. Names are compared by hash and, where
+hashes repeat, as strings, so the outcome is exactly the procedure above
+(tests/index/test_docstore.py checks it against a plain implementation).
 """
 
 from __future__ import annotations
