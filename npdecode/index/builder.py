@@ -62,10 +62,14 @@ def build_index(
     out = Path(out)
     if out.exists():
         raise NpdecodeError(f"{out} already exists; remove it, or add documents with --append {out}")
-    store_path = out.parent / f".{out.name}.corpus.sqlite"  # beside the work dir: a resume rebuilds it
+    # beside the work dir, one per launched process (a multi-node run starts the command on every
+    # node, each reads the corpus); a resume rebuilds it
+    rank = launcher_rank()
+    store_path = out.parent / (f".{out.name}.corpus.sqlite" if rank == 0 else f".{out.name}.corpus-{rank}.sqlite")
+    docs = None
     try:
+        backbone, ref, digest = _open_backbone(model, model_ref)  # a missing model fails before the corpus is read
         docs, empty = open_corpus(corpus, store_path)
-        backbone, ref, digest = _open_backbone(model, model_ref)
         config = fit_to_backbone(config, backbone, ref)
         groups, ident_tokens = identify(backbone, docs, config, corpus)
         plan = {
@@ -101,8 +105,9 @@ def build_index(
         os.replace(partial / "index", out)
         shutil.rmtree(partial, ignore_errors=True)
     finally:
-        if launcher_rank() == 0:
-            store_path.unlink(missing_ok=True)
+        if docs is not None:
+            docs.close()
+        store_path.unlink(missing_ok=True)
     return out
 
 
