@@ -30,6 +30,7 @@ from npdecode.index.identifiers import (
     fit_table,
     is_empty,
 )
+from tests.index.test_identifiers import LONG_TITLES, _chars
 
 
 def reference_identifiers(corpus, max_words=32, taken=()):
@@ -152,20 +153,8 @@ def test_token_lists_behave_like_lists():
     assert tokens.lengths.tolist() == [2, 0, 1, 3]
 
 
-def _chars(name):
-    return [ord(c) for c in name if c != " "]
-
-
 @settings(max_examples=60, deadline=None)
-@given(
-    st.dictionaries(
-        st.text("xyz0123", min_size=1, max_size=3),
-        st.fixed_dictionaries({"title": st.text("ab ", max_size=30), "text": st.text("ab ", max_size=8)}),
-        min_size=1,
-        max_size=10,
-    ),
-    st.integers(7, 20),
-)
+@given(LONG_TITLES, st.integers(7, 20))
 def test_cutting_a_table_equals_cutting_the_list(corpus, budget):
     taken = {"a", "b a"}
     groups = assign_identifiers(corpus, taken=taken)

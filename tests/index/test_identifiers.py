@@ -113,16 +113,16 @@ def test_a_doc_id_too_long_for_the_budget_falls_back_to_a_short_tag():
         _fit(corpus, 2)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    st.dictionaries(
-        st.text("xyz0123", min_size=1, max_size=3),
-        st.fixed_dictionaries({"title": st.text("ab ", max_size=30), "text": st.text("ab ", max_size=8)}),
-        min_size=1,
-        max_size=10,
-    ),
-    st.integers(7, 20),
+LONG_TITLES = st.dictionaries(  # titles long enough to be cut at budgets of 7-20 characters
+    st.text("xyz0123", min_size=1, max_size=3),
+    st.fixed_dictionaries({"title": st.text("ab ", max_size=30), "text": st.text("ab ", max_size=8)}),
+    min_size=1,
+    max_size=10,
 )
+
+
+@settings(max_examples=60, deadline=None)
+@given(LONG_TITLES, st.integers(7, 20))
 def test_fitted_identifiers_fit_and_stay_unique(corpus, budget):
     fitted = _fit(corpus, budget, taken={"a", "b a"})
     names = {name for name, _ in fitted.values()}
