@@ -68,8 +68,8 @@ def build_index(
     store_path = out.parent / (f".{out.name}.corpus.sqlite" if rank == 0 else f".{out.name}.corpus-{rank}.sqlite")
     docs = None
     try:
-        backbone, ref, digest = _open_backbone(model, model_ref)  # a missing model fails before the corpus is read
-        docs, empty = open_corpus(corpus, store_path)
+        docs, empty = open_corpus(corpus, store_path)  # a bad corpus: one line, before any model output
+        backbone, ref, digest = _open_backbone(model, model_ref)
         config = fit_to_backbone(config, backbone, ref)
         groups, ident_tokens = identify(backbone, docs, config, corpus)
         plan = {
