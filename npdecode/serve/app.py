@@ -113,7 +113,10 @@ class ServerState:
     def decode(self, queries: list[str], k: int) -> list[tuple[Engine, list]]:
         """Runs in the batcher's thread: one engine for the whole batch, read once."""
         engine = self.current()
-        return [(engine, hits) for hits in engine.search(queries, k)]
+        start = time.perf_counter()
+        answers = engine.search(queries, k)
+        self.metrics.decoded(time.perf_counter() - start)
+        return [(engine, hits) for hits in answers]
 
 
 def create_app(

@@ -1,7 +1,8 @@
 """Prometheus text exposition (format 0.0.4) of the server's counters, written by hand.
 
-Four families, enough to watch a retriever in production: requests by route and status,
-decoder batch sizes, queue depth, and request latency by route. Written here (~80 lines)
+Enough to watch a retriever in production: requests by route and status, decoder batch sizes
+and decode time per batch (its sum over wall time is how busy the decoder is), queue depth, and
+request latency by route. Written here (~80 lines)
 rather than with ``prometheus_client``: one dependency less, and no process-global registry.
 """
 
@@ -49,6 +50,7 @@ class Metrics:
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.latency: dict[str, Histogram] = {}
         self.batch_size = Histogram(BATCH_BUCKETS)
+        self.decode_seconds = Histogram(LATENCY_BUCKETS)
         self.appends = 0
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
 
@@ -60,6 +62,10 @@ class Metrics:
     def batch(self, queries: int) -> None:
         with self._lock:
             self.batch_size.observe(queries)
+
+    def decoded(self, seconds: float) -> None:
+        with self._lock:
+            self.decode_seconds.observe(seconds)
 
     def append(self) -> None:
         with self._lock:
@@ -81,6 +87,11 @@ class Metrics:
                 out += hist.lines("npdecode_request_latency_seconds", f'route="{route}"')
             out += ["# HELP npdecode_batch_size Queries per decoder call.", "# TYPE npdecode_batch_size histogram"]
             out += self.batch_size.lines("npdecode_batch_size", "")
+            out += [
+                "# HELP npdecode_decode_seconds Time of one decoder call (one batch), from its start to its answers.",
+                "# TYPE npdecode_decode_seconds histogram",
+            ]
+            out += self.decode_seconds.lines("npdecode_decode_seconds", "")
             out += [
                 "# HELP npdecode_appends_total Live document appends swapped in.",
                 "# TYPE npdecode_appends_total counter",

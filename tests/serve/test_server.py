@@ -140,6 +140,10 @@ def test_metrics_text(server):
     assert re.search(r"^npdecode_queue_depth 0$", text, re.MULTILINE)
     assert f"npdecode_documents {N_DOCS}" in text
     assert "# TYPE npdecode_batch_size histogram" in text
+    # one decode-time observation per decoder call, and a positive total
+    decodes = int(re.search(r"^npdecode_decode_seconds_count (\d+)$", text, re.MULTILINE).group(1))
+    assert decodes == _batch_sizes(text)[0] >= 1
+    assert float(re.search(r"^npdecode_decode_seconds_sum (\S+)$", text, re.MULTILINE).group(1)) > 0
 
 
 def test_append_during_a_stream_of_searches(server, index_dir):
