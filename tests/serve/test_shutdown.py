@@ -49,9 +49,11 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(slow_server):
     threads = [
         threading.Thread(target=lambda i=i: answers.append(_search(slow_server.client, f"q{i}"))) for i in range(3)
     ]
-    for t in threads:
+    threads[0].start()
+    time.sleep(0.2)  # the first is taken by the batcher (decoding) before the others come
+    for t in threads[1:]:
         t.start()
-    time.sleep(0.3)  # all three are in: one decoding, two queued
+    time.sleep(0.3)  # all three are in: one decoding, two queued (the queue holds two)
     assert slow_server.terminate() == 0
     for t in threads:
         t.join()
