@@ -6,7 +6,7 @@ models (a dependency already), and uvicorn's graceful shutdown on SIGTERM (stop 
 finish in-flight requests, then the app's shutdown, where the batcher drains) is what a
 process manager expects.
 
-The model loads in a thread after the server starts: ``/health`` answers 503 until then.
+The model loads on the decoder's thread after the server starts: ``/health`` answers 503 until then.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from npdecode import __version__
 from npdecode.errors import NpdecodeError
-from npdecode.serve.batcher import Batcher, Closed, QueueFull
+from npdecode.serve.batcher import Batcher, Closed, QueueFull, in_new_thread
 from npdecode.serve.engine import Engine, append_and_load, load_engine, release_memory
 from npdecode.serve.metrics import CONTENT_TYPE, Metrics
 from npdecode.serve.settings import ServeSettings
@@ -125,7 +125,7 @@ def create_app(
     loader: Callable[[ServeSettings], Engine] = load_engine,
     on_load_error: Callable[[str], None] = lambda message: None,
 ) -> FastAPI:
-    """The server's ASGI app. ``loader`` builds the engine (in a thread, at startup);
+    """The server's ASGI app. ``loader`` builds the engine (on the decoder's thread, at startup);
     ``on_load_error`` hears a load that failed (the CLI stops the server)."""
     state = ServerState(settings)
 
@@ -164,7 +164,7 @@ def create_app(
 
 async def _load(state: ServerState, loader, on_load_error) -> None:
     try:
-        engine = await asyncio.to_thread(loader, state.settings)
+        engine = await state.batcher.on_decoder_thread(loader, state.settings)
     except Exception as err:  # NpdecodeError: one line; anything else too, with the log's traceback
         if not isinstance(err, NpdecodeError):
             log.exception("loading %s failed", state.settings.index_dir)
@@ -240,13 +240,13 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         async with state.append_lock:  # one append at a time: each builds on the index the last one left
             current = state.current()
             try:
-                fresh = await asyncio.to_thread(append_and_load, settings, current, docs, body.replace)
+                fresh = await in_new_thread(append_and_load, settings, current, docs, body.replace)
             except NpdecodeError as err:
                 raise HTTPException(409, str(err)) from None
             with state.lock:
                 state.engine = fresh
             del current
-            await asyncio.to_thread(release_memory)  # a batch still on the old engine frees it when done
+            await in_new_thread(release_memory)  # a batch still on the old engine frees it when done
         state.metrics.append()
         return AddDocumentsResponse(added=len(docs), documents=len(fresh.documents), generation=fresh.generation)
 

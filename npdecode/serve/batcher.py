@@ -10,12 +10,20 @@ splitting into a large and a small one whenever some return a few milliseconds l
 ``decode(queries, k)`` once per distinct ``k`` in a dedicated thread, so the event loop keeps
 answering while the decoder works, and hands each request its own slice of the answers.
 The decoder sees one batch at a time: a second thread would only contend for the same cores.
+
+The decoder's thread is the one thread of the server that runs torch for long: the engine loads
+(and warms up) on it, and appends run in threads that end with them (:func:`in_new_thread`).
+A thread that has run a parallel torch op keeps its own OpenMP pool while it lives, and once the
+pools of live threads outnumber the cores, libgomp stops spin-waiting between parallel regions:
+every op of every decoding step then pays a futex wake-up (measured here: decoding 20-30% slower
+after the model had loaded in a thread that stayed alive; benchmarks/results/serve.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +81,10 @@ class Batcher:
     def depth(self) -> int:
         """Requests waiting, not yet decoding."""
         return self.queue.qsize() + (self._held is not None)
+
+    async def on_decoder_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the decoder's thread (loading the engine: its pool is the one decoding uses)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="npdecode-batcher")
@@ -159,3 +171,29 @@ class Batcher:
                 if not p.future.done():
                     p.future.set_result(answers[at : at + len(p.queries)])
                 at += len(p.queries)
+
+
+async def in_new_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a thread started for it that ends with it, so that the OpenMP pool its
+    torch ops create goes with it (see the module's docstring); its exception is raised here."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # the awaiting request was cancelled
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, err)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=target, name=f"npdecode-{getattr(fn, '__name__', 'work')}", daemon=True).start()
+    return await future

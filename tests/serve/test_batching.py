@@ -222,3 +222,61 @@ def test_clients_returning_late_fill_the_batch_instead_of_splitting_it():
     assert [len(b) for _, b in batches] == [4, 4, 4]
     gaps = [b - a for (a, _), (b, _) in itertools.pairwise(batches)]
     assert max(gaps) < 2.5  # filled by the last client (40 ms), not by the 5 s deadline
+
+
+class ThreadRecorder(FakeRetriever):
+    """A fake retriever that notes the thread of every decoder call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[threading.Thread] = []
+
+    def search(self, queries, k):
+        self.threads.append(threading.current_thread())
+        return super().search(queries, k)
+
+
+def test_the_engine_loads_on_the_decoders_thread_and_appends_run_in_threads_that_end(serve, monkeypatch):
+    # torch work in a second long-lived thread slows every later decoding step (batcher.py)
+    import npdecode.serve.app as app_module
+
+    fake, loaded_on, appended_on = ThreadRecorder(), [], []
+
+    def loader(settings):
+        loaded_on.append(threading.current_thread())
+        return fake_engine(fake)
+
+    def append_and_load(settings, current, docs, replace):
+        appended_on.append(threading.current_thread())
+        return fake_engine(fake)
+
+    monkeypatch.setattr(app_module, "append_and_load", append_and_load)
+    server = serve(loader=loader, admin_token="t" * 16)
+    server.client.search("q", k=1)
+    server.client.add_documents({"d": {"title": "", "text": "x"}}, "t" * 16)
+    server.client.search("q", k=1)
+    assert len(loaded_on) == 1 and fake.threads == [loaded_on[0]] * 2
+    assert loaded_on[0].name.startswith("npdecode-decode")
+    (append_thread,) = appended_on
+    append_thread.join(5)
+    assert append_thread is not loaded_on[0] and not append_thread.is_alive()
+
+
+def test_in_new_thread_returns_the_result_or_raises_the_error():
+    import asyncio
+
+    from npdecode.serve.batcher import in_new_thread
+
+    def fail():
+        raise NpdecodeError("no room")
+
+    async def main():
+        here = threading.current_thread()
+        there = await in_new_thread(threading.current_thread)
+        with pytest.raises(NpdecodeError, match="no room"):
+            await in_new_thread(fail)
+        return here, there, await in_new_thread(lambda a, b: a + b, 2, 3)
+
+    here, there, total = asyncio.run(main())
+    there.join(5)
+    assert there is not here and not there.is_alive() and total == 5
