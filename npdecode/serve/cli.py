@@ -159,7 +159,10 @@ def run_server(settings, host: str, port: int, log_level: str = "info") -> None:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on accepted sockets that say TCP;
+    # without it an answer's body waited for the client's delayed ACK of its headers on a kept
+    # connection, ~40 ms per request (GET /health: 44 ms against 0.5 ms)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

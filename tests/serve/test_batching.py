@@ -280,3 +280,27 @@ def test_in_new_thread_returns_the_result_or_raises_the_error():
     here, there, total = asyncio.run(main())
     there.join(5)
     assert there is not here and not there.is_alive() and total == 5
+
+
+def test_accepted_connections_send_without_nagle_delay():
+    # a listening socket made with proto 0 gives accepted sockets asyncio leaves Nagle on: each
+    # answer on a kept-alive connection then waited ~40 ms for the client's delayed ACK
+    import asyncio
+    import socket
+
+    async def main():
+        sock = _bind("127.0.0.1", 0)
+        seen = asyncio.get_running_loop().create_future()
+
+        async def accepted(reader, writer):
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname())
+            nodelay = await asyncio.wait_for(seen, 5)
+            writer.close()
+        return nodelay
+
+    assert asyncio.run(main()) != 0
