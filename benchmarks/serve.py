@@ -164,13 +164,14 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def batch_stats(client) -> tuple[int, float]:
+def batch_stats(client) -> tuple[int, float, float]:
     import re
 
     text = client.metrics()
     count = int(re.search(r"^npdecode_batch_size_count (\d+)$", text, re.MULTILINE).group(1))
     total = float(re.search(r"^npdecode_batch_size_sum (\S+)$", text, re.MULTILINE).group(1))
-    return count, total
+    decoding = float(re.search(r"^npdecode_decode_seconds_sum (\S+)$", text, re.MULTILINE).group(1))
+    return count, total, decoding
 
 
 def load(url: str, texts: list[str], clients: int, max_requests: int, max_seconds: float, on_answer=None) -> dict:
@@ -222,10 +223,11 @@ def load(url: str, texts: list[str], clients: int, max_requests: int, max_second
 
 def level(server, texts: list[str], clients: int, max_requests: int, max_seconds: float) -> dict:
     """One load level, with the server's mean batch size over it."""
-    n0, s0 = batch_stats(server.client)
+    n0, s0, d0 = batch_stats(server.client)
     row = load(server.url, texts, clients, max_requests, max_seconds)
-    n1, s1 = batch_stats(server.client)
+    n1, s1, d1 = batch_stats(server.client)
     row["mean_batch"] = round((s1 - s0) / max(1, n1 - n0), 1)
+    row["decoder_busy"] = round((d1 - d0) / row["seconds"], 3)  # share of the wall time spent decoding
     return row
 
 
@@ -349,8 +351,10 @@ def write_report(result: dict, path: Path) -> None:
             "checkout and training one costs 20+ CPU minutes. Decoding time depends on the shapes (CE rows, decoder "
             "depth, beam, identifier lengths), not on what the weights learned; answer quality is not measured here. "
             f"Queries: the {result['queries']} SciFact test queries, one per request. Server: `--max-batch "
-            f"{a['max_batch']} --max-wait-ms {a['max_wait_ms']:g}`. The load generator (Python threads, one connection "
-            "per request) runs on the same 2 cores as the server."
+            f"{a['max_batch']} --max-wait-ms {a['max_wait_ms']:g}`. The load generator (Python threads, each a "
+            "`npdecode.client.Client` keeping its connection open) runs on the same 2 cores as the server. "
+            "Decoder busy: the share of the level's wall time the server spent in decoder calls "
+            "(`npdecode_decode_seconds`)."
         ),
         "",
         "## Targets, measured in interleaved rounds",
@@ -399,13 +403,13 @@ def write_report(result: dict, path: Path) -> None:
         "",
         "## Every load level",
         "",
-        "| clients | requests | failed | q/s | p50 ms | p99 ms | mean batch |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| clients | requests | failed | q/s | p50 ms | p99 ms | mean batch | decoder busy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in sorted(lv, key=lambda x: x["clients"]):
         lines.append(
             f"| {row['clients']} | {row['requests']} | {row['failed']} | {row['throughput_qps']} | {row['p50_ms']} | "
-            f"{row['p99_ms']} | {row['mean_batch']} |"
+            f"{row['p99_ms']} | {row['mean_batch']} | {row.get('decoder_busy', '-')} |"
         )
     lines += [
         "",

@@ -13,10 +13,10 @@ The decoder sees one batch at a time: a second thread would only contend for the
 
 The decoder's thread is the one thread of the server that runs torch for long: the engine loads
 (and warms up) on it, and appends run in threads that end with them (:func:`in_new_thread`).
-A thread that has run a parallel torch op keeps its own OpenMP pool while it lives, and once the
-pools of live threads outnumber the cores, libgomp stops spin-waiting between parallel regions:
-every op of every decoding step then pays a futex wake-up (measured here: decoding 20-30% slower
-after the model had loaded in a thread that stayed alive; benchmarks/results/serve.md).
+Measured on 2 cores: once a second thread that stays alive has run torch (the model loaded in
+it), every decoding step is 20-30% slower. The likely mechanism: each such thread keeps its own
+OpenMP pool, and once the live pools outnumber the cores libgomp stops spin-waiting between
+parallel regions, so every op pays a futex wake-up.
 """
 
 from __future__ import annotations
