@@ -195,5 +195,6 @@ async def in_new_thread(fn: Callable[..., Any], *args: Any) -> Any:
         else:
             loop.call_soon_threadsafe(settle, result, None)
 
-    threading.Thread(target=target, name=f"npdecode-{getattr(fn, '__name__', 'work')}", daemon=True).start()
+    # not a daemon: an append under way when the process exits is finished, not cut off
+    threading.Thread(target=target, name=f"npdecode-{getattr(fn, '__name__', 'work')}").start()
     return await future
