@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -175,26 +174,11 @@ class Batcher:
 
 async def in_new_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` in a thread started for it that ends with it, so that the OpenMP pool its
-    torch ops create goes with it (see the module's docstring); its exception is raised here."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future = loop.create_future()
-
-    def settle(result: Any, error: BaseException | None) -> None:
-        if future.done():  # the awaiting request was cancelled
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def target() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as err:  # noqa: BLE001 - handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, None, err)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    # not a daemon: an append under way when the process exits is finished, not cut off
-    threading.Thread(target=target, name=f"npdecode-{getattr(fn, '__name__', 'work')}").start()
-    return await future
+    torch ops create goes with it (see the module's docstring). The thread is not a daemon: an
+    append under way when the process exits is finished, not cut off."""
+    name = f"npdecode-{getattr(fn, '__name__', 'work')}"
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    finally:
+        executor.shutdown(wait=False)  # its thread exits once ``fn`` has returned
